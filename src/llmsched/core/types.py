@@ -63,6 +63,9 @@ class Request:
     first_token: float = -1.0
     finish: float = -1.0
     token_times: list[float] | None = None
+    # KV blocks held (engine-owned): hashed (prefix-cacheable) block keys, and anonymous block count.
+    kv_hashed: list[int] | None = field(default=None, repr=False)
+    kv_anon: int = 0
     # Free slot for the request-level policy (queue index, sort key, ...). Never read by the engine.
     policy_data: object = None
     # Free slot for the shell (gateway stream handle, ...). Never read by the engine or the policies.

@@ -1,0 +1,146 @@
+"""Build a cluster from a `SimConfig`, run it, and report the `simulate --json` object."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from llmsched.core.types import Request
+from llmsched.engine.engine import Engine
+from llmsched.policies.instance import ROUTERS
+from llmsched.policies.request import REQUEST_POLICIES
+from llmsched.sim.cluster import Cluster
+from llmsched.sim.config import SimConfig
+
+
+def _with_seed(cls: type, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Give a policy the run's seed unless the user set one: same seed, same numbers."""
+    fields = getattr(getattr(cls, "Params", None), "model_fields", {})
+    if "seed" in fields and "seed" not in params:
+        return {**params, "seed": seed}
+    return dict(params)
+
+
+def build_cluster(cfg: SimConfig) -> Cluster:
+    from llmsched.model import build_cost_model, get_llm
+
+    llm = get_llm(cfg.model)
+    engines = []
+    req_cls = REQUEST_POLICIES.get(cfg.request_policy)
+    for i in range(cfg.instances):
+        cost = build_cost_model(cfg.model, cfg.gpu, cfg.tp)
+        if getattr(llm, "is_moe", False):
+            from llmsched.model.moe import build_moe_cost
+
+            cost = build_moe_cost(cost, cfg.expert_policy or "static", dict(cfg.expert_params), cfg.seed * 1000 + i)
+        elif cfg.expert_policy not in (None, "static"):
+            raise ValueError(f"--expert-policy {cfg.expert_policy!r} needs an MoE model; {cfg.model} is dense")
+        policy = req_cls(**_with_seed(req_cls, cfg.request_params, cfg.seed))
+        engines.append(Engine(cost, policy, cfg.engine, instance=i, record_token_times=cfg.record_token_times))
+    router_cls = ROUTERS.get(cfg.router)
+    router = router_cls(**_with_seed(router_cls, cfg.router_params, cfg.seed))
+    return Cluster(engines, router, cfg.metrics_interval_s)
+
+
+def load_requests(cfg: SimConfig) -> list[Request]:
+    from llmsched.workload import load_workload
+
+    return load_workload(cfg.workload, block_size=cfg.engine.block_size, seed=cfg.seed)
+
+
+def simulate(
+    cfg: SimConfig,
+    progress: bool = False,
+    keep_samples: bool = False,
+    requests: Sequence[Request] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run one simulation. `requests` overrides the workload (tests); they are consumed (mutated)."""
+    t0 = time.perf_counter()
+    reqs = list(requests) if requests is not None else load_requests(cfg)
+    t_load = time.perf_counter() - t0
+    cluster = build_cluster(cfg)
+    t1 = time.perf_counter()
+    if progress and len(reqs) > 2000:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("simulating (requests arrived)", total=len(reqs))
+            cluster.run(reqs, lambda k: bar.update(task, completed=k))
+    else:
+        cluster.run(reqs, (lambda k: on_progress(k, len(reqs))) if on_progress else None)
+    wall = time.perf_counter() - t1
+    return report(cfg, cluster, reqs, wall, t_load, keep_samples)
+
+
+def report(
+    cfg: SimConfig, cluster: Cluster, reqs: Sequence[Request], wall: float, t_load: float, keep_samples: bool
+) -> dict[str, Any]:
+    m = cluster.metrics
+    first = reqs[0].arrival if reqs else 0.0
+    duration = max(0.0, (m.last_finish if len(m) else first) - first)
+    res = m.summary(duration)
+    engines = cluster.engines
+    queries = sum(e.kv.queries for e in engines)
+    hits = sum(e.kv.hits for e in engines)
+    res.update(
+        {
+            "submitted": len(reqs),
+            "rejected": len(cluster.rejected),
+            "wall_s": wall,
+            "load_s": t_load,
+            "sim_requests_per_wall_s": len(reqs) / wall if wall > 0 else 0.0,
+            "prefix_hit_rate": hits / queries if queries else 0.0,
+            "preemptions": sum(e.stats.preemptions for e in engines),
+            "simulated": {
+                "model": cfg.model,
+                "gpu": cfg.gpu,
+                "tp": getattr(engines[0].cost, "tp", cfg.tp),
+                "instances": cfg.instances,
+                "request_policy": cfg.request_policy,
+                "router": cfg.router,
+                "expert_policy": cfg.expert_policy,
+                "metrics_interval_s": cfg.metrics_interval_s,
+                "seed": cfg.seed,
+            },
+            "per_instance": [
+                {
+                    "instance": e.instance,
+                    "finished": e.stats.finished,
+                    "utilisation": e.stats.busy_time / duration if duration > 0 else 0.0,
+                    "steps": e.stats.steps,
+                    "decode_runs": e.stats.runs,
+                    "preemptions": e.stats.preemptions,
+                    "prefix_hit_rate": e.kv.hits / e.kv.queries if e.kv.queries else 0.0,
+                    "kv_blocks": e.kv.num_blocks,
+                }
+                for e in engines
+            ],
+            "routing_decisions": dict(cluster.router.decisions),
+        }
+    )
+    if cluster.rejected:
+        res["rejected_examples"] = [msg for _, msg in cluster.rejected[:3]]
+    moe = [e.cost.moe_stats() for e in engines if hasattr(e.cost, "moe_stats")]
+    if moe:
+        res.update(_merge_moe(moe))
+    if keep_samples:
+        res["samples"] = m.samples()
+        if moe and "balancedness_series" in moe[0]:
+            res["balancedness_series"] = moe[0]["balancedness_series"]
+    return res
+
+
+def _merge_moe(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average the per-instance MoE figures (sum the migrations)."""
+    out: dict[str, Any] = {}
+    for key in ("expert_balancedness", "a2a_bytes_per_token"):
+        vals = [s[key] for s in stats if key in s]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    out["expert_migrations"] = sum(int(s.get("expert_migrations", 0)) for s in stats)
+    return out
