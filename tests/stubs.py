@@ -43,3 +43,11 @@ class LinearCost:
 
     def kv_capacity_tokens(self, gpu_memory_utilization: float) -> int:
         return self.kv_tokens
+
+
+class AffineLinearCost(LinearCost):
+    """The same costs, also offered in closed form (the engine then prices and cuts runs analytically)."""
+
+    def decode_affine(self, b: BatchStats) -> tuple[float, float]:
+        c0 = self.base + self.per_prefill * b.prefill_tokens + self.per_decode * b.decode_tokens
+        return c0 + self.per_kv * b.kv_tokens, self.per_kv * b.decode_tokens

@@ -66,6 +66,12 @@ class Request:
     # KV blocks held (engine-owned): hashed (prefix-cacheable) block keys, and anonymous block count.
     kv_hashed: list[int] | None = field(default=None, repr=False)
     kv_anon: int = 0
+    # Engine bookkeeping of the decode set (see engine.py): offset of num_computed from the engine's step
+    # counter, the index of its first token time in the engine's log, admission order, entry token.
+    dec_c: int = field(default=0, repr=False)
+    dec_log: int = field(default=0, repr=False)
+    dec_entry: int = field(default=0, repr=False)
+    admit_seq: int = field(default=0, repr=False)
     # Free slot for the request-level policy (queue index, sort key, ...). Never read by the engine.
     policy_data: object = None
     # Free slot for the shell (gateway stream handle, ...). Never read by the engine or the policies.

@@ -18,10 +18,19 @@ timestamps stay exact: the iteration end times of a run are known in closed form
 A request's progress is one number, `num_computed` (tokens whose KV is in cache), against
 `tokens_so_far = prompt_len + num_output`; an iteration that brings `num_computed` up to `tokens_so_far`
 samples one new token. Prefill, chunked prefill, decode and recompute after preemption are all this rule.
+
+Requests that are decoding (one token an iteration) form the *decode set* and are never visited one by one:
+each keeps the offset of its `num_computed` from the engine's iteration counter, and the set keeps the sums
+the cost model needs (sequences, KV tokens), a histogram of block phases (so the blocks the set needs after j
+more iterations is a 16-term sum), and a heap of finishing iterations. An iteration therefore costs O(prefill
+chunks + finishes), not O(batch), which is what makes million-request simulations take seconds. A request's
+own counters are brought up to date when it leaves the set (finish, preemption, abort) or on `sync`.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,12 +70,18 @@ class EngineStats:
 @dataclass(slots=True)
 class _Plan:
     start: float
-    ends: np.ndarray | None  # iteration end times of a decode run; None for a single iteration
+    ends: np.ndarray | None  # iteration end times of a decode run (None: single, or closed form below)
     end: float
-    sched: list[tuple[Request, int]]  # (request, tokens computed in this iteration)
+    sched: list[tuple[Request, int]]  # prefill chunks: (request, tokens computed in this iteration)
     steps: int
     preempted: list[Request]
     prefill_tokens: int
+    affine: tuple[float, float] | None = None  # run durations c0 + c1 * i, when the cost model says so
+
+
+def _affine_elapsed(c0: float, c1: float, m: int) -> float:
+    """Time of the first m iterations of a run whose i-th iteration takes c0 + c1 * i."""
+    return m * c0 + c1 * m * (m - 1) / 2
 
 
 class Engine:
@@ -80,20 +95,41 @@ class Engine:
         instance: int = 0,
         record_token_times: bool = False,
         num_blocks: int | None = None,
+        collect_tokens: bool = True,
     ) -> None:
         self.cfg = cfg = config or EngineConfig()
         self.cost = cost
         self.policy = policy
         self.instance = instance
         self.record_token_times = record_token_times
+        # StepOutput.tokens lists every request that got a token (the emulator streams them); the
+        # simulator does not need it and skips the O(batch) list.
+        self.collect_tokens = collect_tokens
         if num_blocks is None:
             num_blocks = cfg.num_gpu_blocks or cost.kv_capacity_tokens(cfg.gpu_memory_utilization) // cfg.block_size
         self.kv = KVCache(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-        self.running: list[Request] = []  # admission order; preemption takes from the end
+        self.bs = cfg.block_size
         self.stats = EngineStats()
         self._plan: _Plan | None = None
         self._pending_prefill = 0  # uncached prompt tokens not yet computed, queued + running
         self._needs_classes = bool(getattr(cost, "needs_class_tokens", False))
+        self._affine = getattr(cost, "decode_affine", None)
+        self._admit_seq = 0
+        # Requests with prompt work left (admission order).
+        self.prefilling: list[Request] = []
+        # The decode set (see the module docstring).
+        self.decoding: dict[int, Request] = {}
+        self._s = 0  # iterations done by the decode set
+        self._dc = 0  # sum over the set of (num_computed - s)
+        self._dq = 0  # sum of floor((num_computed - s) / bs)
+        self._dh = [0] * self.bs  # histogram of (num_computed - s) mod bs
+        self._dheld = 0  # blocks allocated to the set
+        self._dfin: list[tuple[int, int, Request]] = []  # (iteration at which it finishes, entry, req)
+        self._dcls: dict[str, int] = {}
+        self._entries = 0
+        self._ahead = 0  # iterations the set's blocks are allocated beyond s (1 while an iteration is planned)
+        self._log: list[float] = []  # iteration end times, when recording token times
+        self._aborted: list[Request] = []
         # Called with (request) when a request leaves the engine; the simulator collects metrics with it.
         self.on_request_done: Callable[[Request], None] | None = None
 
@@ -103,28 +139,50 @@ class Engine:
         return self._plan is not None
 
     @property
+    def num_running(self) -> int:
+        return len(self.decoding) + len(self.prefilling)
+
+    @property
+    def running(self) -> list[Request]:
+        """Running requests (decode set first); counters of decoding ones are synced."""
+        for r in self.decoding.values():
+            self.sync(r)
+        return [*self.decoding.values(), *self.prefilling]
+
+    @property
     def has_work(self) -> bool:
-        return bool(self.running) or len(self.policy) > 0
+        return bool(self.decoding or self.prefilling) or len(self.policy) > 0
 
     @property
     def num_waiting(self) -> int:
         return len(self.policy)
 
+    @property
+    def planned_end(self) -> float | None:
+        return None if self._plan is None else self._plan.end
+
+    def sync(self, req: Request) -> None:
+        """Bring a decoding request's counters up to date (they lag while it is in the decode set)."""
+        if req.rid in self.decoding and self.decoding[req.rid] is req:
+            nc = req.dec_c + self._s
+            req.num_computed = nc
+            req.num_output = nc - req.prompt_len + 1
+
     def lookup_prefix(self, block_hashes: tuple[int, ...] | None) -> int:
         """Prompt tokens of a prefix that this instance holds in its KV cache right now."""
         if not block_hashes:
             return 0
-        return self.kv.longest_hit(block_hashes, len(block_hashes) * self.kv.block_size) * self.kv.block_size
+        return self.kv.longest_hit(block_hashes, len(block_hashes) * self.bs) * self.bs
 
     def snapshot(self, now: float) -> InstanceSnapshot:
         kv = self.kv
         return InstanceSnapshot(
             instance=self.instance,
             time=now,
-            num_running=len(self.running),
+            num_running=len(self.decoding) + len(self.prefilling),
             num_waiting=len(self.policy),
-            kv_usage=kv.usage,
-            num_free_blocks=kv.num_free,
+            kv_usage=kv.num_used / kv.num_blocks,
+            num_free_blocks=kv.num_blocks - kv.num_used,
             num_total_blocks=kv.num_blocks,
             pending_prefill_tokens=self._pending_prefill,
             prefix_queries=kv.queries,
@@ -139,32 +197,31 @@ class Engine:
         if self.kv.blocks_for(req.prompt_len + req.output_len) > self.kv.num_blocks:
             raise ValueError(
                 f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed this instance's KV capacity"
-                f" ({self.kv.num_blocks} blocks of {self.kv.block_size})"
+                f" ({self.kv.num_blocks} blocks of {self.bs})"
             )
         req.status = Status.WAITING
         req.instance = self.instance
         req.queued_at = now
         if self.record_token_times and req.token_times is None:
             req.token_times = []
-        req.est_cached = self.lookup_prefix(req.block_hashes) if self.kv.prefix_caching else 0
-        req.est_cached = min(req.est_cached, req.prompt_len - 1)
+        est = self.lookup_prefix(req.block_hashes) if req.block_hashes else 0
+        req.est_cached = min(est, req.prompt_len - 1)
         self._pending_prefill += req.prompt_len - req.est_cached
         self.policy.push(req, now)
 
     def abort(self, req: Request, now: float) -> bool:
-        """Drop a request wherever it is (client gone). Its blocks are freed at once; True if it was here."""
-        if req.status in (Status.WAITING, Status.PREEMPTED):
+        """Drop a request wherever it is (client gone); True if it was here."""
+        st = req.status
+        if st in (Status.WAITING, Status.PREEMPTED):
             if not self.policy.remove(req):
                 return False
-            self._pending_prefill -= self._remaining_prefill(req)
-        elif req.status == Status.RUNNING:
-            if self._plan is not None and any(r is req for r, _ in self._plan.sched):
-                # In flight: mark it; finish_step drops its output and frees it.
-                req.status = Status.ABORTED
+            self._pending_prefill -= req.prompt_len - req.est_cached
+        elif st == Status.RUNNING:
+            req.status = Status.ABORTED
+            if self._plan is not None:
+                self._aborted.append(req)  # in flight: leaves at finish_step, its output dropped
                 return True
-            self.running.remove(req)
-            self._pending_prefill -= self._remaining_prefill(req)
-            self.kv.free(req)
+            self._leave(req)
         else:
             return False
         req.status = Status.ABORTED
@@ -172,69 +229,155 @@ class Engine:
         self.stats.aborted += 1
         return True
 
-    def _remaining_prefill(self, req: Request) -> int:
-        """This request's share of `_pending_prefill`."""
-        if req.status == Status.RUNNING:
-            return max(0, req.prompt_len - req.num_computed)
-        return req.prompt_len - req.est_cached
+    # -- the decode set --------------------------------------------------------------------------------
+    def _blocks_at(self, j: int) -> int:
+        """Blocks the decode set holds once each member has num_computed + j tokens of KV."""
+        bs = self.bs
+        sj = self._s + j + bs - 1
+        total = self._dq
+        for r, cnt in enumerate(self._dh):
+            if cnt:
+                total += cnt * ((r + sj) // bs)
+        return total
+
+    def _enter(self, req: Request) -> None:
+        """A request caught up with its prompt (and not finished) joins the decode set."""
+        s = self._s
+        c = req.num_computed - s
+        q, r = divmod(c, self.bs)
+        self._dc += c
+        self._dq += q
+        self._dh[r] += 1
+        self._dheld += len(req.kv_hashed) + req.kv_anon  # type: ignore[arg-type]
+        req.dec_c = c
+        self._entries += 1
+        req.dec_entry = self._entries
+        req.dec_log = len(self._log)
+        self.decoding[req.rid] = req
+        heapq.heappush(self._dfin, (s + req.output_len - req.num_output, self._entries, req))
+        if self._needs_classes:
+            k = req.cls or ""
+            self._dcls[k] = self._dcls.get(k, 0) + 1
+
+    def _exit(self, req: Request) -> None:
+        """Leave the decode set: sync counters, hand its blocks back to per-request accounting."""
+        del self.decoding[req.rid]
+        s = self._s
+        c = req.dec_c
+        q, r = divmod(c, self.bs)
+        self._dc -= c
+        self._dq -= q
+        self._dh[r] -= 1
+        nc = c + s
+        req.num_computed = nc
+        req.num_output = nc - req.prompt_len + 1
+        blocks = self.kv.blocks_for(nc + self._ahead)
+        self._dheld -= blocks
+        req.kv_anon = blocks - len(req.kv_hashed)  # type: ignore[arg-type]
+        if self.record_token_times and req.token_times is not None:
+            req.token_times.extend(self._log[req.dec_log :])
+        if self._needs_classes:
+            k = req.cls or ""
+            self._dcls[k] -= 1
+
+    def _leave(self, req: Request) -> None:
+        """Remove a running request (abort/preempt) from whichever set holds it and free its blocks."""
+        if req.rid in self.decoding and self.decoding[req.rid] is req:
+            self._exit(req)
+        else:
+            self.prefilling.remove(req)
+            if req.num_computed < req.prompt_len:
+                self._pending_prefill -= req.prompt_len - req.num_computed
+        self.kv.free(req)
+
+    def _last_admitted(self) -> Request:
+        best: Request | None = None
+        for r in self.decoding.values():
+            if best is None or r.admit_seq > best.admit_seq:
+                best = r
+        for r in self.prefilling:
+            if best is None or r.admit_seq > best.admit_seq:
+                best = r
+        assert best is not None
+        return best
+
+    def _preempt(self, req: Request, now: float) -> None:
+        self._leave(req)
+        self._pending_prefill += req.prompt_len
+        req.num_computed = 0
+        req.status = Status.PREEMPTED
+        req.num_preemptions += 1
+        req.est_cached = 0
+        self.stats.preemptions += 1
+        self.policy.requeue(req, now)
 
     # -- scheduling ------------------------------------------------------------------------------------
     def start_step(self, now: float, max_run: int = 1) -> float | None:
         """Plan the next iteration (or a decode run of up to `max_run` iterations); return its end time."""
         if self._plan is not None:
             raise RuntimeError("start_step called while an iteration is in flight")
-        if not self.running and not len(self.policy):
+        policy = self.policy
+        if not self.decoding and not self.prefilling and not len(policy):
             return None
         cfg = self.cfg
         kv = self.kv
         budget = cfg.max_num_batched_tokens
         threshold = cfg.long_prefill_token_threshold or budget
-        sched: list[tuple[Request, int]] = []
         preempted: list[Request] = []
+        # 1. The decode set: one more token of KV each, preempting the last admitted while blocks lack.
+        if self.decoding:
+            need = self._blocks_at(1) - self._dheld
+            while need > kv.num_free and self.decoding:
+                victim = self._last_admitted()
+                self._preempt(victim, now)
+                preempted.append(victim)
+                need = self._blocks_at(1) - self._dheld
+            if self.decoding:
+                kv.alloc(need)
+                self._dheld += need
+                self._ahead = 1
+                budget -= len(self.decoding)
+        # 2. Running requests with prompt work left, in admission order.
+        sched: list[tuple[Request, int]] = []
         b = BatchStats()
-        if self._needs_classes:
-            b.class_tokens = {}
-        running = self.running
-        # 1. Running requests first, in admission order, as vLLM v1 does.
+        prefilling = self.prefilling
         i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            if req.status == Status.ABORTED:  # pragma: no cover - aborted requests leave at finish_step
-                i += 1
-                continue
-            need = req.prompt_len + req.num_output - req.num_computed
-            n = need if need == 1 else min(need, budget, threshold)
+        while i < len(prefilling) and budget > 0:
+            req = prefilling[i]
+            n = min(req.prompt_len + req.num_output - req.num_computed, budget, threshold)
+            ok = True
             while not kv.extend(req, req.num_computed + n):
-                victim = running.pop()  # last admitted first, like vLLM's FCFS preemption
+                victim = self._last_admitted()
+                if victim.rid in self.decoding and self.decoding[victim.rid] is victim:
+                    budget += 1  # it was scheduled to decode in this iteration
                 self._preempt(victim, now)
                 preempted.append(victim)
                 if victim is req:
+                    ok = False
                     break
-            else:
-                self._account(b, req, n)
-                sched.append((req, n))
-                budget -= n
-                i += 1
-                continue
-            break  # req itself was preempted: nothing after it is left to schedule
-        # 2. Admission from the waiting queue, unless this iteration already had to preempt.
+            if not ok:
+                break
+            self._account(b, req, n)
+            sched.append((req, n))
+            budget -= n
+            i += 1
+        # 3. Admission from the waiting queue, unless this iteration had to preempt.
         blocked_by_kv = False
-        policy = self.policy
         if not preempted:
             max_seqs = cfg.max_num_seqs
-            while budget > 0 and len(running) < max_seqs:
+            while budget > 0 and len(self.decoding) + len(prefilling) < max_seqs:
                 req = policy.peek(now)
                 if req is None:
                     break
-                need = req.prompt_len + req.num_output
-                n = min(need, budget, threshold)
+                need_tok = req.prompt_len + req.num_output
+                n = min(need_tok, budget, threshold)
                 if not cfg.enable_chunked_prefill:
                     # Without chunking a prompt must fit the budget whole (after its cache hit); vLLM skips
-                    # such a request, we stop at it so the policy's order is kept.
-                    hit_est = kv.longest_hit(req.block_hashes, need - 1) * kv.block_size
-                    if need - hit_est > budget:
+                    # such a request, we stop at it so that the policy's order is kept.
+                    hit_est = kv.longest_hit(req.block_hashes, need_tok - 1) * self.bs
+                    if need_tok - hit_est > budget:
                         break
-                    n = need
+                    n = need_tok
                 hit = kv.admit(req, n)
                 if hit is None:
                     blocked_by_kv = True
@@ -244,109 +387,117 @@ class Engine:
                 self._pending_prefill += req.est_cached - hit  # the estimate becomes the actual hit
                 req.num_cached = hit
                 req.num_computed = hit
-                n = min(need - hit, budget, threshold)
+                n = min(need_tok - hit, budget, threshold)
                 if req.first_scheduled < 0:
                     req.first_scheduled = now
                 req.status = Status.RUNNING
-                running.append(req)
+                self._admit_seq += 1
+                req.admit_seq = self._admit_seq
+                prefilling.append(req)
                 self._account(b, req, n)
                 sched.append((req, n))
                 budget -= n
-        if not sched:
-            if preempted:  # everything preempted itself; try again with the freed blocks
+        d = len(self.decoding)
+        if not sched and not d:
+            self._ahead = 0
+            if preempted and len(policy):  # everything preempted itself; retry with the freed blocks
                 return self.start_step(now, max_run)
             return None
-        # 3. Price it: one iteration, or a run of identical decode iterations.
+        b.decode_tokens = d
+        b.kv_tokens = self._dc + d * (self._s + 1)
+        if self._needs_classes:
+            ct = b.class_tokens if b.class_tokens is not None else {}
+            for k, v in self._dcls.items():
+                if v:
+                    ct[k] = ct.get(k, 0) + v
+            b.class_tokens = ct
+        # 4. Price it: one iteration, or a run of identical decode iterations.
         steps = 1
         ends = None
         if (
             max_run > 1
-            and b.prefill_seqs == 0
+            and not sched
             and not preempted
-            and (not len(policy) or len(running) >= cfg.max_num_seqs or (blocked_by_kv and policy.time_invariant))
-            and len(sched) == len(running)
+            and (not len(policy) or d >= cfg.max_num_seqs or (blocked_by_kv and policy.time_invariant))
         ):
             steps = self._run_length(max_run)
+        affine = None
         if steps > 1:
-            durs = self.cost.decode_run(b, steps, now)
-            ends = now + np.cumsum(durs)
-            end = float(ends[-1])
+            affine = self._affine(b) if self._affine is not None else None
+            if affine is not None:
+                end = now + _affine_elapsed(affine[0], affine[1], steps)
+            else:
+                ends = now + np.cumsum(self.cost.decode_run(b, steps, now))
+                end = float(ends[-1])
         else:
             end = now + self.cost.step_time(b, now)
-        self._plan = _Plan(now, ends, end, sched, steps, preempted, b.prefill_tokens)
+        self._plan = _Plan(now, ends, end, sched, steps, preempted, b.prefill_tokens, affine)
         return end
 
     def _account(self, b: BatchStats, req: Request, n: int) -> None:
         c = req.num_computed
-        if n == 1 and c == req.prompt_len + req.num_output - 1 and req.num_output > 0:
-            b.decode_tokens += 1
-            b.kv_tokens += c + 1
-        else:
-            b.prefill_tokens += n
-            b.prefill_seqs += 1
-            b.prefill_pairs += n * (c + (n + 1) / 2)
-        if b.class_tokens is not None:
+        b.prefill_tokens += n
+        b.prefill_seqs += 1
+        b.prefill_pairs += n * (c + (n + 1) / 2)
+        if self._needs_classes:
+            ct = b.class_tokens if b.class_tokens is not None else {}
             key = req.cls or ""
-            b.class_tokens[key] = b.class_tokens.get(key, 0) + n
+            ct[key] = ct.get(key, 0) + n
+            b.class_tokens = ct
 
     def _run_length(self, max_run: int) -> int:
-        """Iterations the current all-decode batch can run unchanged: until a finish or the KV runs out."""
-        running = self.running
-        k = max_run
-        for r in running:
-            left = r.output_len - r.num_output
-            if left < k:
-                k = left
+        """Iterations the all-decode batch can run unchanged: until a finish, or until the KV runs out."""
+        fin = self._dfin
+        while fin and not self._valid(fin[0]):
+            heapq.heappop(fin)
+        k = min(max_run, fin[0][0] - self._s) if fin else max_run
         if k <= 1:
             return 1
-        bs = self.kv.block_size
-        free = self.kv.num_free
-        nc = np.fromiter((r.num_computed for r in running), dtype=np.int64, count=len(running))
-        held = np.fromiter((len(r.kv_hashed) + r.kv_anon for r in running), dtype=np.int64, count=len(running))  # type: ignore[arg-type]
-
-        def need(j: int) -> int:
-            return int(np.maximum(-(-(nc + j) // bs) - held, 0).sum())
-
-        if need(k) <= free:
+        room = self.kv.num_free + self._dheld  # blocks the set may hold in total
+        if self._blocks_at(k) <= room:
             return k
-        lo, hi = 1, k  # need(lo) <= free (this iteration's blocks are already allocated), need(hi) > free
+        lo, hi = 1, k  # the first iteration's blocks are allocated already
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if need(mid) <= free:
+            if self._blocks_at(mid) <= room:
                 lo = mid
             else:
                 hi = mid
         return lo
 
-    def _preempt(self, req: Request, now: float) -> None:
-        self.kv.free(req)
-        self._pending_prefill += req.prompt_len - max(0, req.prompt_len - req.num_computed)
-        req.num_computed = 0
-        req.status = Status.PREEMPTED
-        req.num_preemptions += 1
-        req.est_cached = 0
-        self.stats.preemptions += 1
-        self.policy.requeue(req, now)
+    def _valid(self, entry: tuple[int, int, Request]) -> bool:
+        req = entry[2]
+        return req.dec_entry == entry[1] and self.decoding.get(req.rid) is req
 
     def interrupt(self, t: float) -> float:
         """An outside event at `t` inside a decode run: keep only the iterations started before `t`."""
         plan = self._plan
         if plan is None:
             raise RuntimeError("interrupt with nothing in flight")
-        if plan.ends is None or t >= plan.end:
+        if plan.steps == 1 or t >= plan.end:
             return plan.end
-        # Iteration j is in flight at t when ends[j-1] <= t < ends[j]; it completes.
-        j = int(np.searchsorted(plan.ends, t, side="right"))
-        keep = j + 1
+        # Keep the m iterations that ended by t, plus the one in flight at t (it completes).
+        if plan.affine is not None:
+            c0, c1 = plan.affine
+            dt = t - plan.start
+            m = int(dt / c0) if c1 == 0 else int((-(c0 - c1 / 2) + math.sqrt((c0 - c1 / 2) ** 2 + 2 * c1 * dt)) / c1)
+            m = max(0, min(m, plan.steps))
+            while m > 0 and _affine_elapsed(c0, c1, m) > dt:
+                m -= 1
+            while m < plan.steps and _affine_elapsed(c0, c1, m + 1) <= dt:
+                m += 1
+            keep = m + 1
+            if keep < plan.steps:
+                plan.steps = keep
+                plan.end = plan.start + _affine_elapsed(c0, c1, keep)
+            return plan.end
+        assert plan.ends is not None
+        keep = int(np.searchsorted(plan.ends, t, side="right")) + 1
         if keep < plan.steps:
             plan.steps = keep
             plan.ends = plan.ends[:keep]
             plan.end = float(plan.ends[-1])
         return plan.end
-
-    @property
-    def planned_end(self) -> float | None:
-        return None if self._plan is None else self._plan.end
 
     def finish_step(self, now: float) -> StepOutput:
         """Apply the iteration (or run) in flight, which ends at `now`."""
@@ -362,64 +513,77 @@ class Engine:
         kv = self.kv
         record = self.record_token_times
         finished = out.finished
-        if steps > 1:
-            st.runs += 1
-            st.decode_tokens += steps * len(plan.sched)
-            ends = plan.ends
-            assert ends is not None
-            for req, _ in plan.sched:
-                if req.status == Status.ABORTED:
-                    self._drop_aborted(req, now)
-                    continue
-                req.num_computed += steps
-                kv.extend(req, req.num_computed)
-                req.num_output += steps
+        # The decode set advances `steps` iterations; a run's further blocks are allocated now.
+        d = len(self.decoding)
+        if d:
+            if steps > 1:
+                st.runs += 1
+                extra = self._blocks_at(steps) - self._dheld
+                kv.alloc(extra)
+                self._dheld += extra
+            self._s += steps
+            st.decode_tokens += d * steps
+            if record:
+                if plan.ends is not None:
+                    self._log.extend(plan.ends.tolist())
+                elif plan.affine is not None:
+                    c0, c1 = plan.affine
+                    self._log.extend(plan.start + _affine_elapsed(c0, c1, m) for m in range(1, steps + 1))
+                else:
+                    self._log.append(now)
+            if self.collect_tokens:
+                out.tokens.extend(self.decoding.values())
+        elif record and plan.sched:
+            self._log.append(now)
+        self._ahead = 0
+        for req in self._aborted:
+            self._leave(req)
+            req.finish = now
+            self.stats.aborted += 1
+        self._aborted.clear()
+        fin = self._dfin
+        s = self._s
+        while fin and fin[0][0] <= s:
+            entry = heapq.heappop(fin)
+            req = entry[2]
+            if self._valid(entry):
+                self._exit(req)
+                finished.append(req)
+        # Prefill chunks.
+        if plan.prefill_tokens:
+            st.prefill_tokens += plan.prefill_tokens
+            self.policy.on_prefill(plan.prefill_tokens, plan.end - plan.start, now)
+        prefilling = self.prefilling
+        done_prefill = False
+        for req, n in plan.sched:
+            if req.status != Status.RUNNING:
+                continue
+            if req.num_computed < req.prompt_len:
+                self._pending_prefill -= min(n, req.prompt_len - req.num_computed)
+            req.num_computed += n
+            if req.num_computed == req.prompt_len + req.num_output:
+                req.num_output += 1
+                if req.num_output == 1:
+                    req.first_token = now
+                    out.first_tokens.append(req)
                 if record and req.token_times is not None:
-                    req.token_times.extend(ends.tolist())
+                    req.token_times.append(now)
                 out.tokens.append(req)
+                done_prefill = True
                 if req.num_output >= req.output_len:
                     finished.append(req)
-        else:
-            if plan.prefill_tokens:
-                st.prefill_tokens += plan.prefill_tokens
-                self.policy.on_prefill(plan.prefill_tokens, plan.end - plan.start, now)
-            for req, n in plan.sched:
-                if req.status == Status.ABORTED:
-                    self._drop_aborted(req, now)
-                    continue
-                if req.num_computed < req.prompt_len:
-                    self._pending_prefill -= min(n, req.prompt_len - req.num_computed)
-                req.num_computed += n
-                if req.num_computed == req.prompt_len + req.num_output:
-                    req.num_output += 1
-                    if req.num_output == 1:
-                        req.first_token = now
-                        out.first_tokens.append(req)
-                    else:
-                        st.decode_tokens += 1
-                    if record and req.token_times is not None:
-                        req.token_times.append(now)
-                    out.tokens.append(req)
-                    if req.num_output >= req.output_len:
-                        finished.append(req)
-        if finished:
-            running = self.running
-            for req in finished:
-                running.remove(req)
+                else:
+                    self._enter(req)
+        if done_prefill:
+            self.prefilling = [r for r in prefilling if r.status == Status.RUNNING and r.rid not in self.decoding
+                               and r not in finished]
+        for req in finished:
+            if req.kv_hashed is not None:
                 kv.free(req)
-                req.status = Status.FINISHED
-                req.finish = now
-                st.finished += 1
-                self.policy.on_finish(req, now)
-                if self.on_request_done is not None:
-                    self.on_request_done(req)
+            req.status = Status.FINISHED
+            req.finish = now
+            st.finished += 1
+            self.policy.on_finish(req, now)
+            if self.on_request_done is not None:
+                self.on_request_done(req)
         return out
-
-    def _drop_aborted(self, req: Request, now: float) -> None:
-        if req in self.running:
-            self.running.remove(req)
-        if req.num_computed < req.prompt_len:
-            self._pending_prefill -= req.prompt_len - req.num_computed
-        self.kv.free(req)
-        req.finish = now
-        self.stats.aborted += 1

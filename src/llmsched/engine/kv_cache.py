@@ -110,6 +110,13 @@ class KVCache:
         self._grow(req, need)
         return True
 
+    def alloc(self, n: int) -> None:
+        """Take n anonymous blocks in bulk (the engine's decode set keeps their per-request split)."""
+        if n <= 0:
+            return
+        self._make_room(n)
+        self.num_used += n
+
     def _grow(self, req: Request, n: int) -> None:
         """Append n blocks to req: registered under the prompt's hashes where known, else anonymous."""
         if n <= 0:

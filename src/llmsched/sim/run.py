@@ -37,7 +37,9 @@ def build_cluster(cfg: SimConfig) -> Cluster:
         elif cfg.expert_policy not in (None, "static"):
             raise ValueError(f"--expert-policy {cfg.expert_policy!r} needs an MoE model; {cfg.model} is dense")
         policy = req_cls(**_with_seed(req_cls, cfg.request_params, cfg.seed))
-        engines.append(Engine(cost, policy, cfg.engine, instance=i, record_token_times=cfg.record_token_times))
+        engines.append(
+            Engine(cost, policy, cfg.engine, instance=i, record_token_times=cfg.record_token_times, collect_tokens=False)
+        )
     router_cls = ROUTERS.get(cfg.router)
     router = router_cls(**_with_seed(router_cls, cfg.router_params, cfg.seed))
     return Cluster(engines, router, cfg.metrics_interval_s)

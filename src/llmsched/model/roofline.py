@@ -1,0 +1,407 @@
+"""First-principles roofline step-time model with fitted kernel efficiencies.
+
+Every operator of an iteration is priced as max(FLOPs / (peak x eff_flops), bytes / (bw x eff_bw)) plus a
+kernel floor (launch and tail latency); the efficiencies and floors are fitted to Vidur's operator profiles
+(`llmsched.model.calibrate`), collectives to its NCCL profiles. Attention has no profile, so it stays pure
+first principles: prefill costs its query-key pairs in FLOPs, decode costs the KV bytes it reads.
+
+An instance has `num_gpus` GPUs: attention and the dense layers run tensor-parallel over `tp` of them, in
+`num_gpus / tp` data-parallel groups (DP attention) that split the batch evenly; MoE routed experts are spread
+over all `num_gpus` (expert parallelism) and priced as perfectly balanced. The imbalanced case belongs to the
+MoE wrapper, which reuses the public primitives `gemm_time`, `expert_layer_time_per_gpu`, `routed_expert_time`
+and `all_to_all_time`.
+
+Hot path: the parts of a step that depend only on the token count or the sequence count are memoised per
+count; the attention part is a handful of float operations, which `decode_run` repeats over a numpy vector
+in the same order, so both give the same floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmsched.model import fitted
+from llmsched.model.base import BatchStats
+from llmsched.model.presets import GpuPreset, LlmPreset, get_gpu, get_llm
+
+GIB = 1024**3
+
+# Defaults that no profile here speaks to (see docs/cost-model.md).
+STEP_OVERHEAD_S = 1.0e-3  # CPU scheduling + input preparation + launch per iteration (vLLM v1, CUDA graphs)
+ATTN_FLOPS_EFF = 0.55  # FlashAttention-2/3 forward reach ~50-75% of dense peak on A100/H100
+ACT_RESERVE_TOKENS = 8192  # vLLM profiles activations with max_num_batched_tokens (default 8192)
+ACT_RESERVE_SEQS = 256  # ... and samples max_num_seqs (default 256) sequences' fp32 logits
+NON_TORCH_RESERVE_BYTES = 0.5 * GIB  # NCCL/cuBLAS workspaces, CUDA graph pool
+_BLOCK = 256  # memo block of token / sequence counts
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeFit:
+    """Fitted kernel efficiencies of one GPU kind (fractions of datasheet peak) and kernel floors (s).
+
+    gemm_knee_p: a GEMM's time is the p-norm (c^p + m^p)^(1/p) of its compute and memory times: p = inf is
+    the strict roofline max; a finite p rounds the knee, where real GEMMs reach neither roof (tile shapes,
+    wave quantisation).
+    """
+
+    gemm_flops_eff: float
+    gemm_bw_eff: float
+    elem_bw_eff: float
+    gemm_latency_s: float
+    elem_latency_s: float
+    gemm_knee_p: float = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFit:
+    """Alpha-beta model of one collective: latency_s + bytes / bw."""
+
+    latency_s: float
+    bw: float
+
+    def time(self, nbytes: float | np.ndarray) -> float | np.ndarray:
+        return self.latency_s + nbytes / self.bw
+
+
+def compute_fit(key: str) -> ComputeFit:
+    try:
+        return ComputeFit(**fitted.COMPUTE[key])
+    except KeyError:
+        raise ValueError(f"no fitted compute efficiencies for {key!r}; known: {', '.join(fitted.COMPUTE)}") from None
+
+
+def all_reduce_fit(gpu: GpuPreset, n: int) -> LinkFit:
+    """All-reduce over n GPUs: the fitted profile where one exists, else a ring scaled from the nearest fit."""
+    table = fitted.ALL_REDUCE[gpu.calibration]
+    kind = "intra" if n <= gpu.gpus_per_node else "inter"
+    fits = table.get(kind, {})
+    if n in fits:
+        return LinkFit(*fits[n])
+    if fits:
+        # Ring all-reduce moves 2(n-1)/n of the message per GPU: keep the nearest fit's bus bandwidth.
+        m = min(fits, key=lambda k: abs(k - n))
+        lat, bw = fits[m]
+        bus = bw * 2 * (m - 1) / m
+        return LinkFit(lat * max(1.0, (n - 1) / (m - 1)), bus * n / (2 * (n - 1)))
+    p2p = LinkFit(*fitted.SEND_RECV[gpu.calibration][kind])
+    return LinkFit(2 * (n - 1) * p2p.latency_s, p2p.bw * n / (2 * (n - 1)))
+
+
+class CostModel:
+    """Roofline `StepCostModel` of one instance: `llm` on `num_gpus` x `gpu`, attention at tensor parallel `tp`.
+
+    Args:
+        llm, gpu: presets (see `llmsched.model.presets`).
+        tp: tensor-parallel degree of attention and dense layers (default: the model's `default_tp`).
+        num_gpus: GPUs of the instance (default: the model's `default_gpus`, else tp). Dense models need
+            num_gpus == tp; MoE models need tp | num_gpus and num_gpus | num_experts.
+        fit: kernel efficiencies (default: the shipped fit of the GPU's calibration key).
+        step_overhead_s: fixed CPU/launch cost per iteration.
+        attn_flops_eff: fraction of peak FLOP/s the prefill attention kernel reaches.
+    """
+
+    needs_class_tokens = False
+
+    def __init__(
+        self,
+        llm: LlmPreset,
+        gpu: GpuPreset,
+        tp: int | None = None,
+        num_gpus: int | None = None,
+        fit: ComputeFit | None = None,
+        step_overhead_s: float = STEP_OVERHEAD_S,
+        attn_flops_eff: float = ATTN_FLOPS_EFF,
+    ) -> None:
+        tp = tp or llm.default_tp
+        if num_gpus is None:
+            num_gpus = max(tp, llm.default_gpus or tp)
+        if tp < 1 or num_gpus < 1 or num_gpus % tp:
+            raise ValueError(f"{llm.name}: num_gpus ({num_gpus}) must be a positive multiple of tp ({tp})")
+        if not llm.is_moe and num_gpus != tp:
+            raise ValueError(f"{llm.name} is dense: num_gpus ({num_gpus}) must equal tp ({tp})")
+        if llm.is_moe and llm.num_experts % num_gpus:
+            raise ValueError(f"{llm.name}: {llm.num_experts} experts do not split over {num_gpus} GPUs")
+        if llm.num_heads % tp:
+            raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
+        if step_overhead_s < 0 or not 0 < attn_flops_eff <= 1:
+            raise ValueError("step_overhead_s must be >= 0 and attn_flops_eff in (0, 1]")
+        self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
+        self.dp = num_gpus // tp
+        self.fit = fit or compute_fit(gpu.calibration)
+        self.num_moe_layers = llm.num_moe_layers
+        self.num_dense_layers = llm.num_layers - llm.num_moe_layers
+        self.experts_per_gpu = llm.num_experts // num_gpus if llm.is_moe else 0
+        self.step_overhead_s = float(step_overhead_s)
+
+        f = self.fit
+        peak = gpu.peak_fp8_flops if (llm.dtype_bytes == 1 and gpu.peak_fp8_flops) else gpu.peak_flops
+        self._dt = float(llm.dtype_bytes)
+        self._inv_flops = 1.0 / (peak * f.gemm_flops_eff)
+        self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff)
+        self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff)
+        self._gemm_lat, self._elem_lat = f.gemm_latency_s, f.elem_latency_s
+        self._knee_p = float(f.gemm_knee_p)
+        self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
+        self._a2a_intra = LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"])
+        self._a2a_inter = LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"])
+
+        # Attention constants, already summed over layers and divided over DP groups (balanced).
+        hd = llm.head_dim
+        heads_g = llm.num_heads / tp
+        kv_elems_g = llm.kv_elems_per_token_layer / min(tp, llm.num_kv_heads)
+        per = llm.num_layers / self.dp
+        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff)  # attention runs in bf16 whatever the weights
+        self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
+        self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * self._inv_gemm_bw  # s per KV token read/written
+        self._a_q = 2.0 * heads_g * hd * 2 * per * self._inv_gemm_bw  # s per query token (q read, out written)
+        self._a_lat = per * self._elem_lat
+        self._tok_cache: dict[int, float] = {}
+        self._seq_cache: dict[int, float] = {}
+
+    # ---- public primitives (vectorised over numpy arrays) -------------------------------------------------
+
+    def _roof(self, compute_s: np.ndarray, memory_s: np.ndarray) -> np.ndarray:
+        """GEMM roofline: the p-norm of compute and memory time (the max when p is infinite)."""
+        top = np.maximum(compute_s, memory_s)
+        p = self._knee_p
+        if p == float("inf"):
+            return top
+        safe = np.where(top > 0, top, 1.0)
+        return top * ((compute_s / safe) ** p + (memory_s / safe) ** p) ** (1.0 / p)
+
+    def gemm_time(self, m: float | np.ndarray, n: float, k: float) -> np.ndarray:
+        """One (m x k) @ (k x n) GEMM on one GPU: roofline of FLOPs vs operand+result bytes, plus the floor."""
+        m = np.asarray(m, dtype=np.float64)
+        flops = 2.0 * m * n * k
+        nbytes = self._dt * (m * k + k * n + m * n)
+        return self._roof(flops * self._inv_flops, nbytes * self._inv_gemm_bw) + self._gemm_lat
+
+    def elem_time(self, nbytes: float | np.ndarray) -> np.ndarray:
+        """A memory-bound elementwise kernel (norm, activation, rope, add, gather) moving nbytes."""
+        return np.asarray(nbytes, dtype=np.float64) * self._inv_elem_bw + self._elem_lat
+
+    def all_reduce_time(self, nbytes: float | np.ndarray) -> np.ndarray:
+        """One all-reduce over the tp group (0 when tp == 1)."""
+        if self._all_reduce is None:
+            return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
+        return np.asarray(self._all_reduce.time(np.asarray(nbytes, dtype=np.float64)))
+
+    def all_to_all_time(self, bytes_per_gpu: float | np.ndarray, intra_node: bool) -> np.ndarray:
+        """Each GPU sends bytes_per_gpu to its peers over NVLink (intra_node) or InfiniBand; fitted p2p links."""
+        link = self._a2a_intra if intra_node else self._a2a_inter
+        return np.asarray(link.time(np.asarray(bytes_per_gpu, dtype=np.float64)))
+
+    def expert_layer_time_per_gpu(self, tokens_per_gpu: np.ndarray, experts_per_gpu: int) -> np.ndarray:
+        """One MoE layer's routed-expert compute on each GPU.
+
+        tokens_per_gpu: token-expert assignments each GPU computes (any shape). The GPU reads the weights of
+        the experts it hosts that got at least one token: expected experts_per_gpu x (1 - (1 - 1/e)^T) under
+        uniform routing. Gate+up and down are two grouped GEMMs; SiLU-and-mul and the token permutation
+        (gather in, scatter out) are elementwise.
+        """
+        t = np.asarray(tokens_per_gpu, dtype=np.float64)
+        if experts_per_gpu < 1:
+            raise ValueError(f"experts_per_gpu must be >= 1, got {experts_per_gpu}")
+        h, fe = float(self.llm.hidden), float(self.llm.expert_ffn)
+        e = float(experts_per_gpu)
+        active = e * -np.expm1(t * np.log1p(-1.0 / e)) if e > 1 else np.minimum(t, 1.0)
+        w_bytes = active * 3.0 * h * fe * self._dt
+        act_bytes = t * (2.0 * h + 3.0 * fe) * self._dt
+        flops = 6.0 * t * h * fe
+        gemm = self._roof(flops * self._inv_flops, (w_bytes + act_bytes) * self._inv_gemm_bw) + 2 * self._gemm_lat
+        elem = (3.0 * fe + 2.0 * h) * self._dt * t * self._inv_elem_bw + 2 * self._elem_lat
+        return gemm + elem
+
+    def routed_expert_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
+        """Routed-expert compute of all MoE layers for num_tokens tokens, balanced over the instance's GPUs."""
+        n = np.asarray(num_tokens, dtype=np.float64)
+        if not self.llm.is_moe:
+            return np.zeros_like(n)
+        per_gpu = n * self.llm.top_k / self.num_gpus
+        return self.num_moe_layers * self.expert_layer_time_per_gpu(per_gpu, self.experts_per_gpu)
+
+    def moe_comm_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
+        """Token dispatch + combine of all MoE layers when attention is data parallel (0 when num_gpus == tp,
+        where the MoE output rides the layer's second all-reduce instead)."""
+        n = np.asarray(num_tokens, dtype=np.float64)
+        if not self.llm.is_moe or self.dp == 1:
+            return np.zeros_like(n)
+        g = self.num_gpus
+        sent = n / g * self.llm.top_k * (g - 1) / g * self.llm.hidden * self._dt
+        local = min(g, self.gpu.gpus_per_node)
+        intra_share = (local - 1) / (g - 1)
+        t = self.all_to_all_time(sent * intra_share, True)
+        if local < g:
+            t = np.maximum(t, self.all_to_all_time(sent * (1.0 - intra_share), False))
+        return 2.0 * self.num_moe_layers * t
+
+    # ---- per-layer token-level operators ------------------------------------------------------------------
+
+    def layer_op_times(self, n: float | np.ndarray, ffn: int | None = None) -> dict[str, np.ndarray]:
+        """Token-level operators of one dense layer on one GPU for n tokens, by Vidur's operator names.
+
+        `ffn` overrides the FFN width (a shared-expert FFN); 0 leaves the MLP out. `add` is one residual add
+        (a layer has two).
+        """
+        n = np.asarray(n, dtype=np.float64)
+        llm, tp, dt = self.llm, self.tp, self._dt
+        h, hd = float(llm.hidden), float(llm.head_dim)
+        heads_g = llm.num_heads / tp
+        kv_g = max(llm.num_kv_heads / tp, 1.0)
+        f = (llm.ffn if ffn is None else ffn) / tp
+        ops = {
+            "input_layernorm": self.elem_time(2 * n * h * dt),
+            "attn_pre_proj": self.gemm_time(n, (heads_g + 2 * kv_g) * hd, h),
+            "attn_rope": self.elem_time(2 * n * (heads_g + kv_g) * hd * dt),
+            "attn_post_proj": self.gemm_time(n, h, heads_g * hd),
+            "post_attention_layernorm": self.elem_time(2 * n * h * dt),
+            "add": self.elem_time(3 * n * h * dt),
+        }
+        if f > 0:
+            ops["mlp_up_proj"] = self.gemm_time(n, 2 * f, h)
+            ops["mlp_act"] = self.elem_time(3 * n * f * dt)
+            ops["mlp_down_proj"] = self.gemm_time(n, h, f)
+        return ops
+
+    def layer_time(self, n: float | np.ndarray, ffn: int | None = None) -> np.ndarray:
+        """Token-level operators of one layer (two residual adds), without attention or communication."""
+        ops = self.layer_op_times(n, ffn)
+        return sum(ops.values()) + ops["add"]
+
+    def token_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
+        """Everything in a step that scales with its token count: all layers' token-level operators,
+        tensor-parallel all-reduces, MoE experts and dispatch, embedding."""
+        n = np.asarray(num_tokens, dtype=np.float64)
+        llm = self.llm
+        ng = n / self.dp  # tokens per data-parallel group
+        ar = self.all_reduce_time(ng * llm.hidden * self._dt)
+        t = self.elem_time(2 * ng * llm.hidden * self._dt)  # embedding gather
+        if self.num_dense_layers:
+            t = t + self.num_dense_layers * (self.layer_time(ng) + 2 * ar)
+        if self.num_moe_layers:
+            shared = llm.num_shared_experts * llm.expert_ffn
+            moe_layer = self.layer_time(ng, ffn=shared) + self.gemm_time(ng, llm.num_experts, llm.hidden)
+            n_ar = 2 if self.dp == 1 else 1
+            t = t + self.num_moe_layers * (moe_layer + n_ar * ar)
+            t = t + self.routed_expert_time(n) + self.moe_comm_time(n)
+        return t
+
+    def seq_time(self, num_seqs: float | np.ndarray) -> np.ndarray:
+        """Final norm, LM head and sampling of the sequences that emit a token."""
+        s = np.asarray(num_seqs, dtype=np.float64) / self.dp
+        h, v = self.llm.hidden, self.llm.vocab
+        norm = self.elem_time(2 * s * h * self._dt)
+        head = self.gemm_time(s, v / self.tp, h)
+        sample = self.elem_time(2 * s * v * 4.0)  # fp32 logits: softmax/top-p read + write
+        return norm + head + sample
+
+    # ---- StepCostModel ------------------------------------------------------------------------------------
+
+    def _tok(self, n: int) -> float:
+        t = self._tok_cache.get(n)
+        if t is None:
+            self._fill(self._tok_cache, self.token_time, n)
+            t = self._tok_cache[n]
+        return t
+
+    def _seq(self, s: int) -> float:
+        t = self._seq_cache.get(s)
+        if t is None:
+            self._fill(self._seq_cache, self.seq_time, s)
+            self._seq_cache[0] = 0.0  # no sequence samples: no LM head
+            t = self._seq_cache[s]
+        return t
+
+    @staticmethod
+    def _fill(cache: dict[int, float], fn, n: int) -> None:
+        """Memoise a whole block of counts around n at once: one vectorised call costs what one scalar does."""
+        lo = n - n % _BLOCK
+        counts = np.arange(lo, lo + _BLOCK)
+        cache.update(zip(counts.tolist(), fn(counts).tolist(), strict=True))
+
+    def step_time(self, b: BatchStats, now: float) -> float:
+        n = b.prefill_tokens + b.decode_tokens
+        if n <= 0:
+            return 0.0
+        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
+        pre = 0.0
+        if b.prefill_tokens:
+            pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
+        dec = 0.0
+        if b.decode_tokens:
+            # Decode attention reads its context's KV and writes one KV row per sequence; memory bound, with
+            # the FLOPs as the roof for pathological shapes.
+            dec = max(b.kv_tokens * self._a_flops, (b.kv_tokens + b.decode_tokens) * self._a_kv
+                      + b.decode_tokens * self._a_q)
+        return base + pre + dec + self._a_lat
+
+    def decode_run(self, b: BatchStats, k: int, now: float) -> np.ndarray:
+        if k <= 0:
+            return np.zeros(0, dtype=np.float64)
+        n = b.prefill_tokens + b.decode_tokens
+        if n <= 0:
+            return np.zeros(k, dtype=np.float64)
+        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
+        pre = 0.0
+        if b.prefill_tokens:
+            pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
+        if not b.decode_tokens:
+            return np.full(k, base + pre + 0.0 + self._a_lat)
+        kv = b.kv_tokens + np.arange(k, dtype=np.float64) * b.decode_tokens
+        dec = np.maximum(kv * self._a_flops, (kv + b.decode_tokens) * self._a_kv + b.decode_tokens * self._a_q)
+        return base + pre + dec + self._a_lat
+
+    def decode_affine(self, b: BatchStats) -> tuple[float, float] | None:
+        """(c0, c1) with decode_run(b, k)[i] == c0 + c1 * i, when the decode attention is memory-bound for every
+        context length (the usual case); None otherwise. Lets the engine price and cut runs in closed form."""
+        if not b.decode_tokens or self._a_kv < self._a_flops:
+            return None
+        n = b.prefill_tokens + b.decode_tokens
+        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
+        pre = 0.0
+        if b.prefill_tokens:
+            pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
+        d = b.decode_tokens
+        c0 = base + pre + (b.kv_tokens + d) * self._a_kv + d * self._a_q + self._a_lat
+        return c0, d * self._a_kv
+
+    # ---- memory -------------------------------------------------------------------------------------------
+
+    def weight_bytes_per_gpu(self) -> float:
+        p = self.llm.param_counts()
+        return (p["dense"] / self.tp + p["experts"] / self.num_gpus) * self._dt
+
+    def activation_reserve_bytes(self) -> float:
+        """Per-GPU memory vLLM's profiling run leaves to activations (peak of one max-size step) and workspaces."""
+        llm = self.llm
+        f = llm.ffn / self.tp if self.num_dense_layers else llm.top_k * llm.expert_ffn * self.tp / self.num_gpus
+        act = ACT_RESERVE_TOKENS * (4 * llm.hidden + 3 * f) * 2  # bf16 activations
+        logits = ACT_RESERVE_SEQS * llm.vocab * 4
+        return act + logits + NON_TORCH_RESERVE_BYTES
+
+    def kv_bytes_per_token_per_gpu(self) -> float:
+        llm = self.llm
+        return llm.num_layers * llm.kv_elems_per_token_layer / min(self.tp, llm.num_kv_heads) * llm.kv_dtype_bytes
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float) -> int:
+        """(memory x util - weights - activation reserve) / KV bytes per token, per tp group, over DP groups."""
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        free = (self.gpu.memory_bytes * gpu_memory_utilization - self.weight_bytes_per_gpu()
+                - self.activation_reserve_bytes())
+        if free <= 0:
+            raise ValueError(
+                f"{self.llm.name} does not fit on {self.num_gpus} x {self.gpu.name} (tp={self.tp}) at "
+                f"gpu_memory_utilization={gpu_memory_utilization}: {free / GIB:.1f} GiB left per GPU for KV"
+            )
+        return int(free // self.kv_bytes_per_token_per_gpu()) * self.dp
+
+    def __repr__(self) -> str:
+        return f"CostModel({self.llm.name} on {self.num_gpus} x {self.gpu.name}, tp={self.tp})"
+
+
+def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None) -> CostModel:
+    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's)."""
+    return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus)

@@ -1,0 +1,77 @@
+"""Calibration: a fresh fit from Vidur's profiles reaches < 10% layer-time MAPE on each profile, and the figures
+shipped in `llmsched.model.fitted` are that fit. Skips when ../shared/calibration is absent."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from llmsched.model import fitted
+from llmsched.model.calibrate import LAYER_OPS, SHAPE_COLS, calibrate, load_profile, main
+
+PROFILING = Path(__file__).resolve().parents[1].parent / "shared" / "calibration" / "vidur" / "profiling"
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    if not (PROFILING / "compute").is_dir():
+        pytest.skip(f"calibration profiles not present at {PROFILING}")
+    return calibrate(PROFILING)
+
+
+def test_layer_time_mape_under_10_percent_on_each_profile(fresh) -> None:
+    _, mape, _, _, _ = fresh
+    assert len(mape) >= 5  # 3 A100 profiles, 2 H100 profiles
+    for name, v in mape.items():
+        assert v < 10.0, f"{name}: MAPE {v:.2f}%"
+
+
+def test_shipped_figures_equal_a_fresh_fit(fresh) -> None:
+    fits, mape, all_reduce, send_recv, _ = fresh
+    assert set(fits) == set(fitted.COMPUTE)
+    for key, fit in fits.items():
+        for field, v in asdict(fit).items():
+            assert fitted.COMPUTE[key][field] == pytest.approx(v, rel=1e-3), f"{key}.{field}"
+    for name, v in mape.items():
+        assert fitted.MAPE[name] == pytest.approx(v, abs=0.05)
+    for key, kinds in all_reduce.items():
+        for kind, table in kinds.items():
+            for n, (lat, bw) in table.items():
+                assert fitted.ALL_REDUCE[key][kind][n] == pytest.approx((lat, bw), rel=1e-3)
+    for key, kinds in send_recv.items():
+        for kind, link in kinds.items():
+            assert fitted.SEND_RECV[key][kind] == pytest.approx(link, rel=1e-3)
+
+
+def test_fitted_efficiencies_are_physical(fresh) -> None:
+    fits, *_ = fresh
+    for fit in fits.values():
+        assert 0.4 < fit.gemm_flops_eff <= 1 and 0.4 < fit.gemm_bw_eff <= 1 and 0 < fit.elem_bw_eff <= 1
+        assert 0 <= fit.gemm_latency_s < 2e-5 and 0 <= fit.elem_latency_s < 2e-5
+
+
+def test_cli_prints_the_table(fresh, capsys, monkeypatch) -> None:
+    import llmsched.model.calibrate as cal
+
+    monkeypatch.setattr(cal, "calibrate", lambda root: fresh)  # the fit itself is covered above
+    assert main([str(PROFILING)]) == 0
+    out = capsys.readouterr().out
+    assert "layer MAPE" in out and "h100/Llama-2-7b-hf" in out
+
+
+def _header() -> str:
+    return ",".join([f"time_stats.{o}.median" for o in LAYER_OPS] + list(SHAPE_COLS))
+
+
+def test_bad_profile_names_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "mlp.csv"
+    good = ",".join(["0.01"] * len(LAYER_OPS) + ["32", "8", "4096", "14336", "128256", "16", "1"])
+    bad = ",".join(["0.01"] * len(LAYER_OPS) + ["32", "8", "4096", "14336", "128256", "lots", "1"])
+    p.write_text(_header() + "\n" + good + "\n" + bad + "\n")
+    with pytest.raises(ValueError, match=r"mlp\.csv:3: column 'num_tokens'"):
+        load_profile(p, "h100", "x")
+    p.write_text("num_tokens,foo\n1,2\n")
+    with pytest.raises(ValueError, match=r"mlp\.csv: missing column"):
+        load_profile(p, "h100", "x")
