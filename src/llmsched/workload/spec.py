@@ -13,7 +13,7 @@ class WorkloadSpec(BaseModel):
     kind: Literal["synthetic", "trace"] = "synthetic"
     name: str = Field("chat", description="generator name (synthetic) or format: azure|mooncake|burstgpt|auto")
     path: str | None = Field(None, description="trace file; 'builtin:NAME' for the sample shipped in the package")
-    rate: float | None = Field(None, gt=0, description="synthetic: mean arrivals per second")
+    rate: float | None = Field(None, gt=0, description="mean arrivals per second (synthetic), or the target mean rate of a trace")
     num_requests: int | None = Field(None, ge=1, description="synthetic: how many; trace: same as limit")
     rate_scale: float = Field(1.0, gt=0, description="multiply the arrival rate (divide timestamps) by this")
     limit: int | None = Field(None, ge=1, description="keep the first N requests")
