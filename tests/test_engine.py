@@ -159,3 +159,22 @@ def test_fast_forward_matches_token_by_token(
         assert f1 == pytest.approx(f0, rel=1e-9, abs=1e-9)
         assert e1 == pytest.approx(e0, rel=1e-9, abs=1e-9)
         assert tt1 == pytest.approx(tt0, rel=1e-9, abs=1e-9)
+
+
+def test_real_cost_model_single_request_ttft_and_fast_forward() -> None:
+    """With the shipped roofline model: TTFT is its prefill time, and decode runs match stepping."""
+    from llmsched.model import build_cost_model
+
+    def run(max_run: int) -> list[Request]:
+        cost = build_cost_model("llama-3.1-8b", "h100")
+        engines = [Engine(cost, REQUEST_POLICIES.create("fcfs"), EngineConfig(), instance=0)]
+        reqs = [Request(0, 0.0, 3000, 40), Request(1, 0.5, 700, 300), Request(2, 0.52, 20, 5)]
+        Cluster(engines, ROUTERS.create("round-robin"), max_run=max_run).run(reqs)
+        return reqs
+
+    cost = build_cost_model("llama-3.1-8b", "h100")
+    fast, ref = run(4096), run(1)
+    assert fast[0].ttft == pytest.approx(cost.step_time(BatchStats(3000, 3000 * 3001 / 2, 1), 0.0))
+    for a, b in zip(fast, ref, strict=True):
+        assert a.first_token == pytest.approx(b.first_token, rel=1e-9)
+        assert a.finish == pytest.approx(b.finish, rel=1e-9)

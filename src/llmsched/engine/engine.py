@@ -231,14 +231,15 @@ class Engine:
 
     # -- the decode set --------------------------------------------------------------------------------
     def _blocks_at(self, j: int) -> int:
-        """Blocks the decode set holds once each member has num_computed + j tokens of KV."""
+        """Blocks the decode set holds once each member has num_computed + j tokens of KV.
+
+        Sum over members of ceil((c + s + j) / bs) with c = q * bs + r: each contributes q + x // bs, plus 1
+        when r >= bs - x % bs (x = s + j + bs - 1), so it is a suffix sum of the phase histogram.
+        """
         bs = self.bs
-        sj = self._s + j + bs - 1
-        total = self._dq
-        for r, cnt in enumerate(self._dh):
-            if cnt:
-                total += cnt * ((r + sj) // bs)
-        return total
+        q, m = divmod(self._s + j + bs - 1, bs)
+        total = self._dq + len(self.decoding) * q
+        return total + sum(self._dh[bs - m :]) if m else total
 
     def _enter(self, req: Request) -> None:
         """A request caught up with its prompt (and not finished) joins the decode set."""
@@ -571,12 +572,13 @@ class Engine:
                 out.tokens.append(req)
                 done_prefill = True
                 if req.num_output >= req.output_len:
+                    req.status = Status.FINISHED
                     finished.append(req)
                 else:
                     self._enter(req)
         if done_prefill:
-            self.prefilling = [r for r in prefilling if r.status == Status.RUNNING and r.rid not in self.decoding
-                               and r not in finished]
+            decoding = self.decoding
+            self.prefilling = [r for r in prefilling if r.status == Status.RUNNING and r.rid not in decoding]
         for req in finished:
             if req.kv_hashed is not None:
                 kv.free(req)
