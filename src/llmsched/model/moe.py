@@ -5,8 +5,13 @@ step time = dense part (the base model's step minus its perfectly balanced route
             + 2 x all-to-all of the assignments that reach it from other GPUs (dispatch, combine))
           + a migration stall in the step where a rebalance lands (`migration: stall`).
 
-Per-step expert loads come from `ExpertRoutingModel` (or a recorded load file), vectorised per step and per
-run of steps; the placement in force comes from an `ExpertPlacer`. Cross-GPU traffic: the first MoE layer
+Per-step loads: the routing model (or a recorded load file) gives each class's expert popularity p [L, E]
+per drift epoch; under the placement in force it is folded once into each GPU's share P [L, G] (cached per
+class, epoch and placement), a step mixes its classes' P by their token counts, and the step's noise is
+drawn on the GPU loads directly (n = tokens x top_k assignments per layer, multinomial or its Gaussian
+approximation: `routing.noise`). So the hot path is O(L x G), never per token or per expert; online placers
+observe each step's expected per-expert loads (n x p, the step's classes mixed), which is what their window
+sums converge to. Cross-GPU traffic: the first MoE layer
 dispatches from the token's home GPU (a share 1 - 1/G is remote); between consecutive layers a token's state
 sits on the GPU of its previous expert (the ExFlow communication model), so a hop is local with probability
 (1 - affinity) u_l . u_{l+1} + affinity sum_e p_l[e] d_l[e], u = share of the layer's tokens per GPU and
@@ -301,7 +306,8 @@ class MoECostModel:
             self._bal_w += self._win_tokens
             self._bal_steps_sum += bal * self._win_steps
             self._bal_steps_n += self._win_steps
-            self.series.append((t, bal))
+            if 2 * self._win_steps >= self.params.balance_window:  # a short last window is noise on a plot
+                self.series.append((t, bal))
         self._win_gpu = np.zeros_like(g)
         self._win_steps = 0
         self._win_tokens = 0.0

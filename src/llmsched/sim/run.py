@@ -144,5 +144,7 @@ def _merge_moe(stats: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [s[key] for s in stats if key in s]
         if vals:
             out[key] = sum(vals) / len(vals)
-    out["expert_migrations"] = sum(int(s.get("expert_migrations", 0)) for s in stats)
+    for key in ("expert_migrations", "expert_rebalances"):
+        out[key] = sum(int(s.get(key, 0)) for s in stats)
+    out["migration_stall_s"] = sum(float(s.get("migration_stall_s", 0.0)) for s in stats)
     return out

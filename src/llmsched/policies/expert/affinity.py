@@ -1,0 +1,104 @@
+"""Inter-layer affinity placement (the ExFlow / MoETuner idea, Gimbal's expert layer).
+
+A token's hidden state sits on the GPU of its expert at layer l; if its expert at layer l+1 is on that same
+GPU, the dispatch never leaves the GPU. Given the flows F[l][e, e'] (tokens that go from expert e of layer l
+to expert e' of layer l+1), this placer keeps EPLB's replica counts and places layer by layer: the replicas
+of layer l+1 go, by decreasing inbound flow from layer l's placement, to the GPU that sends them most, while
+that GPU has a free slot and stays under mean / `balance_target`; the rest are packed heaviest first onto
+the lightest GPUs (see `place_layer`). Layer 0 is EPLB's placement. `cross_gpu_fraction` measures the traffic cut.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from llmsched.core.registry import Params
+from llmsched.policies.expert.base import EXPERT_PLACERS, ExpertPlacer, Placement, Topology, at_least_static
+from llmsched.policies.expert.eplb import eplb_placement
+from llmsched.policies.expert.eplb_algo import replicate_experts
+from llmsched.policies.expert.hotspot import relieve_layer
+
+
+def cross_gpu_fraction(placement: Placement, flows: np.ndarray, num_gpus: int) -> float:
+    """Share of the inter-layer flow whose next expert is served on another GPU than the previous one.
+
+    Replicas split tokens evenly, so a flow e -> e' stays local with probability sum_g share[e,g] share[e',g].
+    """
+    share = placement.gpu_share(num_gpus)  # [L, E, G]
+    local = np.einsum("leg,lfg,lef->", share[:-1], share[1:], flows)
+    total = flows.sum()
+    return float(1.0 - local / total) if total > 0 else 0.0
+
+
+def place_layer(
+    w: np.ndarray, cnt: np.ndarray, inbound: np.ndarray, num_gpus: int, slots: int, cap: float
+) -> np.ndarray:
+    """One layer: phy2log row (GPU-major) for loads `w`, replica counts `cnt`, inbound flow [E, G].
+
+    Pass 1 takes (expert, GPU) pairs by decreasing inbound flow per replica while the GPU has a free slot
+    and stays under `cap`; pass 2 places the remaining replicas heaviest first on the lightest GPU with a
+    free slot; pass 3 repairs the peak with a few swaps (the hot-spot moves) if pass 2 overshot.
+    """
+    E = w.shape[0]
+    per = w / cnt
+    score = inbound / cnt[:, None]
+    need = cnt.copy()
+    load = np.zeros(num_gpus)
+    free = np.full(num_gpus, slots)
+    gpu_items: list[list[int]] = [[] for _ in range(num_gpus)]
+    # candidates: each expert's few best GPUs (enough for its replicas), best pairs first
+    top = min(num_gpus, int(cnt.max()) + 3)
+    cand = np.argpartition(-score, top - 1, axis=1)[:, :top] if top < num_gpus else np.tile(np.arange(num_gpus), (E, 1))
+    cs = np.take_along_axis(score, cand, axis=1).ravel()
+    ce = np.repeat(np.arange(E), cand.shape[1])
+    cg = cand.ravel()
+    keep = cs > 0
+    order = np.argsort(-cs[keep], kind="stable")
+    for e, g in zip(ce[keep][order].tolist(), cg[keep][order].tolist(), strict=True):
+        if need[e] and free[g] and load[g] + per[e] <= cap:
+            gpu_items[g].append(e)
+            load[g] += per[e]
+            free[g] -= 1
+            need[e] -= 1
+    rest = np.repeat(np.arange(E), need)
+    for e in rest[np.argsort(-per[rest], kind="stable")]:
+        g = int(np.where(free > 0, load, np.inf).argmin())
+        gpu_items[g].append(int(e))
+        load[g] += per[e]
+        free[g] -= 1
+    row = np.array([e for g in gpu_items for e in g], dtype=np.int64)
+    if load.max() > cap:
+        relieve_layer(w, row, num_gpus, max_moves=2 * slots, min_gain=0.0)
+    return row
+
+
+@EXPERT_PLACERS.register("affinity")
+class Affinity(ExpertPlacer):
+    wants_flows = True
+
+    class Params(Params):
+        balance_target: float = Field(0.92, gt=0, le=1, description="keep each GPU under mean / this")
+        mode: Literal["auto", "hierarchical", "global"] = "auto"
+
+    def place(self, loads: np.ndarray, topology: Topology, flows: np.ndarray | None = None) -> Placement:
+        t = topology
+        w = np.asarray(loads, dtype=np.float64)
+        base = eplb_placement(w, t, self.params.mode)
+        if flows is None or t.num_layers < 2:
+            return base
+        F = np.asarray(flows, dtype=np.float64)
+        if F.shape != (t.num_layers - 1, t.num_experts, t.num_experts):
+            raise ValueError(f"flows have shape {F.shape}, expected {(t.num_layers - 1, t.num_experts, t.num_experts)}")
+        _, _, cnt = replicate_experts(w, t.num_slots)
+        phy2log = base.phy2log.copy()
+        for layer in range(1, t.num_layers):
+            prev = phy2log[layer - 1]
+            # inbound[e', g]: flow into e' from the slots of GPU g (a slot carries 1/count of its expert)
+            sent = F[layer - 1][prev] / np.bincount(prev, minlength=t.num_experts)[prev][:, None]
+            inbound = sent.reshape(t.num_gpus, t.slots_per_gpu, t.num_experts).sum(1).T
+            cap = w[layer].sum() / t.num_gpus / self.params.balance_target
+            phy2log[layer] = place_layer(w[layer], cnt[layer], inbound, t.num_gpus, t.slots_per_gpu, cap)
+        return at_least_static(Placement.from_phy2log(phy2log, t.num_experts), w, t)

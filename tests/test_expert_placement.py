@@ -1,0 +1,160 @@
+"""Expert placers: DeepSeek's reference example, structural invariants, never worse than static."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmsched.policies.expert import EXPERT_PLACERS, Placement, Topology, balancedness
+from llmsched.policies.expert.affinity import cross_gpu_fraction
+from llmsched.policies.expert.eplb_algo import balanced_packing, rebalance_experts, replicate_experts
+from llmsched.workload.expert_routing import ExpertRoutingModel
+
+# DeepSeek EPLB's published example: 2 layers, 12 experts, 16 replicas, 4 groups, 2 nodes, 8 GPUs.
+REF_WEIGHT = np.array(
+    [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86], [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
+)
+REF_PHY2LOG = np.array(
+    [[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1], [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1]]
+)
+REF_TOPO = Topology(num_layers=2, num_experts=12, num_gpus=8, num_slots=16, num_nodes=2, num_groups=4)
+
+
+def test_reference_example_matches_deepseek_output() -> None:
+    phy2log, logcnt = rebalance_experts(REF_WEIGHT, 16, 4, 2, 8)
+    np.testing.assert_array_equal(phy2log, REF_PHY2LOG)
+    pl = Placement.from_phy2log(phy2log, 12)
+    pl.validate(REF_TOPO)
+    np.testing.assert_array_equal(pl.logcnt, logcnt)
+    # balanced: far better than the contiguous layout, and each node holds whole groups
+    static = EXPERT_PLACERS.create("static", {"use_redundant": True}).place(REF_WEIGHT, REF_TOPO)
+    assert balancedness(pl.gpu_loads(REF_WEIGHT, 8)) > balancedness(static.gpu_loads(REF_WEIGHT, 8)) + 0.1
+    for layer in range(2):
+        for node in range(2):
+            experts = set(phy2log[layer, node * 8 : (node + 1) * 8] // 3)  # group of each expert
+            assert len(experts) == 2  # two whole groups per node
+
+
+def test_balanced_packing_fills_every_pack_equally() -> None:
+    w = np.random.default_rng(0).random((5, 24))
+    pack, rank = balanced_packing(w, 6)
+    for r in range(5):
+        assert np.bincount(pack[r], minlength=6).tolist() == [4] * 6
+        for p in range(6):
+            assert sorted(rank[r, pack[r] == p]) == [0, 1, 2, 3]
+
+
+def test_replication_goes_to_the_heaviest_per_replica() -> None:
+    phy2log, _, logcnt = replicate_experts(np.array([[10.0, 1.0, 4.0]]), 6)
+    assert logcnt.tolist() == [[4, 1, 1]] or logcnt.tolist() == [[3, 1, 2]]
+    assert (np.bincount(phy2log[0], minlength=3) == logcnt[0]).all()
+
+
+def test_placement_maps_are_consistent() -> None:
+    pl = Placement.from_phy2log(np.array([[0, 1, 1, 2, 0, 1]]), 3)
+    assert pl.logcnt.tolist() == [[2, 3, 1]]
+    assert pl.log2phy[0, 1].tolist() == [1, 2, 5]
+    assert pl.log2phy[0, 2].tolist() == [3, -1, -1]
+    with pytest.raises(ValueError, match="no replica"):
+        Placement.from_phy2log(np.array([[0, 0, 1, 1]]), 3).validate(Topology(1, 3, 2, 4))
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[np.ndarray, Topology]:
+    nodes = draw(st.sampled_from([1, 2]))
+    gpus = nodes * draw(st.sampled_from([1, 2, 4]))
+    experts = gpus * draw(st.integers(1, 4))
+    groups = draw(st.sampled_from([g for g in (1, 2, 4, 8) if experts % g == 0 and g % nodes == 0] or [1]))
+    slots = experts + gpus * draw(st.integers(0, 2))
+    layers = draw(st.integers(1, 3))
+    skew = draw(st.sampled_from([0.0, 1.0, 3.0]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    loads = np.floor(np.exp(skew * rng.standard_normal((layers, experts))) * 100)
+    if draw(st.booleans()):
+        loads[:, rng.integers(experts)] = 0.0
+    return loads, Topology(layers, experts, gpus, slots, nodes, groups)
+
+
+@pytest.mark.parametrize("name", ["static", "eplb", "eplb-online", "hotspot", "affinity"])
+@settings(max_examples=40, deadline=None)
+@given(case=cases())
+def test_every_placer_is_valid_and_no_worse_than_static(name: str, case: tuple[np.ndarray, Topology]) -> None:
+    loads, topo = case
+    flows = None
+    if topo.num_layers > 1:
+        flows = loads[:-1, :, None] * loads[1:, None, :] + 1.0
+    pl = EXPERT_PLACERS.create(name).place(loads, topo, flows)
+    pl.validate(topo)
+    assert pl.num_slots % topo.num_gpus == 0
+    per_gpu = np.bincount(np.arange(pl.num_slots) // (pl.num_slots // topo.num_gpus))
+    assert (per_gpu == per_gpu[0]).all()
+    static = EXPERT_PLACERS.create("static").place(loads, topo)
+    mine, ref = pl.gpu_loads(loads, topo.num_gpus), static.gpu_loads(loads, topo.num_gpus)
+    assert (mine.max(-1) <= ref.max(-1) * (1 + 1e-9) + 1e-9).all()
+    assert balancedness(mine) >= balancedness(ref) - 1e-9
+    np.testing.assert_allclose(mine.sum(-1), loads.sum(-1))  # tokens are conserved
+
+
+def _ds_like() -> tuple[np.ndarray, np.ndarray, Topology]:
+    m = ExpertRoutingModel(12, 256, 8, seed=0)
+    p = m.profile()
+    return p, m.flows(p), Topology(12, 256, 32, 288, num_nodes=4, num_groups=8)
+
+
+def test_eplb_balances_the_published_skew() -> None:
+    p, _, topo = _ds_like()
+    static = balancedness(EXPERT_PLACERS.create("static").place(p, topo).gpu_loads(p, 32))
+    glob = balancedness(EXPERT_PLACERS.create("eplb", {"mode": "global"}).place(p, topo).gpu_loads(p, 32))
+    hier = balancedness(EXPERT_PLACERS.create("eplb").place(p, topo).gpu_loads(p, 32))
+    assert static < 0.55
+    assert glob >= 0.95
+    assert hier > static + 0.3
+
+
+def test_affinity_cuts_cross_gpu_traffic_at_good_balance() -> None:
+    p, flows, topo = _ds_like()
+    eplb = EXPERT_PLACERS.create("eplb", {"mode": "global"}).place(p, topo)
+    aff = EXPERT_PLACERS.create("affinity", {"mode": "global"}).place(p, topo, flows)
+    cut = 1 - cross_gpu_fraction(aff, flows, 32) / cross_gpu_fraction(eplb, flows, 32)
+    assert cut >= 0.30
+    assert balancedness(aff.gpu_loads(p, 32)) >= 0.9
+
+
+def test_eplb_online_rebalances_on_its_interval_from_its_window() -> None:
+    topo = Topology(2, 8, 2, 10)
+    placer = EXPERT_PLACERS.create("eplb-online", {"window": 3, "interval": 5})
+    start = placer.initial(np.ones((2, 8)), topo)
+    hot = np.zeros((6, 2, 8))
+    hot[:, :, 0] = 100.0
+    hot[:, :, 1:] = 1.0
+    placer.observe(hot[:4], 0)
+    assert placer.maybe_rebalance(4, start, topo) is None  # not due
+    placer.observe(hot[4:5], 4)
+    assert placer.recorder_.steps == 3  # steps 2, 3, 4 only
+    new = placer.maybe_rebalance(5, start, topo)
+    assert new is not None and new.logcnt[0, 0] == 3
+    assert placer.next_check() == 10
+
+
+def test_hotspot_moves_little_and_helps() -> None:
+    topo = Topology(1, 16, 4, 20)
+    placer = EXPERT_PLACERS.create("hotspot", {"window": 2, "interval": 2, "max_moves": 2, "budget": 4})
+    cur = placer.initial(np.ones((1, 16)), topo)
+    loads = np.ones((2, 1, 16))
+    loads[:, 0, 0] = 30.0
+    placer.observe(loads, 0)
+    new = placer.maybe_rebalance(2, cur, topo)
+    assert new is not None
+    assert (new.phy2log != cur.phy2log).sum() <= 4
+    w = loads.sum(0)
+    assert new.gpu_loads(w, 4).max() < cur.gpu_loads(w, 4).max()
+
+
+def test_unknown_placer_and_bad_params_are_clear() -> None:
+    with pytest.raises(ValueError, match="unknown expert policy"):
+        EXPERT_PLACERS.create("nope")
+    with pytest.raises(ValueError, match="invalid parameters"):
+        EXPERT_PLACERS.create("eplb-online", {"window": 0})

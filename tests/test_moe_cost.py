@@ -1,0 +1,151 @@
+"""The MoE step-cost wrapper: reduces to the dense model when balanced, fast-forward equivalence,
+interrupted runs, migration pricing, statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmsched.model.base import BatchStats
+from llmsched.model.moe import build_moe_cost
+from llmsched.model.roofline import build_cost_model
+
+
+@pytest.fixture(scope="module")
+def ds():  # noqa: ANN201 - the base cost model
+    return build_cost_model("deepseek-v3-like", "h100")
+
+
+@pytest.fixture(scope="module")
+def qwen():  # noqa: ANN201
+    return build_cost_model("qwen3-30b-a3b", "a100-80g")
+
+
+def decode(n: int = 64, cls: str = "chat") -> BatchStats:
+    return BatchStats(decode_tokens=n, kv_tokens=n * 700, class_tokens={cls: n})
+
+
+def prefill(n: int = 8192) -> BatchStats:
+    return BatchStats(prefill_tokens=n, prefill_seqs=4, prefill_pairs=n * 1024.0, class_tokens={"code": n})
+
+
+@pytest.mark.parametrize("name", ["ds", "qwen"])
+def test_uniform_routing_reduces_to_the_balanced_base_model(name: str, request: pytest.FixtureRequest) -> None:
+    base = request.getfixturevalue(name)
+    m = build_moe_cost(base, "static", {"redundant_slots": 0, "routing": {"skew": 0.0, "noise": "none", "affinity": 0.0}}, seed=0)
+    for b in (decode(), prefill()):
+        assert m.step_time(b, 0.0) == pytest.approx(base.step_time(b, 0.0), rel=1e-9)
+
+
+def test_skew_slows_static_and_eplb_recovers(ds) -> None:  # noqa: ANN001
+    b = prefill()
+    times = {}
+    for pol in ("static", "eplb"):
+        m = build_moe_cost(ds, pol, {"mode": "global"} if pol == "eplb" else {}, seed=0)
+        times[pol] = np.mean([m.step_time(b, 0.01 * i) for i in range(5)])
+    assert times["static"] > ds.step_time(b, 0.0) * 1.05
+    assert times["eplb"] < times["static"]
+
+
+@pytest.mark.parametrize("policy", ["static", "eplb-online"])
+def test_decode_run_equals_step_by_step(ds, policy: str) -> None:  # noqa: ANN001
+    params = {"interval": 10_000} if policy == "eplb-online" else {}
+    run = build_moe_cost(ds, policy, params, seed=7)
+    steps = build_moe_cost(ds, policy, params, seed=7)
+    b = decode(32)
+    durs = run.decode_run(b, 12, 1.0)
+    now, seq = 1.0, []
+    for i in range(12):
+        bi = BatchStats(decode_tokens=32, kv_tokens=b.kv_tokens + i * 32, class_tokens={"chat": 32})
+        seq.append(steps.step_time(bi, now))
+        now += seq[-1]
+    np.testing.assert_allclose(durs, seq, rtol=1e-12)
+    assert run.moe_stats()["moe_steps"] == steps.moe_stats()["moe_steps"] == 12
+
+
+def test_an_interrupted_run_commits_only_its_executed_steps(qwen) -> None:  # noqa: ANN001
+    m = build_moe_cost(qwen, "static", {}, seed=0)
+    durs = m.decode_run(decode(16), 10, 0.0)
+    ends = np.cumsum(durs)
+    m.step_time(decode(16), float(ends[2]))  # the engine cut the run after 3 steps
+    assert m.moe_stats()["moe_steps"] == 4
+
+
+def test_online_rebalance_stalls_the_step_and_counts_migrations(ds) -> None:  # noqa: ANN001
+    m = build_moe_cost(ds, "eplb-online", {"window": 4, "interval": 5}, seed=0)
+    b = prefill(4096)
+    t = [m.step_time(b, 0.0) for _ in range(7)]
+    s = m.moe_stats()
+    assert s["expert_rebalances"] == 1 and s["expert_migrations"] > 0
+    assert s["migration_stall_s"] > 0.05  # tens of GB over InfiniBand
+    assert t[5] - s["migration_stall_s"] == pytest.approx(t[6], rel=0.2)  # the stall lands in step 5
+    assert t[6] < t[4]  # and the new placement is faster
+
+
+def test_background_migration_delays_the_switch_without_stall(ds) -> None:  # noqa: ANN001
+    m = build_moe_cost(ds, "eplb-online", {"window": 4, "interval": 5, "migration": "background"}, seed=0)
+    b = prefill(4096)
+    now, t = 0.0, []
+    for _ in range(12):
+        t.append(m.step_time(b, now))
+        now += t[-1]
+    s = m.moe_stats()
+    assert s["migration_stall_s"] == 0.0 and s["expert_rebalances"] >= 1
+    assert max(t) < 2 * min(t)  # no stall step
+    assert t[-1] < t[4]  # switched once the copy was done
+
+
+def test_stats_and_errors(qwen) -> None:  # noqa: ANN001
+    m = build_moe_cost(qwen, "hotspot", {"interval": 5, "window": 5, "balance_window": 4}, seed=1)
+    now = 0.0
+    for _ in range(20):
+        now += m.step_time(prefill(2048), now)
+    s = m.moe_stats()
+    assert 0 < s["expert_balancedness"] <= 1 and s["a2a_bytes_per_token"] == 0.0  # TP2 attention: no a2a
+    assert len(m.series) == 5
+    with pytest.raises(ValueError, match="invalid parameters for hotspot"):
+        build_moe_cost(qwen, "hotspot", {"bogus": 1}, seed=0)
+    with pytest.raises(ValueError, match="redundant_slots"):
+        build_moe_cost(qwen, "static", {"redundant_slots": 3}, seed=0)
+
+
+def test_affinity_cuts_all_to_all_bytes(ds) -> None:  # noqa: ANN001
+    per_token = {}
+    for pol in ("eplb", "affinity"):
+        m = build_moe_cost(ds, pol, {"mode": "global"}, seed=0)
+        m.step_time(BatchStats(decode_tokens=256, kv_tokens=256 * 500), 0.0)
+        per_token[pol] = m.moe_stats()["a2a_bytes_per_token"]
+    assert per_token["affinity"] < 0.8 * per_token["eplb"]
+
+
+def test_recorded_loads_drive_the_model(qwen, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    rng = np.random.default_rng(0)
+    hist = [{"logical_expert_load": rng.integers(0, 50, size=(48, 128)).tolist()} for _ in range(3)]
+    path = tmp_path / "eplb_loads.json"
+    path.write_text(json.dumps({"load_history": hist}))
+    m = build_moe_cost(qwen, "eplb", {"loads_file": str(path)}, seed=0)
+    assert m.step_time(prefill(1024), 0.0) > 0
+    with pytest.raises(ValueError, match="is 48 x 128"):
+        build_moe_cost(build_cost_model("deepseek-v3-like", "h100"), "static", {"loads_file": str(path)}, seed=0)
+
+
+def test_profile_classes_plan_offline_placers_on_the_workload_mix(ds) -> None:  # noqa: ANN001
+    shared = build_moe_cost(ds, "eplb", {"mode": "global"}, seed=0)
+    matched = build_moe_cost(ds, "eplb", {"mode": "global", "profile_classes": {"code": 1.0}}, seed=0)
+    assert (shared.placement.phy2log != matched.placement.phy2log).any()
+    b = prefill(8192)  # all of class "code"
+    assert matched.step_time(b, 0.0) < shared.step_time(b, 0.0)
+
+
+def test_simulator_reports_expert_figures() -> None:
+    sim = pytest.importorskip("llmsched.sim.run")
+    from llmsched.sim.config import SimConfig
+
+    cfg = SimConfig(model="qwen3-30b-a3b", gpu="a100-80g", expert_policy="hotspot",
+                    workload={"kind": "synthetic", "name": "chat", "num_requests": 40, "rate": 5.0})
+    res = sim.simulate(cfg)
+    assert res["completed"] == 40
+    assert 0 < res["expert_balancedness"] <= 1
+    assert res["a2a_bytes_per_token"] == 0.0 and res["expert_migrations"] >= 0
