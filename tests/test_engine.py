@@ -151,6 +151,10 @@ def test_fast_forward_matches_token_by_token(
         ]
         cluster = Cluster(engines, ROUTERS.create("round-robin"), max_run=max_run)
         cluster.run(reqs)
+        for e in engines:  # everything handed back
+            assert e.kv.num_used == 0 and e._pending_prefill == 0 and e._dheld == 0
+            assert not e.decoding and not e.prefilling and not len(e.policy)
+        assert all(r.status == Status.FINISHED and r.num_output == r.output_len for r in reqs)
         return [(r.first_token, r.finish, r.token_times or []) for r in reqs]
 
     ref = run(1)

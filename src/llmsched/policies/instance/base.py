@@ -68,7 +68,8 @@ class Router(Configurable):
 
     def on_finish(self, req: Request, instance: int, now: float) -> None:
         self.in_flight_[instance] = max(0, self.in_flight_[instance] - 1)
-        self.on_first_token(req, instance, now)  # no-op unless it ended before its first token
+        if req.first_token < 0:  # ended before its first token: its prefill charge is still on the books
+            self.on_first_token(req, instance, now)
 
     def on_snapshots(self, snapshots: Sequence[InstanceSnapshot], now: float) -> None:  # noqa: B027
         """Fresh metrics: routers that blend snapshots with their own counts may reconcile here."""
