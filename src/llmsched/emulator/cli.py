@@ -1,0 +1,84 @@
+"""`llmsched emulate`: one emulated vLLM instance on a port (the lead mounts `emulate_cmd` on the typer app)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Annotated
+
+import typer
+
+from llmsched.engine.config import EngineConfig
+
+
+def emulate_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    model: Annotated[str, typer.Option(help="Model preset priced by the cost model.")] = "llama-3.1-8b",
+    gpu: Annotated[str, typer.Option(help="GPU preset.")] = "h100",
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree (default: the model's).")] = None,
+    speed: Annotated[
+        float, typer.Option(help="Emulated seconds per real second (2.0 = twice real time).")
+    ] = 1.0,
+    request_policy: Annotated[str, typer.Option(help="Request-level policy of the engine's queue.")] = "fcfs",
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model name clients send (default: --model).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic output text.")] = 0,
+    max_model_len: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Most sequences in one iteration (vLLM's).")] = 256,
+    max_num_batched_tokens: Annotated[
+        int, typer.Option(help="Token budget of one iteration (vLLM's).")
+    ] = 8192,
+    block_size: Annotated[int, typer.Option(help="KV block size in tokens.")] = 16,
+    enable_prefix_caching: Annotated[bool, typer.Option(help="Automatic prefix caching.")] = True,
+) -> None:
+    """Serve vLLM's OpenAI-compatible API and /metrics, driven in real time by the engine model."""
+    from llmsched.emulator.server import EmulatorServer
+
+    cfg = EngineConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        block_size=block_size,
+        enable_prefix_caching=enable_prefix_caching,
+    )
+    try:
+        server = EmulatorServer(
+            model=model,
+            gpu=gpu,
+            tp=tp,
+            speed=speed,
+            request_policy=request_policy,
+            engine_config=cfg,
+            served_model_name=served_model_name,
+            seed=seed,
+            max_model_len=max_model_len,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+    async def serve() -> None:
+        url = await server.start(host, port)
+        typer.echo(f"llmsched emulator: {server.served_model_name} on {gpu} at {url} (speed {speed}x)")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    run_async(serve())
+
+
+def run_async(coro: object) -> None:
+    """Run `coro` on uvloop when installed (faster socket I/O and timers), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
