@@ -136,7 +136,7 @@ def test_fast_forward_matches_token_by_token(
 
     def run(max_run: int) -> list[tuple[float, float, list[float]]]:
         reqs = [
-            Request(i, t, p, o, block_hashes=chain((g, j) for j in range(p // 16)))
+            Request(i, t, p, min(o, 16 * kv_blocks - p), block_hashes=chain((g, j) for j in range(p // 16)))
             for i, (t, p, o, g) in enumerate(spec)
         ]
         engines = [

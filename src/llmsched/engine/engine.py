@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmsched.core.hashing import chain
 from llmsched.core.types import InstanceSnapshot, Request, Status
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.kv_cache import KVCache
@@ -168,13 +169,28 @@ class Engine:
             req.num_computed = nc
             req.num_output = nc - req.prompt_len + 1
 
-    def lookup_prefix(self, block_hashes: tuple[int, ...] | None) -> int:
-        """Prompt tokens of a prefix that this instance holds in its KV cache right now."""
+    def _catch_up(self, now: float) -> None:
+        """Inside a decode run, allocate the blocks of the iterations begun by `now`, so that KV usage and
+        prefix lookups at `now` are what token-by-token stepping would show (the run allocates lazily)."""
+        plan = self._plan
+        if plan is None or plan.steps == 1 or not self.decoding:
+            return
+        k = min(self._iterations_begun(plan, now), plan.steps)
+        need = self._blocks_at(k) - self._dheld
+        if need > 0:
+            self.kv.alloc(need)
+            self._dheld += need
+
+    def lookup_prefix(self, block_hashes: tuple[int, ...] | None, now: float | None = None) -> int:
+        """Prompt tokens of a prefix that this instance holds in its KV cache (at `now`, if given)."""
         if not block_hashes:
             return 0
+        if now is not None:
+            self._catch_up(now)
         return self.kv.longest_hit(block_hashes, len(block_hashes) * self.bs) * self.bs
 
     def snapshot(self, now: float) -> InstanceSnapshot:
+        self._catch_up(now)
         kv = self.kv
         return InstanceSnapshot(
             instance=self.instance,
@@ -199,13 +215,24 @@ class Engine:
                 f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed this instance's KV capacity"
                 f" ({self.kv.num_blocks} blocks of {self.bs})"
             )
+        if not self.cfg.enable_chunked_prefill and req.prompt_len + req.output_len > self.cfg.max_num_batched_tokens:
+            # vLLM requires max_model_len <= max_num_batched_tokens without chunked prefill: such a request
+            # (or its recompute after preemption) could never be scheduled.
+            raise ValueError(
+                f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed max_num_batched_tokens"
+                f" ({self.cfg.max_num_batched_tokens}) and chunked prefill is off"
+            )
         req.status = Status.WAITING
         req.instance = self.instance
         req.queued_at = now
         if self.record_token_times and req.token_times is None:
             req.token_times = []
-        est = self.lookup_prefix(req.block_hashes) if req.block_hashes else 0
-        req.est_cached = min(est, req.prompt_len - 1)
+        if req.block_hashes and self.kv.prefix_caching:
+            self._catch_up(now)
+            # The same cap as admission: whole blocks, at least one prompt token left to compute.
+            req.est_cached = self.kv.longest_hit(req.block_hashes, req.prompt_len - 1) * self.bs
+        else:
+            req.est_cached = 0
         self._pending_prefill += req.prompt_len - req.est_cached
         self.policy.push(req, now)
 
@@ -281,6 +308,17 @@ class Engine:
             k = req.cls or ""
             self._dcls[k] -= 1
 
+    def _cache_generated(self, req: Request) -> None:
+        """Give a preemption victim's full blocks past its prompt hashes (generated tokens) hashes of their own,
+        so they stay cached when it is freed and its recompute can hit them, as vLLM caches full blocks."""
+        if req.rid in self.decoding and self.decoding[req.rid] is req:
+            self.sync(req)
+        full = req.num_computed // self.bs
+        known = req.block_hashes or ()
+        if full > len(known):
+            parent = known[-1] if known else hash(("llmsched-request", req.rid))
+            req.block_hashes = (*known, *chain(((req.rid, j) for j in range(len(known), full)), parent))
+
     def _leave(self, req: Request) -> None:
         """Remove a running request (abort/preempt) from whichever set holds it and free its blocks."""
         if req.rid in self.decoding and self.decoding[req.rid] is req:
@@ -289,9 +327,17 @@ class Engine:
             self.prefilling.remove(req)
             if req.num_computed < req.prompt_len:
                 self._pending_prefill -= req.prompt_len - req.num_computed
+        if req.block_hashes:
+            self.kv.promote(req, req.num_computed)
         self.kv.free(req)
 
     def _last_admitted(self) -> Request:
+        """The preemption victim: the last admitted (vLLM FCFS), or for a priority queue the request of
+        lowest priority, latest arrival (vLLM's priority scheduling)."""
+        if self.policy.preempt_by_priority:
+            return max(
+                (*self.decoding.values(), *self.prefilling), key=lambda r: (r.priority, r.arrival, r.admit_seq)
+            )
         best: Request | None = None
         for r in self.decoding.values():
             if best is None or r.admit_seq > best.admit_seq:
@@ -303,6 +349,8 @@ class Engine:
         return best
 
     def _preempt(self, req: Request, now: float) -> None:
+        if self.kv.prefix_caching:
+            self._cache_generated(req)
         self._leave(req)
         self._pending_prefill += req.prompt_len
         req.num_computed = 0
@@ -385,7 +433,8 @@ class Engine:
                     break
                 got = policy.pop(now)
                 assert got is req, "policy.pop returned a different request than peek"
-                self._pending_prefill += req.est_cached - hit  # the estimate becomes the actual hit
+                # The estimate becomes the actual hit (which, after a preemption, may cover generated tokens).
+                self._pending_prefill += req.est_cached - min(hit, req.prompt_len)
                 req.num_cached = hit
                 req.num_computed = hit
                 n = min(need_tok - hit, budget, threshold)
@@ -477,28 +526,36 @@ class Engine:
             raise RuntimeError("interrupt with nothing in flight")
         if plan.steps == 1 or t >= plan.end:
             return plan.end
-        # Keep the m iterations that ended by t, plus the one in flight at t (it completes).
-        if plan.affine is not None:
-            c0, c1 = plan.affine
-            dt = t - plan.start
-            m = int(dt / c0) if c1 == 0 else int((-(c0 - c1 / 2) + math.sqrt((c0 - c1 / 2) ** 2 + 2 * c1 * dt)) / c1)
-            m = max(0, min(m, plan.steps))
-            while m > 0 and _affine_elapsed(c0, c1, m) > dt:
-                m -= 1
-            while m < plan.steps and _affine_elapsed(c0, c1, m + 1) <= dt:
-                m += 1
-            keep = m + 1
-            if keep < plan.steps:
-                plan.steps = keep
-                plan.end = plan.start + _affine_elapsed(c0, c1, keep)
-            return plan.end
-        assert plan.ends is not None
-        keep = int(np.searchsorted(plan.ends, t, side="right")) + 1
+        keep = self._iterations_begun(plan, t)
         if keep < plan.steps:
             plan.steps = keep
-            plan.ends = plan.ends[:keep]
-            plan.end = float(plan.ends[-1])
+            if plan.affine is not None:
+                plan.end = plan.start + _affine_elapsed(plan.affine[0], plan.affine[1], keep)
+            else:
+                assert plan.ends is not None
+                plan.ends = plan.ends[:keep]
+                plan.end = float(plan.ends[-1])
         return plan.end
+
+    @staticmethod
+    def _iterations_begun(plan: _Plan, t: float) -> int:
+        """Iterations of a run that ended by `t`, plus the one in flight at `t`."""
+        if plan.affine is not None:
+            c0, c1 = plan.affine
+            start = plan.start
+            dt = t - start
+            if c1 > 0:
+                m = int((-(c0 - c1 / 2) + math.sqrt((c0 - c1 / 2) ** 2 + 2 * c1 * dt)) / c1)
+            else:
+                m = int(dt / c0) if c0 > 0 else plan.steps
+            m = max(0, min(m, plan.steps))
+            while m > 0 and start + _affine_elapsed(c0, c1, m) > t:
+                m -= 1
+            while m < plan.steps and start + _affine_elapsed(c0, c1, m + 1) <= t:
+                m += 1
+            return m + 1
+        assert plan.ends is not None
+        return int(np.searchsorted(plan.ends, t, side="right")) + 1
 
     def finish_step(self, now: float) -> StepOutput:
         """Apply the iteration (or run) in flight, which ends at `now`."""

@@ -96,18 +96,16 @@ class KVCache:
         req.kv_anon = 0
         self.queries += req.prompt_len
         self.hits += hit_tokens
-        self._grow(req, total_blocks - hit_blocks)
+        self._grow(req, total_blocks - hit_blocks, want)
         return hit_tokens
 
     def extend(self, req: Request, num_tokens: int) -> bool:
         """Make room for `num_tokens` tokens of KV in total for a running request; False if it does not fit."""
         held = len(req.kv_hashed) + req.kv_anon  # type: ignore[arg-type]
         need = self.blocks_for(num_tokens) - held
-        if need <= 0:
-            return True
         if need > self.num_free:
             return False
-        self._grow(req, need)
+        self._grow(req, need, num_tokens)
         return True
 
     def alloc(self, n: int) -> None:
@@ -117,27 +115,36 @@ class KVCache:
         self._make_room(n)
         self.num_used += n
 
-    def _grow(self, req: Request, n: int) -> None:
-        """Append n blocks to req: registered under the prompt's hashes where known, else anonymous."""
-        if n <= 0:
-            return
-        self._make_room(n)
-        self.num_used += n
+    def _grow(self, req: Request, n: int, num_tokens: int) -> None:
+        """Append n anonymous blocks to req, then register those of its blocks that are full of prompt.
+
+        A block is registered under its hash once the tokens scheduled so far (`num_tokens`) fill it, as vLLM
+        caches full blocks only. Registered blocks form a prefix of the request's blocks; registration stops
+        at the first hash another request registered first (that block stays private, as in vLLM).
+        """
+        if n > 0:
+            self._make_room(n)
+            self.num_used += n
+            req.kv_anon += n
+        self.promote(req, num_tokens)
+
+    def promote(self, req: Request, num_tokens: int) -> None:
+        """Register req's anonymous blocks that are full (of `num_tokens`) and have a known hash."""
         hashes = req.block_hashes
+        if not hashes or not self.prefix_caching or not req.kv_anon:
+            return
         held = req.kv_hashed
         assert held is not None
-        if hashes and self.prefix_caching and req.kv_anon == 0:
-            refs = self._refs
-            start = len(held)
-            stop = min(len(hashes), start + n)
-            for i in range(start, stop):
-                h = hashes[i]
-                if h in refs:  # registered by another request meanwhile: keep ours anonymous from here
-                    break
-                refs[h] = 1
-                held.append(h)
-            n -= len(held) - start
-        req.kv_anon += n
+        refs = self._refs
+        start = len(held)
+        stop = min(len(hashes), num_tokens // self.block_size, start + req.kv_anon)
+        for i in range(start, stop):
+            h = hashes[i]
+            if h in refs:
+                break
+            refs[h] = 1
+            held.append(h)
+        req.kv_anon -= len(held) - start
 
     def _make_room(self, n: int) -> None:
         """Evict LRU cached blocks until n empty blocks exist (callers checked num_free >= n)."""

@@ -62,6 +62,12 @@ class Cluster:
         next_refresh = self.interval if periodic else math.inf
         max_run = self.max_run
         n = len(requests)
+        for k in range(1, n):
+            if requests[k].arrival < requests[k - 1].arrival:
+                raise ValueError(
+                    f"arrivals must be sorted: request {requests[k].rid} (index {k}) arrives at"
+                    f" {requests[k].arrival} before request {requests[k - 1].rid} at {requests[k - 1].arrival}"
+                )
         ai = 0
         push = heapq.heappush
         pop = heapq.heappop

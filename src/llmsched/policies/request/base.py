@@ -28,6 +28,9 @@ from llmsched.core.types import Request
 
 class RequestPolicy(Configurable, ABC):
     time_invariant: ClassVar[bool] = True
+    # The engine's preemption victim: the last admitted (vLLM FCFS) or, when True, the lowest priority,
+    # latest arrival (vLLM's priority scheduling).
+    preempt_by_priority: ClassVar[bool] = False
 
     @abstractmethod
     def push(self, req: Request, now: float) -> None: ...

@@ -11,5 +11,7 @@ from llmsched.policies.request.keyed import Key, KeyedQueue
 class Priority(KeyedQueue):
     """Key (priority, arrival, rid), as vLLM's `--scheduling-policy priority` orders its waiting queue."""
 
+    preempt_by_priority = True
+
     def key(self, req: Request) -> Key:
         return (req.priority, req.arrival, req.rid)
