@@ -1,0 +1,127 @@
+"""Typer commands `compare`, `scenarios` and `sweep`; the lead mounts them on the `llmsched` app.
+
+Tables go to stdout; progress bars and notes (skipped workloads, where the report went) go to stderr, so
+`llmsched compare --json > runs.json` stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmsched.bench import compare as cmp
+from llmsched.bench.executors import Executor, LocalPool, RayPool, RunFailed
+from llmsched.bench.report import write_report
+from llmsched.bench.runlog import RunLog
+from llmsched.bench.runner import strip_bulky
+from llmsched.bench.scenario import ScenarioError, list_scenarios
+from llmsched.bench.sweep import load_sweep, plan_sweep, run_sweep
+from llmsched.bench.sweep_report import write_sweep_report
+from llmsched.bench.tables import rich_tables
+
+out_console = Console()
+if not out_console.is_terminal:
+    out_console.width = 160  # piped to a file or CI log: do not squeeze the tables into 80 columns
+err_console = Console(stderr=True)
+
+
+def _progress(transient: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=transient)
+
+
+def _fail(msg: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {msg}", highlight=False)
+    return typer.Exit(2)
+
+
+def compare_cmd(
+    scenario: Annotated[list[str] | None, typer.Option("--scenario", "-s", help="built-in name or YAML file; "
+                                                       "repeatable; default: every built-in scenario, quick")] = None,
+    quick: Annotated[bool, typer.Option(help="apply each scenario's quick overrides")] = False,
+    json: Annotated[bool, typer.Option("--json", help="print {\"runs\": [...]} instead of tables")] = False,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("llmsched-report"),
+    traces: Annotated[Path | None, typer.Option(help="trace folder (else $LLMSCHED_TRACES, ../shared/traces)")] = None,
+    jobs: Annotated[int, typer.Option(help="local worker processes")] = 2,
+    seed: Annotated[int | None, typer.Option(help="override every scenario's seed")] = None,
+) -> None:
+    """Compare policy sets on built-in or YAML scenarios (simulated); tables plus a report folder."""
+    t0 = time.perf_counter()
+    if not scenario:
+        quick = True  # the README's main job: a quick pass over every built-in scenario
+    try:
+        comp = cmp.prepare(scenario, quick, seed, traces)
+    except ScenarioError as e:
+        raise _fail(str(e)) from None
+    for s in comp.skipped:
+        err_console.print(f"[yellow]note:[/yellow] skipping {s.scenario} / {s.workload}: {s.reason}", highlight=False)
+    try:
+        with LocalPool(jobs) as pool, _progress(transient=True) as progress:
+            cmp.run(comp, pool, progress=progress)
+    except RunFailed as e:
+        raise _fail(str(e)) from None
+    if json:
+        out_console.file.write(jsonlib.dumps({"runs": [{**r, "result": strip_bulky(r["result"])}
+                                                      for r in comp.records]}, default=str) + "\n")
+    else:
+        for t in rich_tables(comp.records, {s.name: s.columns for s in comp.scenarios}):
+            out_console.print(t)
+            out_console.print()
+    files = write_report(out, comp.records, comp.scenarios, comp.skipped)
+    err_console.print(f"{len(comp.records)} simulated runs in {time.perf_counter() - t0:.1f} s; report: "
+                      f"{out}/ ({len(files)} files: summary.md, results.json, {len(files) - 2} plots)", highlight=False)
+
+
+def scenarios_cmd() -> None:
+    """List the built-in scenarios."""
+    t = Table(title="built-in scenarios (llmsched compare --scenario NAME)", title_justify="left")
+    t.add_column("name", style="bold")
+    t.add_column("description")
+    for name, desc in list_scenarios():
+        t.add_row(name, desc)
+    out_console.print(t)
+
+
+def sweep_cmd(
+    file: Annotated[Path, typer.Argument(help="sweep YAML (scenarios, seeds, loads, policies)")],
+    ray: Annotated[str | None, typer.Option(help="run on Ray: a cluster address, or 'local' for ray.init()")] = None,
+    jobs: Annotated[int, typer.Option(help="local worker processes (without --ray)")] = 2,
+    out: Annotated[Path, typer.Option(help="folder for runs.jsonl and the report")] = Path("llmsched-sweep"),
+    resume: Annotated[bool, typer.Option(help="keep the runs already in OUT/runs.jsonl")] = True,
+    traces: Annotated[Path | None, typer.Option(help="trace folder")] = None,
+) -> None:
+    """Run a grid of scenarios x policy sets x loads x seeds; resumable; report with 95% CIs across seeds."""
+    t0 = time.perf_counter()
+    try:
+        spec, scenarios = load_sweep(file)
+        plan = plan_sweep(spec, scenarios, traces)
+        log = RunLog(out / "runs.jsonl")
+        log.load() if resume else log.reset()
+    except (ScenarioError, ValueError) as e:
+        raise _fail(str(e)) from None
+    for s in plan.skipped:
+        err_console.print(f"[yellow]note:[/yellow] skipping {s.scenario} / {s.workload}: {s.reason}", highlight=False)
+    done = sum(c.run_id in log.runs for c in plan.cells)
+    executor: Executor = RayPool(ray) if ray else LocalPool(jobs)
+    err_console.print(f"sweep {spec.name}: {len(plan.cells)} runs, {done} already in {log.path}"
+                      f"{' (dropped a truncated last line)' if log.dropped_tail else ''}; on {executor.name}",
+                      highlight=False)
+    try:
+        with executor, _progress(transient=False) as progress:
+            records = run_sweep(plan, log, executor, progress=progress)
+    except (RunFailed, RuntimeError) as e:
+        raise _fail(f"{e} (finished runs are kept in {log.path}; run again to resume)") from None
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: {len(log.runs)} finished runs are kept in {log.path}; run the same "
+                          "command again to resume", highlight=False)
+        raise typer.Exit(130) from None
+    files = write_sweep_report(out, spec.name, records, scenarios, plan.skipped, executor.name)
+    err_console.print(f"{len(records)} runs ({len(records) - done} new) in {time.perf_counter() - t0:.1f} s; "
+                      f"report: {files[0]}", highlight=False)

@@ -1,0 +1,254 @@
+"""Scenarios: a base setting, workloads, loads and policy sets compared side by side (docs/scenarios.md).
+
+A scenario is validated completely when it is loaded - every policy set is turned into a `SimConfig` and
+every policy name is looked up in its registry - so a typo in a user's YAML is reported with the file and the
+field before any simulation starts, not after minutes of runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from llmsched.bench.columns import parse_column
+from llmsched.core.registry import Registry
+from llmsched.sim.config import SimConfig
+from llmsched.workload.spec import WorkloadSpec
+
+DEFAULT_COLUMNS = ["ttft_mean", "ttft_p99", "tpot_mean", "e2e_p99", "output_throughput"]
+
+
+class ScenarioError(ValueError):
+    """A scenario (or sweep) file that cannot be used; the message names the file and the field."""
+
+
+class WorkloadEntry(WorkloadSpec):
+    """A `WorkloadSpec` plus the label it is reported under."""
+
+    label: str
+    requires_trace: bool = Field(False, description="path is a trace file looked up in the trace folders")
+
+    def spec(self) -> WorkloadSpec:
+        return WorkloadSpec(**self.model_dump(exclude={"label", "requires_trace"}))
+
+
+class PolicySet(BaseModel):
+    """One column of the comparison: a policy per layer, with parameters, and optional SimConfig overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    request: str | None = None
+    request_params: dict[str, Any] = Field(default_factory=dict)
+    router: str | None = None
+    router_params: dict[str, Any] = Field(default_factory=dict)
+    expert: str | None = None
+    expert_params: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class Quick(BaseModel):
+    """Overrides for the README's main job, so that every built-in scenario together runs in minutes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_requests: int | None = Field(None, ge=1)
+    loads: list[float] | None = None
+    workloads: list[str] | None = Field(None, description="labels of the workloads to keep")
+    policies: list[str] | None = Field(None, description="labels of the policy sets to keep")
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    workloads: list[WorkloadEntry] = Field(min_length=1)
+    loads: list[float] | None = Field(None, min_length=1)
+    policies: list[PolicySet] = Field(min_length=1)
+    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
+    quick: Quick | None = None
+    _source: str = PrivateAttr("")
+
+    @field_validator("loads")
+    @classmethod
+    def _positive_loads(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(x <= 0 for x in v):
+            raise ValueError("every load must be > 0 (a fraction of the simulated capacity)")
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: list[str]) -> list[str]:
+        for c in v:
+            parse_column(c)
+        return v
+
+    @field_validator("base")
+    @classmethod
+    def _base_is_simconfig(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "workload" in v:
+            raise ValueError("the workload goes under `workloads:`, not under `base:`")
+        SimConfig(**v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Scenario:
+        for what, labels in (("workload", [w.label for w in self.workloads]),
+                             ("policy set", [p.label for p in self.policies])):
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"duplicate {what} labels: {', '.join(dup)}")
+        if self.quick is not None:
+            for what, keep, have in (("workloads", self.quick.workloads, [w.label for w in self.workloads]),
+                                     ("policies", self.quick.policies, [p.label for p in self.policies])):
+                missing = sorted(set(keep or []) - set(have))
+                if missing:
+                    raise ValueError(f"quick.{what} names unknown labels: {', '.join(missing)}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def config(self, workload: WorkloadEntry, policy: PolicySet) -> SimConfig:
+        """The SimConfig of one cell (before the runner sets the rate for a load)."""
+        cfg: dict[str, Any] = {**self.base, "workload": workload.spec().model_dump(exclude_none=True)}
+        for field, value in (("request_policy", policy.request), ("router", policy.router),
+                             ("expert_policy", policy.expert)):
+            if value is not None:
+                cfg[field] = value
+        for field in ("request_params", "router_params", "expert_params"):
+            if getattr(policy, field):
+                cfg[field] = getattr(policy, field)
+        cfg.update(policy.overrides)
+        return SimConfig(**cfg)
+
+    def with_quick(self) -> Scenario:
+        """This scenario with its `quick` overrides applied (itself when it has none)."""
+        q = self.quick
+        if q is None:
+            return self
+        workloads = [w for w in self.workloads if q.workloads is None or w.label in q.workloads]
+        if q.num_requests is not None:
+            workloads = [w.model_copy(update={"num_requests": q.num_requests}) for w in workloads]
+        policies = [p for p in self.policies if q.policies is None or p.label in q.policies]
+        out = self.model_copy(update={"workloads": workloads, "policies": policies,
+                                      "loads": q.loads if q.loads is not None else self.loads})
+        out._source = self._source
+        return out
+
+    def with_seed(self, seed: int) -> Scenario:
+        out = self.model_copy(update={"base": {**self.base, "seed": seed}})
+        out._source = self._source
+        return out
+
+
+def _layer_registries() -> dict[str, Registry[Any]]:
+    """Registries by layer, found by importing the policy packages (which register every built-in name)."""
+    regs: dict[str, Registry[Any]] = {}
+    for layer, module in (("request", "llmsched.policies.request"), ("router", "llmsched.policies.instance"),
+                          ("expert", "llmsched.policies.expert")):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for value in vars(mod).values():
+            if isinstance(value, Registry):
+                regs[layer] = value
+                break
+    return regs
+
+
+def _format_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate(data: Any, source: str) -> Scenario:
+    """Build and fully check a scenario from parsed YAML; raises ScenarioError naming `source` and the field."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: a scenario is a mapping with name, workloads and policies")
+    try:
+        sc = Scenario(**data)
+    except ValidationError as e:
+        raise ScenarioError(f"{source}: {_format_validation(e)}") from None
+    sc._source = source
+    regs = _layer_registries()
+    for i, p in enumerate(sc.policies):
+        for layer, name in (("request", p.request), ("router", p.router), ("expert", p.expert)):
+            if name is not None and layer in regs and name not in regs[layer]:
+                known = ", ".join(regs[layer].names())
+                raise ScenarioError(f"{source}: policies.{i}.{layer}: unknown {layer} policy {name!r} "
+                                    f"(set {p.label!r}); known: {known}")
+        for w in sc.workloads:
+            try:
+                sc.config(w, p)
+            except ValidationError as e:
+                raise ScenarioError(f"{source}: policies.{i} ({p.label!r}) with workload {w.label!r}: "
+                                    f"{_format_validation(e)}") from None
+    return sc
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("llmsched") / "data" / "scenarios"))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ScenarioError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A built-in scenario by name, or a user's YAML file (a .yaml/.yml path, or any existing file)."""
+    path = Path(name_or_path)
+    name = str(name_or_path)
+    if path.suffix in (".yaml", ".yml") or (name not in builtin_names() and path.is_file()):
+        if not path.is_file():
+            raise ScenarioError(f"{path}: no such scenario file")
+        return validate(_read_yaml(path), str(path))
+    if name not in builtin_names():
+        raise ScenarioError(f"unknown scenario {name!r}; built-in: {', '.join(builtin_names())} "
+                            "(or pass a .yaml file)")
+    return validate(_read_yaml(builtin_dir() / f"{name}.yaml"), f"built-in scenario {name!r}")
+
+
+def list_scenarios() -> list[tuple[str, str]]:
+    """(name, description) of every built-in scenario; read without full validation so one broken file
+    (e.g. naming a policy not registered yet) does not hide the others."""
+    out = []
+    for name in builtin_names():
+        try:
+            data = _read_yaml(builtin_dir() / f"{name}.yaml")
+            desc = " ".join(str(data.get("description", "")).split()) if isinstance(data, dict) else ""
+        except ScenarioError as e:
+            desc = f"(unreadable: {e})"
+        out.append((name, desc))
+    return out

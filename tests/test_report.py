@@ -1,0 +1,58 @@
+"""The report writer produces every file it promises, each linked from summary.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from test_bench_fake import fake_native_rate, fake_simulate
+
+from llmsched.bench import compare as cmp
+from llmsched.bench.executors import LocalPool
+from llmsched.bench.report import middle_load, write_report
+from llmsched.bench.traces import Skipped
+
+SCENARIO = {
+    "name": "moe-ish",
+    "description": "MoE model, two loads, two policy sets",
+    "base": {"model": "qwen3-30b-a3b", "gpu": "a100-80g", "tp": 2, "instances": 2},
+    "workloads": [{"label": "syn", "kind": "synthetic", "name": "chat", "num_requests": 300}],
+    "loads": [0.5, 0.8, 1.1],
+    "policies": [{"label": "vllm-default", "request": "fcfs", "router": "round-robin"},
+                 {"label": "other", "request": "fcfs", "router": "round-robin", "overrides": {"instances": 3}}],
+    "columns": ["ttft_mean", "ttft_p99:short", "output_throughput", "expert_balancedness"],
+}
+
+
+def test_report_writes_every_promised_file(tmp_path: Path) -> None:
+    p = tmp_path / "sc.yaml"
+    p.write_text(yaml.safe_dump(SCENARIO))
+    comp = cmp.prepare([str(p)], quick=False)
+    with LocalPool(1) as pool:
+        cmp.run(comp, pool, simulate=fake_simulate, native_rate=fake_native_rate)
+    skipped = [Skipped("moe-ish", "azure", "trace x not found")]
+    out = tmp_path / "report"
+    files = write_report(out, comp.records, comp.scenarios, skipped)
+    names = {f.name for f in files}
+    assert {"summary.md", "results.json", "moe-ish-syn-ttft-cdf.png", "moe-ish-syn-latency-vs-load.png",
+            "moe-ish-syn-balancedness.png"} == names
+    for f in files:
+        assert f.is_file() and f.stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    for f in files[2:]:
+        assert f"]({f.name})" in summary
+    assert "simulated" in summary and "qwen3-30b-a3b" in summary and "trace x not found" in summary
+    assert "| other [qwen3-30b-a3b, 3x a100-80g] |" in summary  # sets differ in setting: each is named
+    assert "%)" in summary  # change against the baseline row
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["runs"]) == 6 and data["skipped"][0]["workload"] == "azure"
+    run = data["runs"][0]
+    assert {"scenario", "workload", "label", "load", "policies", "result"} <= set(run)
+    assert "samples" not in run["result"] and "balancedness_series" not in run["result"]
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files[2:])
+
+
+def test_middle_load() -> None:
+    assert middle_load([1.1, 0.5, 0.8, 0.5]) == 0.8
+    assert middle_load([None]) is None
