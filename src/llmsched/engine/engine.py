@@ -366,8 +366,20 @@ class Engine:
         if self._plan is not None:
             raise RuntimeError("start_step called while an iteration is in flight")
         policy = self.policy
-        if not self.decoding and not self.prefilling and not len(policy):
-            return None
+        decoding = self.decoding
+        if not self.prefilling and not len(policy):
+            if not decoding:
+                return None
+            if not self._needs_classes:  # the common case between events: pure decode, nothing to admit
+                need = self._blocks_at(1) - self._dheld
+                if need <= self.kv.num_free:
+                    self.kv.alloc(need)
+                    self._dheld += need
+                    self._ahead = 1
+                    d = len(decoding)
+                    b = BatchStats(decode_tokens=d, kv_tokens=self._dc + d * (self._s + 1))
+                    steps = self._run_length(max_run) if max_run > 1 else 1
+                    return self._launch(b, now, steps, [], [])
         cfg = self.cfg
         kv = self.kv
         budget = cfg.max_num_batched_tokens
@@ -461,9 +473,8 @@ class Engine:
                 if v:
                     ct[k] = ct.get(k, 0) + v
             b.class_tokens = ct
-        # 4. Price it: one iteration, or a run of identical decode iterations.
+        # 4. One iteration, or a run of identical decode iterations when nothing can change the batch.
         steps = 1
-        ends = None
         if (
             max_run > 1
             and not sched
@@ -471,6 +482,13 @@ class Engine:
             and (not len(policy) or d >= cfg.max_num_seqs or (blocked_by_kv and policy.time_invariant))
         ):
             steps = self._run_length(max_run)
+        return self._launch(b, now, steps, sched, preempted)
+
+    def _launch(
+        self, b: BatchStats, now: float, steps: int, sched: list[tuple[Request, int]], preempted: list[Request]
+    ) -> float:
+        """Price the planned iteration(s) and put them in flight; returns the end time."""
+        ends = None
         affine = None
         if steps > 1:
             affine = self._affine(b) if self._affine is not None else None
