@@ -14,12 +14,11 @@ from llmsched.sim.cluster import Cluster
 from llmsched.sim.config import SimConfig
 
 
-def _with_seed(cls: type, params: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Give a policy the run's seed unless the user set one: same seed, same numbers."""
+def _with_run_params(cls: type, params: dict[str, Any], **run: Any) -> dict[str, Any]:
+    """Give a policy the run's settings it declares (seed, block size) unless the user set them: the same seed
+    gives the same numbers, and a router's prefix index hashes blocks the engine's way."""
     fields = getattr(getattr(cls, "Params", None), "model_fields", {})
-    if "seed" in fields and "seed" not in params:
-        return {**params, "seed": seed}
-    return dict(params)
+    return {**{k: v for k, v in run.items() if k in fields}, **params}
 
 
 def build_cluster(cfg: SimConfig) -> Cluster:
@@ -36,12 +35,14 @@ def build_cluster(cfg: SimConfig) -> Cluster:
             cost = build_moe_cost(cost, cfg.expert_policy or "static", dict(cfg.expert_params), cfg.seed * 1000 + i)
         elif cfg.expert_policy not in (None, "static"):
             raise ValueError(f"--expert-policy {cfg.expert_policy!r} needs an MoE model; {cfg.model} is dense")
-        policy = req_cls(**_with_seed(req_cls, cfg.request_params, cfg.seed))
+        policy = req_cls(**_with_run_params(req_cls, cfg.request_params, seed=cfg.seed))
         engines.append(
             Engine(cost, policy, cfg.engine, instance=i, record_token_times=cfg.record_token_times, collect_tokens=False)
         )
     router_cls = ROUTERS.get(cfg.router)
-    router = router_cls(**_with_seed(router_cls, cfg.router_params, cfg.seed))
+    router = router_cls(
+        **_with_run_params(router_cls, cfg.router_params, seed=cfg.seed, block_size=cfg.engine.block_size)
+    )
     return Cluster(engines, router, cfg.metrics_interval_s)
 
 

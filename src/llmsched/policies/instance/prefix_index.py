@@ -1,0 +1,227 @@
+"""The router's approximate view of which prompt prefixes each instance holds in its KV cache.
+
+A router cannot see an engine's cache; like SGLang's and llm-d's routers it remembers what it sent where. The
+index keys blocks by their chained hash (`Request.block_hashes`): holding block k implies having held blocks
+0..k-1, so one hash names a whole prefix.
+
+Invariant that makes lookups fast: for every instance the set of indexed blocks of any chain is a prefix of
+that chain. Touching a chain stamps its head as the most recent block, deeper blocks as older, so LRU
+eviction and time-based ageing always drop the tail of a chain first (vLLM's free queue does the same). Hence
+along a request's chain the set of instances holding block k only shrinks as k grows, and
+
+- the deepest block anyone holds is found by binary search (hashes are chained, membership is monotone);
+- per-instance match lengths come from one binary search per distinct owner set along the chain (a handful,
+  not one per instance): 8k-token prompts (512 blocks) need ~10 dict lookups per owner set.
+
+Memory: one dict entry per (hash) for the owner bitmask plus one per (instance, hash) for the LRU stamp;
+eviction works in batches (numpy partition over the stamps) so a touch costs C-level dict updates only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from itertools import compress
+
+import numpy as np
+
+
+class PrefixIndex:
+    """Per-instance LRU sets of chained block hashes.
+
+    Args:
+        num_instances: instances indexed (grow with `resize`).
+        capacity_blocks: most blocks remembered per instance (an engine's `num_total_blocks` is the natural
+            value: the engine cannot hold more).
+        slack: fraction of capacity allowed above it before a batch eviction brings it back to capacity.
+    """
+
+    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.125) -> None:
+        if capacity_blocks < 1:
+            raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
+        if slack < 0:
+            raise ValueError(f"slack must be >= 0, got {slack}")
+        self.slack = slack
+        self.owners_: dict[int, int] = {}  # hash -> bitmask of instances holding it
+        self.stamps_: list[dict[int, int]] = []  # per instance: hash -> LRU stamp (higher = more recent)
+        self.capacity_: list[int] = []
+        self.max_capacity_: list[int] = []
+        self.checkpoints_: list[deque[tuple[float, int]]] = []  # per instance: (touch time, last stamp given)
+        self.clock_ = 0
+        self.version_ = 0  # bumped on every change, so callers can cache a lookup
+        self.evicted_ = 0
+        self.resize(num_instances, capacity_blocks)
+
+    # ---- shape -------------------------------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int:
+        return len(self.stamps_)
+
+    def resize(self, n: int, capacity_blocks: int | None = None) -> None:
+        """Grow to `n` instances; new ones get `capacity_blocks` (default: the last instance's)."""
+        while len(self.stamps_) < n:
+            cap = capacity_blocks or (self.max_capacity_[-1] if self.max_capacity_ else 1)
+            self.stamps_.append({})
+            self.capacity_.append(cap)
+            self.max_capacity_.append(cap)
+            self.checkpoints_.append(deque())
+
+    def set_capacity(self, instance: int, blocks: int) -> None:
+        """Change one instance's capacity (e.g. shrink it when the engine reports fewer hits than predicted)."""
+        self.capacity_[instance] = max(1, int(blocks))
+        self._maybe_evict(instance, force=True)
+
+    def __len__(self) -> int:
+        """Distinct hashes indexed (over all instances)."""
+        return len(self.owners_)
+
+    def blocks(self, instance: int) -> int:
+        return len(self.stamps_[instance])
+
+    # ---- lookups -----------------------------------------------------------------------------------------
+    def match(self, hashes: Sequence[int]) -> list[int]:
+        """Leading blocks of `hashes` each instance holds (longest prefix match, per instance)."""
+        n = len(self.stamps_)
+        out = [0] * n
+        total = len(hashes)
+        if not total:
+            return out
+        get = self.owners_.get
+        mask = get(hashes[0], 0)
+        lo = 0
+        while mask:
+            # Positions lo.. whose owner set equals `mask` are contiguous (owner sets only shrink): find the
+            # last one by binary search.
+            a, b = lo, total - 1
+            while a < b:
+                mid = (a + b + 1) >> 1
+                if get(hashes[mid], 0) == mask:
+                    a = mid
+                else:
+                    b = mid - 1
+            nxt = get(hashes[a + 1], 0) & mask if a + 1 < total else 0
+            gone = mask & ~nxt
+            depth = a + 1
+            while gone:
+                low = gone & -gone
+                out[low.bit_length() - 1] = depth
+                gone ^= low
+            mask = nxt
+            lo = depth
+        return out
+
+    def match_instance(self, instance: int, hashes: Sequence[int]) -> int:
+        """Leading blocks of `hashes` that `instance` holds."""
+        d = self.stamps_[instance]
+        total = len(hashes)
+        if not total or hashes[0] not in d:
+            return 0
+        a, b = 0, total - 1
+        while a < b:
+            mid = (a + b + 1) >> 1
+            if hashes[mid] in d:
+                a = mid
+            else:
+                b = mid - 1
+        return a + 1
+
+    def longest(self, hashes: Sequence[int]) -> int:
+        """Deepest leading block of `hashes` any instance holds."""
+        get = self.owners_.get
+        total = len(hashes)
+        if not total or not get(hashes[0], 0):
+            return 0
+        a, b = 0, total - 1
+        while a < b:
+            mid = (a + b + 1) >> 1
+            if get(hashes[mid], 0):
+                a = mid
+            else:
+                b = mid - 1
+        return a + 1
+
+    # ---- updates -----------------------------------------------------------------------------------------
+    def touch(self, instance: int, hashes: Sequence[int], now: float) -> None:
+        """`instance` now holds the chain `hashes` (a request was dispatched there); refresh its recency."""
+        total = len(hashes)
+        if not total:
+            return
+        if instance >= len(self.stamps_):
+            self.resize(instance + 1)
+        d = self.stamps_[instance]
+        have = self.match_instance(instance, hashes)
+        c = self.clock_
+        # Head gets the highest stamp: LRU drops the tail of a chain first, keeping every set prefix-closed.
+        d.update(zip(hashes, range(c + total, c, -1), strict=True))
+        self.clock_ = c + total
+        if have < total:
+            bit = 1 << instance
+            owners = self.owners_
+            get = owners.get
+            for h in hashes[have:]:
+                owners[h] = get(h, 0) | bit
+        self.checkpoints_[instance].append((now, self.clock_))
+        self.version_ += 1
+        self._maybe_evict(instance)
+
+    def forget(self, instance: int, hashes: Sequence[int], keep: int = 0) -> int:
+        """Drop `hashes[keep:]` from `instance` (the engine reported it no longer holds them); returns how many."""
+        d = self.stamps_[instance]
+        victims = [h for h in hashes[keep:] if h in d]
+        self._drop(instance, victims)
+        return len(victims)
+
+    def age_out(self, now: float, ttl: float) -> int:
+        """Forget blocks not touched in the last `ttl` seconds; returns how many (instance, block) pairs."""
+        cutoff = now - ttl
+        dropped = 0
+        for i, cps in enumerate(self.checkpoints_):
+            last = None
+            while cps and cps[0][0] < cutoff:
+                last = cps.popleft()[1]
+            if last is not None:
+                dropped += self._evict_upto(i, last)
+        return dropped
+
+    def clear_instance(self, instance: int) -> None:
+        """The instance restarted (or its cache was reset): it holds nothing."""
+        self._drop(instance, list(self.stamps_[instance]))
+        self.checkpoints_[instance].clear()
+
+    # ---- internals ---------------------------------------------------------------------------------------
+    def _maybe_evict(self, instance: int, force: bool = False) -> None:
+        d = self.stamps_[instance]
+        cap = self.capacity_[instance]
+        size = len(d)
+        if size <= cap or (not force and size <= cap + int(cap * self.slack)):
+            return
+        vals = np.fromiter(d.values(), dtype=np.int64, count=size)
+        k = size - cap  # evict the k oldest
+        threshold = int(np.partition(vals, k - 1)[k - 1])
+        self._evict_upto(instance, threshold, vals)
+
+    def _evict_upto(self, instance: int, stamp: int, vals: np.ndarray | None = None) -> int:
+        d = self.stamps_[instance]
+        if not d:
+            return 0
+        if vals is None:
+            vals = np.fromiter(d.values(), dtype=np.int64, count=len(d))
+        victims = list(compress(d, (vals <= stamp).tolist()))  # hashes need not fit in int64
+        self._drop(instance, victims)
+        return len(victims)
+
+    def _drop(self, instance: int, victims: Sequence[int]) -> None:
+        if not victims:
+            return
+        d = self.stamps_[instance]
+        owners = self.owners_
+        keep = ~(1 << instance)
+        for h in victims:
+            del d[h]
+            m = owners[h] & keep
+            if m:
+                owners[h] = m
+            else:
+                del owners[h]
+        self.evicted_ += len(victims)
+        self.version_ += 1

@@ -1,0 +1,139 @@
+"""The router's prefix index: longest match, LRU eviction that keeps prefixes closed, ageing, forgetting."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmsched.core.hashing import chain
+from llmsched.policies.instance.prefix_index import PrefixIndex
+
+
+def tree_chain(path: list[int]) -> tuple[int, ...]:
+    """Chained hashes of a path in a small tree of block contents: equal leading ids = equal prefix."""
+    return chain(path)
+
+
+def common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def check_invariants(idx: PrefixIndex, chains: list[tuple[int, ...]]) -> None:
+    # Owner bitmasks agree with per-instance sets.
+    for h, mask in idx.owners_.items():
+        assert mask
+        for i in range(idx.num_instances):
+            assert bool(mask >> i & 1) == (h in idx.stamps_[i])
+    for i, d in enumerate(idx.stamps_):
+        for h in d:
+            assert idx.owners_[h] >> i & 1
+        # Every chain's held blocks form a prefix of it.
+        for c in chains:
+            held = [h in d for h in c]
+            k = held.index(False) if False in held else len(held)
+            assert not any(held[k:]), "held blocks of a chain are not a prefix"
+
+
+paths = st.lists(st.integers(0, 3), min_size=0, max_size=12)
+ops = st.lists(st.tuples(st.integers(0, 4), paths), min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, probe=paths)
+def test_match_is_longest_common_prefix_without_eviction(ops, probe):
+    idx = PrefixIndex(5, capacity_blocks=10_000)
+    sent: list[list[tuple[int, ...]]] = [[] for _ in range(5)]
+    for t, (inst, path) in enumerate(ops):
+        c = tree_chain(path)
+        idx.touch(inst, c, float(t))
+        sent[inst].append(c)
+    q = tree_chain(probe)
+    want = [max((common(q, c) for c in sent[i]), default=0) for i in range(5)]
+    assert idx.match(q) == want
+    assert [idx.match_instance(i, q) for i in range(5)] == want
+    assert idx.longest(q) == max(want)
+    check_invariants(idx, [c for s in sent for c in s])
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, cap=st.integers(1, 20))
+def test_eviction_bounds_size_and_keeps_prefixes_closed(ops, cap):
+    idx = PrefixIndex(5, capacity_blocks=cap, slack=0.5)
+    chains = []
+    for t, (inst, path) in enumerate(ops):
+        c = tree_chain(path)
+        chains.append(c)
+        idx.touch(inst, c, float(t))
+        assert idx.blocks(inst) <= cap + int(cap * 0.5)
+        # The chain just touched is the most recent: its head survives any eviction.
+        if c:
+            assert idx.match_instance(inst, c) >= min(len(c), cap)
+    check_invariants(idx, chains)
+
+
+def test_lru_evicts_least_recent_chain_first():
+    idx = PrefixIndex(1, capacity_blocks=8, slack=0.0)
+    a, b = tree_chain([1, 1, 1, 1]), tree_chain([2, 2, 2, 2])
+    idx.touch(0, a, 0.0)
+    idx.touch(0, b, 1.0)
+    idx.touch(0, a, 2.0)  # a is now more recent than b
+    c = tree_chain([3, 3])
+    idx.touch(0, c, 3.0)  # 10 blocks > 8: two must go, from b's tail
+    assert idx.match_instance(0, a) == 4
+    assert idx.match_instance(0, c) == 2
+    assert idx.match_instance(0, b) == 2
+    assert idx.evicted_ == 2
+
+
+def test_age_out_forgets_untouched_blocks_only():
+    idx = PrefixIndex(2, capacity_blocks=100)
+    a, b = tree_chain([1, 2, 3]), tree_chain([1, 2, 4, 5])
+    idx.touch(0, a, 0.0)
+    idx.touch(0, b, 10.0)  # refreshes the shared prefix [1, 2]
+    idx.touch(1, a, 1.0)
+    dropped = idx.age_out(now=12.0, ttl=5.0)
+    assert dropped == 1 + 3  # a's last block on 0; all of a on 1
+    assert idx.match(a) == [2, 0]
+    assert idx.match(b) == [4, 0]
+    assert idx.age_out(now=12.0, ttl=5.0) == 0
+
+
+def test_forget_and_set_capacity():
+    idx = PrefixIndex(2, capacity_blocks=100)
+    a = tree_chain(list(range(10)))
+    idx.touch(0, a, 0.0)
+    idx.touch(1, a, 0.0)
+    assert idx.forget(0, a, keep=3) == 7
+    assert idx.match(a) == [3, 10]
+    idx.set_capacity(1, 4)
+    assert idx.match(a) == [3, 4]
+    idx.clear_instance(1)
+    assert idx.match(a) == [3, 0]
+    check_invariants(idx, [a])
+
+
+def test_resize_and_bad_arguments():
+    idx = PrefixIndex(1, capacity_blocks=10)
+    idx.touch(3, tree_chain([1]), 0.0)  # grows on demand
+    assert idx.num_instances == 4
+    assert idx.match(tree_chain([1])) == [0, 0, 0, 1]
+    with pytest.raises(ValueError, match="capacity_blocks"):
+        PrefixIndex(1, capacity_blocks=0)
+    assert idx.match(()) == [0, 0, 0, 0]
+
+
+def test_long_prompt_match_is_exact():
+    # 8k tokens = 512 blocks; instances hold different depths of the same chain.
+    full = tree_chain(list(range(512)))
+    idx = PrefixIndex(16, capacity_blocks=10_000)
+    depths = [0, 1, 7, 100, 255, 256, 511, 512, 3, 0, 64, 65, 400, 2, 9, 512]
+    for i, d in enumerate(depths):
+        if d:
+            idx.touch(i, full[:d], 0.0)
+    assert idx.match(full) == depths

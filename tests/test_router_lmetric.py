@@ -1,0 +1,196 @@
+"""LMetric: the product's defining property and each failure-case detector on a constructed state."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmsched.core.hashing import chain
+from llmsched.core.types import InstanceSnapshot, Request
+from llmsched.policies.instance import ROUTERS
+from llmsched.policies.instance.indicators import indicators
+
+BS = 16
+_rid = iter(range(10**9))
+
+
+def snap(i: int, running: int = 0, waiting: int = 0, kv: float = 0.1, pending: int = 0, t: float = 0.0,
+         healthy: bool = True) -> InstanceSnapshot:
+    return InstanceSnapshot(
+        instance=i, time=t, num_running=running, num_waiting=waiting, kv_usage=kv, num_free_blocks=1000,
+        num_total_blocks=100_000, pending_prefill_tokens=pending, healthy=healthy,
+    )
+
+
+def req(blocks: list[int] | None = None, prompt_len: int | None = None) -> Request:
+    n = prompt_len if prompt_len is not None else (len(blocks) * BS + 3 if blocks else 1000)
+    return Request(rid=next(_rid), arrival=0.0, prompt_len=n, output_len=10,
+                   block_hashes=chain(blocks) if blocks else None)
+
+
+def warm(router, instance: int, blocks: list[int], snaps) -> None:
+    r = req(blocks)
+    router.route(r, snaps, 0.0)
+    router.on_dispatch(r, instance, 0.0)
+    router.on_first_token(r, instance, 0.0)
+    router.on_finish(r, instance, 0.0)
+
+
+def lm(**params):
+    return ROUTERS.create("lmetric", params)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    state=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 4000), st.integers(0, 8)),
+                   min_size=2, max_size=10),
+    prompt=st.integers(1, 12),
+    guards=st.booleans(),
+)
+def test_never_picks_a_strictly_dominated_instance(state, prompt, guards):
+    router = lm(guards=guards)
+    snaps = [snap(i, r, w, pending=p) for i, (r, w, p, _) in enumerate(state)]
+    for i, (*_, depth) in enumerate(state):
+        if depth:
+            warm(router, i, list(range(depth)), snaps)
+    r = req(list(range(prompt)))
+    pick = router.route(r, snaps, 0.0)
+    P, B, _ = indicators(router, r, snaps, range(len(snaps)))
+    for j in range(len(snaps)):
+        dominated = P[j] <= P[pick] and B[j] <= B[pick] and (P[j] < P[pick] or B[j] < B[pick])
+        assert not dominated, (pick, j, P, B)
+
+
+def test_indicator_variants():
+    snaps = [snap(0, running=3, waiting=2, pending=500), snap(1, running=1)]
+    r = req(list(range(10)))  # 163 tokens
+    base = lm(prefill="request", batch="running")
+    warm(base, 0, list(range(4)), snaps)
+    P, B, _ = indicators(base, r, snaps, [0, 1])
+    assert P == [163 - 4 * BS, 163] and B == [3, 1]
+    for name, want_p, want_b in [("request+pending", [163 - 64 + 500, 163], None), ("queue", None, [5, 1]),
+                                 ("in-flight", None, [0, 0])]:
+        params = {"prefill": name} if want_p else {"batch": name}
+        router = lm(**params)
+        warm(router, 0, list(range(4)), snaps)
+        P, B, _ = indicators(router, r, snaps, [0, 1])
+        if want_p:
+            assert want_p == P
+        if want_b:
+            assert want_b == B
+
+
+def test_product_picks_the_minimum():
+    router = lm()
+    snaps = [snap(0, running=9), snap(1, running=1), snap(2, running=4)]
+    assert router.route(req(prompt_len=1000), snaps, 0.0) == 1
+    warm(router, 2, list(range(50)), snaps)  # 800 of 803 tokens cached on 2: 3 x 5 vs 803 x 2
+    assert router.route(req(list(range(50))), snaps, 0.0) == 2
+
+
+def test_plus_one_matters_for_idle_instances():
+    snaps = [snap(0, running=0), snap(1, running=1)]
+    no_one = lm(plus_one=False, guards=False, batch="running")
+    warm(no_one, 1, list(range(60)), snaps)
+    # Without +1 the idle instance scores 0 whatever the prefill: it wins against a near-full hit.
+    assert no_one.route(req(list(range(60))), snaps, 0.0) == 0
+    with_one = lm(guards=False, batch="running")
+    warm(with_one, 1, list(range(60)), snaps)
+    assert with_one.route(req(list(range(60))), snaps, 0.0) == 1
+
+
+def test_load_guard_stops_the_hot_spot():
+    # A full hit on a hot instance scores ~0 whatever its queue; the guard sends it elsewhere.
+    hot = [snap(0, running=40, waiting=30), snap(1, running=4), snap(2, running=5)]
+    router = lm(prefill="request", prefill_floor=0, tie_tolerance=0.0)
+    warm(router, 0, list(range(100)), hot)
+    assert router.route(req(list(range(100))), hot, 0.0) in (1, 2)
+    assert router.decisions["load-guard"] == 1
+    unguarded = lm(prefill="request", guards=False)
+    warm(unguarded, 0, list(range(100)), hot)
+    assert unguarded.route(req(list(range(100))), hot, 0.0) == 0
+
+
+def test_prefill_floor_lets_load_count_among_full_hits():
+    snaps = [snap(0, running=10), snap(1, running=1)]
+    router = lm(prefill="request", prefill_floor=64, guard_abs=100, tie_tolerance=0.0)
+    for i in (0, 1):
+        warm(router, i, list(range(4)), snaps)
+    warm(router, 0, list(range(20)), snaps)
+    router.decisions.clear()
+    # 0: P = 3 (full hit), B = 10 -> raw 33; 1: P = 259, B = 1 -> 518. Floored: 64 x 11 = 704 > 518.
+    assert router.route(req(list(range(20))), snaps, 0.0) == 1
+    assert router.decisions["prefill-floor"] == 1
+
+
+def test_near_tie_prefers_less_work():
+    # Products 1000 x 2 = 2000 and 1040 x 2 = 2080... make them near-equal with different queues behind.
+    snaps = [snap(0, running=1, pending=0), snap(1, running=0, pending=1010)]
+    router = lm(prefill="request+pending", tie_tolerance=0.1, guard_abs=100)
+    # 0: P = 1000, B = 1 -> 2000; 1: P = 2010, B = 0 -> 2010... 0 is best anyway
+    assert router.route(req(prompt_len=1000), snaps, 0.0) == 0
+    snaps = [snap(0, running=3, pending=0), snap(1, running=1, pending=900)]
+    # 0: 1000 x 4 = 4000; 1: 1900 x 2 = 3800 (best) -- within 10%, and 0 has 900 fewer tokens ahead.
+    assert router.route(req(prompt_len=1000), snaps, 0.0) == 0
+    assert router.decisions["near-tie"] == 1
+    strict = lm(prefill="request+pending", tie_tolerance=0.0, guard_abs=100)
+    assert strict.route(req(prompt_len=1000), snaps, 0.0) == 1
+
+
+def test_stale_snapshot_switches_to_in_flight():
+    old = [snap(0, running=0, t=0.0), snap(1, running=20, t=0.0)]  # instance 1's load has since drained
+    router = lm(batch="running", stale_after_s=0.5, guard_abs=100)
+    assert router.route(req(prompt_len=500), old, 0.1) == 0
+    assert router.decisions["stale"] == 0
+    for _ in range(3):
+        router.on_dispatch(req(prompt_len=500), 0, 0.2)
+    # At 2 s the snapshot is stale: B = own in-flight (3 vs 0), not the snapshot's 20.
+    router.sync(old, 2.0)
+    assert router.route(req(prompt_len=500), old, 2.0) == 1
+    assert router.decisions["stale"] == 1
+
+
+def test_kv_pressure_skips_full_instances():
+    snaps = [snap(0, kv=0.99), snap(1, running=5, kv=0.5)]
+    router = lm()
+    assert router.route(req(prompt_len=500), snaps, 0.0) == 1
+    assert router.decisions["kv-pressure"] == 1
+    all_full = [snap(0, kv=0.99), snap(1, running=5, kv=0.99)]
+    assert router.route(req(prompt_len=500), all_full, 0.0) == 0  # nowhere better: no exclusion
+
+
+def test_exact_ties_are_random_but_seeded():
+    snaps = [snap(i) for i in range(6)]
+    picks = [[lm(seed=s).route(req(prompt_len=100), snaps, 0.0) for s in range(30)] for _ in range(2)]
+    assert picks[0] == picks[1]
+    assert len(set(picks[0])) >= 3
+
+
+@pytest.mark.parametrize("bad", [{"prefill": "x"}, {"batch": "waiting"}, {"guard_rel": 0.5}])
+def test_bad_params_name_the_problem(bad):
+    with pytest.raises(ValueError, match="lmetric"):
+        lm(**bad)
+
+
+def test_hit_feedback_shrinks_an_overestimating_index():
+    snaps = [snap(0), snap(1)]
+    router = lm(hit_feedback=True)
+    warm(router, 0, list(range(30)), snaps)
+    cap = router.index_.capacity_[0]
+    r = req(list(range(30)))
+    i = router.route(r, snaps, 1.0)
+    router.on_dispatch(r, i, 1.0)
+    r.num_cached = 0  # the engine had evicted it
+    router.on_first_token(r, i, 1.1)
+    assert router.decisions["index-overestimate"] == 1
+    assert router.index_.capacity_[i] < cap
+
+
+def test_additive_pending_adds_queued_prefill_outside_the_product():
+    # 0: P = 1000, B = 3, W = 0 -> 4000; 1: P = 1000, B = 0, W = 3500 -> 4500 (the product alone says 1).
+    snaps = [snap(0, running=3), snap(1, pending=3500)]
+    additive = lm(prefill="additive-pending", batch="running", tie_tolerance=0.0, guard_abs=100)
+    assert additive.route(req(prompt_len=1000), snaps, 0.0) == 0
+    plain = lm(prefill="request", batch="running", tie_tolerance=0.0, guard_abs=100)
+    assert plain.route(req(prompt_len=1000), snaps, 0.0) == 1
