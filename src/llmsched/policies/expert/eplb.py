@@ -19,10 +19,9 @@ from llmsched.policies.expert.base import (
     Placement,
     Topology,
     at_least_static,
-    padded_static_phy2log,
 )
 from llmsched.policies.expert.eplb_algo import rebalance_experts
-from llmsched.policies.expert.window import WindowRecorder
+from llmsched.policies.expert.window import WindowedPlacer, WindowRecorder
 
 
 def eplb_placement(loads: np.ndarray, topology: Topology, mode: str = "auto") -> Placement:
@@ -87,7 +86,7 @@ class EPLB(ExpertPlacer):
 
 
 @EXPERT_PLACERS.register("eplb-online")
-class EPLBOnline(EPLB):
+class EPLBOnline(WindowedPlacer, EPLB):
     online = True
 
     class Params(Params):
@@ -98,21 +97,6 @@ class EPLBOnline(EPLB):
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
         self.recorder_ = WindowRecorder(self.params.window, self.params.interval)
-
-    def initial(self, loads: np.ndarray, topology: Topology, flows: np.ndarray | None = None) -> Placement:
-        return Placement.from_phy2log(padded_static_phy2log(topology), topology.num_experts)
-
-    def observe(self, loads: np.ndarray, first_step: int) -> None:
-        self.recorder_.observe(loads, first_step)
-
-    def wants(self, first_step: int, k: int) -> bool:
-        return self.recorder_.wants(first_step, k)
-
-    def observe_repeated(self, loads: np.ndarray, first_step: int, k: int) -> None:
-        self.recorder_.observe_repeated(loads, first_step, k)
-
-    def next_check(self) -> int | None:
-        return self.recorder_.next_check
 
     def maybe_rebalance(self, step: int, current: Placement, topology: Topology) -> Placement | None:
         if not self.recorder_.due(step):

@@ -21,7 +21,7 @@ from llmsched.policies.expert.base import (
     Topology,
     padded_static_phy2log,
 )
-from llmsched.policies.expert.window import WindowRecorder
+from llmsched.policies.expert.window import WindowedPlacer, WindowRecorder
 
 
 def _gpu_loads(w: np.ndarray, row: np.ndarray, num_experts: int, num_gpus: int) -> np.ndarray:
@@ -72,7 +72,7 @@ def relieve_layer(w: np.ndarray, row: np.ndarray, num_gpus: int, max_moves: int,
 
 
 @EXPERT_PLACERS.register("hotspot")
-class Hotspot(ExpertPlacer):
+class Hotspot(WindowedPlacer, ExpertPlacer):
     online = True
 
     class Params(Params):
@@ -91,21 +91,6 @@ class Hotspot(ExpertPlacer):
         """Offline use: relieve every layer of the padded static layout for `loads` (never worse than static)."""
         start = Placement.from_phy2log(padded_static_phy2log(topology), topology.num_experts)
         return self._relieve(np.asarray(loads, dtype=np.float64), start, topology) or start
-
-    def initial(self, loads: np.ndarray, topology: Topology, flows: np.ndarray | None = None) -> Placement:
-        return Placement.from_phy2log(padded_static_phy2log(topology), topology.num_experts)
-
-    def observe(self, loads: np.ndarray, first_step: int) -> None:
-        self.recorder_.observe(loads, first_step)
-
-    def wants(self, first_step: int, k: int) -> bool:
-        return self.recorder_.wants(first_step, k)
-
-    def observe_repeated(self, loads: np.ndarray, first_step: int, k: int) -> None:
-        self.recorder_.observe_repeated(loads, first_step, k)
-
-    def next_check(self) -> int | None:
-        return self.recorder_.next_check
 
     def maybe_rebalance(self, step: int, current: Placement, topology: Topology) -> Placement | None:
         if not self.recorder_.due(step):

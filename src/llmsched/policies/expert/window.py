@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from llmsched.policies.expert.base import Placement, Topology, padded_static_phy2log
+
 
 class WindowRecorder:
     def __init__(self, window: int, interval: int, first_check: int | None = None) -> None:
@@ -55,3 +57,25 @@ class WindowRecorder:
         while self.next_check <= step:
             self.next_check += self.interval
         return out
+
+
+class WindowedPlacer:
+    """Mixin of the online placers: start from the static layout and hand the engine's loads to
+    `self.recorder_` (a `WindowRecorder` the placer builds from its window and interval)."""
+
+    recorder_: WindowRecorder
+
+    def initial(self, loads: np.ndarray, topology: Topology, flows: np.ndarray | None = None) -> Placement:
+        return Placement.from_phy2log(padded_static_phy2log(topology), topology.num_experts)
+
+    def observe(self, loads: np.ndarray, first_step: int) -> None:
+        self.recorder_.observe(loads, first_step)
+
+    def wants(self, first_step: int, k: int) -> bool:
+        return self.recorder_.wants(first_step, k)
+
+    def observe_repeated(self, loads: np.ndarray, first_step: int, k: int) -> None:
+        self.recorder_.observe_repeated(loads, first_step, k)
+
+    def next_check(self) -> int | None:
+        return self.recorder_.next_check
