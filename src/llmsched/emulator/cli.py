@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from typing import Annotated
 
 import typer
 
+from llmsched.aio import run_async, wait_for_stop_signal
 from llmsched.engine.config import EngineConfig
 
 
@@ -61,24 +59,9 @@ def emulate_cmd(
     async def serve() -> None:
         url = await server.start(host, port)
         typer.echo(f"llmsched emulator: {server.served_model_name} on {gpu} at {url} (speed {speed}x)")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await wait_for_stop_signal()
         finally:
             await server.stop()
 
     run_async(serve())
-
-
-def run_async(coro: object) -> None:
-    """Run `coro` on uvloop when installed (faster socket I/O and timers), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(coro)  # type: ignore[arg-type]

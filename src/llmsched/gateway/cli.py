@@ -1,0 +1,80 @@
+"""`llmsched serve`: the gateway as a command (the lead mounts `serve_cmd` on the typer app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmsched.aio import run_async, wait_for_stop_signal
+from llmsched.gateway.config import ConfigError, GatewayConfig, build_config, load_config
+from llmsched.gateway.server import Gateway
+
+
+async def start_emulators(n: int, **kw: Any) -> list[tuple[Any, str]]:
+    """Start `n` in-process engine emulators on loopback ports (`kw` go to `EmulatorServer`); (server, url)s."""
+    try:
+        from llmsched.emulator import EmulatorServer  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise RuntimeError(f"--emulated needs llmsched.emulator.EmulatorServer, which is not available: {e}") from e
+    servers = []
+    for _ in range(n):
+        s = EmulatorServer(**kw)
+        servers.append((s, await s.start("127.0.0.1", 0)))
+    return servers
+
+
+async def run_gateway(cfg: GatewayConfig, host: str, port: int, emulated: int = 0, speed: float = 1.0) -> None:
+    """Run until SIGINT/SIGTERM, then drain and stop (graceful shutdown)."""
+    emus = await start_emulators(emulated, speed=speed) if emulated else []
+    if emus:
+        cfg = cfg.model_copy(update={"backends": [*cfg.backends, *(u.rstrip("/") for _, u in emus)]})
+    gw = Gateway(cfg)
+    url = await gw.start(host, port)
+    typer.echo(f"llmsched gateway on {url} -> {', '.join(cfg.backends) or '(no backends yet)'} "
+               f"[request policy {cfg.request_policy.name}, router {cfg.router.name}]")
+    try:
+        await wait_for_stop_signal()
+    finally:
+        typer.echo(f"draining ({gw.dispatcher.queued} queued, {gw.dispatcher.in_flight} in flight)...")
+        await gw.stop(drain=True)
+        for e, _ in emus:
+            await e.stop()
+
+
+def serve_cmd(
+    backend: Annotated[list[str] | None, typer.Option("--backend", help="backend base URL (repeatable)")] = None,
+    emulated: Annotated[int, typer.Option("--emulated", min=0, help="start N in-process emulated engines")] = 0,
+    emulator_speed: Annotated[float, typer.Option("--emulator-speed", min=0.001,
+                                                  help="emulated seconds per real second (--emulated)")] = 1.0,
+    request_policy: Annotated[str | None, typer.Option("--request-policy", help="admission-queue policy")] = None,
+    router: Annotated[str | None, typer.Option("--router", help="instance-level router")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+) -> None:
+    """Run the OpenAI-compatible gateway in front of vLLM/SGLang (or emulated) engines."""
+    overrides: dict[str, Any] = {}
+    if request_policy:
+        overrides["request_policy"] = {"name": request_policy}
+    if router:
+        overrides["router"] = {"name": router}
+    try:
+        if config is not None:
+            cfg = load_config(config, overrides)
+        else:
+            cfg = build_config({}, overrides, source="command line")
+        if backend:
+            cfg = build_config({**cfg.model_dump(), "backends": [*cfg.backends, *backend]}, source="--backend")
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not cfg.backends and not emulated:
+        typer.echo("error: give --backend URL (repeatable), --emulated N, or backends: in --config", err=True)
+        raise typer.Exit(2)
+    try:
+        run_async(run_gateway(cfg, host, port, emulated, emulator_speed))
+    except (RuntimeError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None

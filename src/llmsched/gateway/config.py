@@ -1,0 +1,114 @@
+"""The gateway's configuration: one pydantic model, loadable from YAML, with errors that name file and field.
+
+Every option of `llmsched serve` lives here; CLI flags override the file. Defaults are chosen for a gateway in
+front of a handful of vLLM replicas on one host or rack (see docs/gateway.md for the reasoning per field).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyConfig(_Model):
+    """A registry name and its parameters, as the simulator's scenarios name them."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Timeouts(_Model):
+    connect: float = Field(2.0, gt=0, description="TCP connect to a backend (s)")
+    first_byte: float = Field(60.0, gt=0, description="from dispatch to the backend's first response byte (s)")
+    total: float = Field(600.0, gt=0, description="whole upstream request, streaming included (s)")
+    queue: float = Field(60.0, gt=0, description="longest wait in the admission queue before a 503 (s)")
+    scrape: float = Field(1.0, gt=0, description="one /metrics scrape or health probe (s)")
+
+
+class BreakerConfig(_Model):
+    failure_threshold: int = Field(3, ge=1, description="consecutive failures that open the circuit")
+    cooldown: float = Field(5.0, gt=0, description="seconds open before one half-open probe is allowed")
+
+
+class GatewayConfig(_Model):
+    backends: list[str] = Field(default_factory=list, description="base URLs of OpenAI-compatible engines")
+    request_policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(name="fcfs"))
+    router: PolicyConfig = Field(default_factory=lambda: PolicyConfig(name="round-robin"))
+    scrape_interval: float = Field(0.5, gt=0, description="seconds between /metrics scrapes of each backend")
+    max_in_flight_per_backend: int = Field(256, ge=1, description="requests dispatched to one backend at once")
+    queue_bound: int = Field(4096, ge=0, description="admission-queue length beyond which requests get 429")
+    retry_after: int = Field(1, ge=0, description="Retry-After header (s) sent with 429")
+    retries: int = Field(2, ge=0, description="re-dispatches of a request that failed before its first byte")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer tokens; empty = open")
+    admin_api_keys: list[str] = Field(
+        default_factory=list, description="bearer tokens for /admin; empty = api_keys (or open if none)"
+    )
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    session_header: str = Field("x-session-id", min_length=1, description="header naming the session")
+    block_size: int = Field(16, ge=1, description="KV block size for the router's prefix hashes (vLLM: 16)")
+    model_name: str | None = Field(None, description="model id answered by /v1/models when no backend does")
+    drain_timeout: float = Field(30.0, ge=0, description="graceful shutdown: wait this long for in-flight")
+
+    @field_validator("backends")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"backend {url!r} is not an http(s) URL")
+        return [u.rstrip("/") for u in v]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the field."""
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Read a YAML file into a `GatewayConfig`; `overrides` (from CLI flags) win over the file."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of options, got {type(raw).__name__}")
+    return build_config(raw, overrides, source=str(p))
+
+
+def build_config(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "<config>"
+) -> GatewayConfig:
+    data = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        cfg = GatewayConfig(**data)
+    except ValidationError as e:
+        lines = [
+            f"{source}: {'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None
+    _check_policies(cfg, source)
+    return cfg
+
+
+def _check_policies(cfg: GatewayConfig, source: str) -> None:
+    """Fail at load time, not at the first request, on an unknown policy or bad parameters."""
+    from llmsched.policies.instance import ROUTERS
+    from llmsched.policies.request import REQUEST_POLICIES
+
+    for key, reg, pc in (("request_policy", REQUEST_POLICIES, cfg.request_policy), ("router", ROUTERS, cfg.router)):
+        try:
+            reg.create(pc.name, pc.params)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {key}: {e}") from None

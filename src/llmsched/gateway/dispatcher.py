@@ -1,0 +1,223 @@
+"""The gateway's decisions, sans-I/O: admission, dispatch, retry targets, backend membership and health.
+
+The asyncio shell (`gateway.server`) only moves bytes: it asks this object what to do and reports what
+happened, passing the time. The same `RequestPolicy` and `Router` objects as in the simulator make the calls:
+the policy orders the admission queue, the router picks the backend among those that may take a request.
+
+Backends keep their index for life (the router's per-instance accounting is indexed by it); a removed backend
+is a tombstone that is never eligible again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from llmsched.core.types import InstanceSnapshot, Request
+from llmsched.gateway.breaker import BreakerState, CircuitBreaker
+from llmsched.gateway.scrape import empty_snapshot
+from llmsched.policies.instance.base import Router
+from llmsched.policies.request.base import RequestPolicy
+
+
+@dataclass(slots=True)
+class Backend:
+    index: int
+    url: str
+    breaker: CircuitBreaker
+    snapshot: InstanceSnapshot
+    in_flight: int = 0
+    draining: bool = False
+    removed: bool = False
+    scraped: bool = False
+    served: int = 0
+    failed: int = 0
+    model_ids: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.removed:
+            return "removed"
+        if self.draining:
+            return "draining"
+        return self.breaker.state.value
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        policy: RequestPolicy,
+        router: Router,
+        max_in_flight: int = 256,
+        queue_bound: int = 4096,
+        breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker,
+    ) -> None:
+        self.policy = policy
+        self.router = router
+        self.max_in_flight = max_in_flight
+        self.queue_bound = queue_bound
+        self.breaker_factory = breaker_factory
+        self.backends: list[Backend] = []
+        self.rejected = 0
+        self.retried = 0
+
+    # -- membership -------------------------------------------------------------------------------------
+    def add_backend(self, url: str, now: float) -> Backend:
+        url = url.rstrip("/")
+        live = self.find(url)
+        if live is not None:
+            live.draining = False  # re-adding a draining backend undoes the drain
+            return live
+        b = Backend(len(self.backends), url, self.breaker_factory(), empty_snapshot(len(self.backends), now))
+        self.backends.append(b)
+        self.router.resize(len(self.backends))
+        return b
+
+    def find(self, url: str) -> Backend | None:
+        url = url.rstrip("/")
+        return next((b for b in self.backends if b.url == url and not b.removed), None)
+
+    def drain(self, url: str) -> Backend:
+        """No new requests go to `url`; in-flight ones finish."""
+        b = self.find(url)
+        if b is None:
+            raise KeyError(url)
+        b.draining = True
+        return b
+
+    def reap(self) -> list[Backend]:
+        """Remove drained backends that have nothing in flight; returns those removed now."""
+        out = []
+        for b in self.backends:
+            if b.draining and not b.removed and b.in_flight == 0:
+                b.removed = True
+                out.append(b)
+        return out
+
+    def live(self) -> list[Backend]:
+        return [b for b in self.backends if not b.removed]
+
+    # -- eligibility ------------------------------------------------------------------------------------
+    def _eligible(self, b: Backend, now: float, cap: bool) -> bool:
+        return (
+            not b.removed
+            and not b.draining
+            and (not cap or b.in_flight < self.max_in_flight)
+            and b.breaker.available(now)
+        )
+
+    def has_capacity(self, now: float) -> bool:
+        return any(self._eligible(b, now, True) for b in self.backends)
+
+    def any_usable(self, now: float) -> bool:
+        """Is there a backend that could ever take this request (ignoring the in-flight cap)?"""
+        return any(not b.removed and not b.draining for b in self.backends)
+
+    # -- admission --------------------------------------------------------------------------------------
+    def submit(self, req: Request, now: float) -> bool:
+        """Queue `req`; False (-> 429) when the queue is at its bound and no backend has room."""
+        if len(self.policy) >= self.queue_bound and not self.has_capacity(now):
+            self.rejected += 1
+            return False
+        self.policy.push(req, now)
+        return True
+
+    def cancel(self, req: Request) -> bool:
+        """Client gone while queued."""
+        return self.policy.remove(req)
+
+    @property
+    def queued(self) -> int:
+        return len(self.policy)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.backends)
+
+    def dispatch(self, now: float) -> list[tuple[Request, int]]:
+        """Pop queued requests while some backend has room; each goes where the router says."""
+        out: list[tuple[Request, int]] = []
+        while self.policy and self.has_capacity(now):
+            req = self.policy.pop(now)
+            if req is None:
+                break
+            i = self.route(req, now)
+            if i is None:  # cannot happen while has_capacity holds; keep the request rather than lose it
+                self.policy.requeue(req, now)
+                break
+            if req.first_scheduled < 0:
+                req.first_scheduled = now
+            out.append((req, i))
+        return out
+
+    def route(self, req: Request, now: float, exclude: frozenset[int] = frozenset(), cap: bool = True) -> int | None:
+        """Pick and charge a backend for `req` (None if none is eligible); the router decides among the eligible."""
+        ok = [self._eligible(b, now, cap) and b.index not in exclude for b in self.backends]
+        if not any(ok):
+            return None
+        snaps = [b.snapshot if b.snapshot.healthy == ok[b.index] else self._flip(b) for b in self.backends]
+        i = self.router.route(req, snaps, now)
+        if not (0 <= i < len(ok)) or not ok[i]:
+            # The router fell back to an ineligible instance (its contract allows it when none is healthy
+            # by its own lights); overrule it with the least loaded eligible one and count the case.
+            self.router.decisions["gateway-override"] += 1
+            i = min((b for b in self.backends if ok[b.index]), key=lambda b: b.in_flight).index
+        b = self.backends[i]
+        b.breaker.acquire(now)
+        b.in_flight += 1
+        req.instance = i
+        self.router.on_dispatch(req, i, now)
+        return i
+
+    @staticmethod
+    def _flip(b: Backend) -> InstanceSnapshot:
+        """The snapshot with its `healthy` flag toggled, kept until it toggles again (saves a copy a request)."""
+        b.snapshot = replace(b.snapshot, healthy=not b.snapshot.healthy)
+        return b.snapshot
+
+    def retry(self, req: Request, failed: int, tried: frozenset[int], now: float) -> int | None:
+        """A new backend for a request that failed on `failed` before its first byte; None: give up."""
+        self.retried += 1
+        return self.route(req, now, exclude=tried | {failed}, cap=False)
+
+    # -- outcomes ---------------------------------------------------------------------------------------
+    def first_token(self, req: Request, i: int, now: float) -> None:
+        if req.first_token < 0:
+            req.first_token = now
+        self.router.on_first_token(req, i, now)
+        self.backends[i].breaker.success(now)
+
+    def finish(self, req: Request, i: int, now: float, ok: bool, backend_fault: bool | None = None) -> None:
+        """`req` left backend `i`: completed (`ok`) or failed; `backend_fault` (default: not ok) feeds the breaker.
+
+        A client that cancels is neither a success nor a backend fault.
+        """
+        b = self.backends[i]
+        b.in_flight = max(0, b.in_flight - 1)
+        self.router.on_finish(req, i, now)
+        fault = (not ok) if backend_fault is None else backend_fault
+        if fault:
+            b.failed += 1
+            b.breaker.failure(now)
+        elif ok:
+            b.served += 1
+            b.breaker.success(now)
+            req.finish = now
+            self.policy.on_finish(req, now)
+        elif b.breaker.state is BreakerState.HALF_OPEN:
+            b.breaker.probing = False  # a cancelled probe proves nothing; let another one through
+
+    # -- health -----------------------------------------------------------------------------------------
+    def scraped(self, i: int, snap: InstanceSnapshot | None, now: float) -> None:
+        """A scrape or health probe of backend `i` succeeded (`snap` may be None for a bare /health)."""
+        b = self.backends[i]
+        if snap is not None:
+            b.snapshot = replace(snap, instance=i)
+            b.scraped = True
+        if b.breaker.available(now):
+            b.breaker.success(now)
+        self.router.on_snapshots([x.snapshot for x in self.backends], now)
+
+    def scrape_failed(self, i: int, now: float) -> None:
+        b = self.backends[i]
+        b.breaker.failure(now)

@@ -1,0 +1,71 @@
+"""Block hashes of a prompt at gateway speed: vectorised: ~0.1 ms for a 12k-token prompt instead of ~0.8 ms.
+
+The router's prefix index only ever compares hashes the gateway itself made, so they need the property of
+`core.hashing.chain` (block k's hash is a function of blocks 0..k: equal leading hashes iff equal prefix, up to
+collisions), not its exact values. `chain` walks the blocks in Python (~1 us a block, 0.8 ms for a Mooncake
+prompt); here each block's content is folded to one uint64 (a seeded random linear form) and the chain is a
+polynomial prefix hash computed with one cumulative sum: H_k = sum_{i<=k} c_i P^(k-i) mod 2^64 = P^k * cumsum(c_i P^-i), P odd so invertible.
+A collision only costs a misrouted request, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_P = np.uint64(0x100000001B3)  # FNV-64 prime (odd, so invertible mod 2^64)
+_P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_pows: np.ndarray = np.ones(1, np.uint64)
+_ipows: np.ndarray = np.ones(1, np.uint64)
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    global _pows, _ipows
+    if len(_pows) < n:
+        m = max(n, 2 * len(_pows))
+        with np.errstate(over="ignore"):
+            _pows = _cum(m, _P)
+            _ipows = _cum(m, _P_INV)
+    return _pows[:n], _ipows[:n]
+
+
+def _cum(m: int, base: np.uint64) -> np.ndarray:
+    """base^0 .. base^(m-1) mod 2^64."""
+    out = np.empty(m, np.uint64)
+    out[0] = 1
+    if m > 1:
+        out[1:] = np.cumprod(np.full(m - 1, base, np.uint64))
+    return out
+
+
+_W: dict[int, np.ndarray] = {}
+
+
+def _weights(block_size: int) -> np.ndarray:
+    """Fixed integer weights per 16-bit half-token of a block (seeded: the same in every process).
+
+    Bounded so that 2 x block_size products of a 16-bit value and a weight sum below 2^53 (exact in float64).
+    Two different blocks collide only if their weighted sums are equal (about 1 in the weight range, ~2^32
+    for 16-token blocks); a collision costs a misrouted request, nothing else.
+    """
+    w = _W.get(block_size)
+    if w is None:
+        hi = 2**53 // (2 * block_size * 0xFFFF)
+        w = _W[block_size] = np.random.default_rng(0x5EED).integers(1, hi, 2 * block_size).astype(np.float64)
+    return w
+
+
+def block_hashes(ids: np.ndarray, block_size: int) -> tuple[int, ...]:
+    """Chained hashes of the full blocks of token ids `ids` (a trailing partial block is not cacheable)."""
+    n = len(ids) // block_size
+    if n == 0:
+        return ()
+    with np.errstate(over="ignore"):
+        # One number per block: a seeded random integer linear form of its ids' 16-bit halves, computed as a
+        # float64 dot product (BLAS; uint64 arithmetic has no SIMD path in numpy and costs ~10x more). Every
+        # product and partial sum is an integer below 2^53, so the result is exact whatever order BLAS sums in
+        # (a plain float form is not: the last bit changed with the number of rows).
+        halves = np.ascontiguousarray(ids[: n * block_size], dtype="<u4").view("<u2")
+        c = (halves.astype(np.float64).reshape(n, 2 * block_size) @ _weights(block_size)).astype(np.uint64)
+        pows, ipows = _powers(n)
+        h = np.cumsum(c * ipows, dtype=np.uint64) * pows
+    return tuple(h.tolist())

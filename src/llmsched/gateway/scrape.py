@@ -1,0 +1,66 @@
+"""vLLM's Prometheus text -> `InstanceSnapshot`: what the router knows of a backend between scrapes.
+
+Pure functions, so the mapping is tested on fixed texts. Counters and gauges are summed over label sets
+(one engine may export one series per model or per engine core). Missing series read as 0: SGLang and older
+vLLM versions export fewer of them, and the router's own in-flight accounting fills the gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmsched.core.types import InstanceSnapshot
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name first; the old one until v0.10
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+CACHE_CONFIG = "vllm:cache_config_info"
+
+_WANTED = {RUNNING, WAITING, *KV_USAGE, PREFIX_QUERIES, PREFIX_HITS}
+
+
+class MetricsParseError(ValueError):
+    pass
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """Sum of each wanted series over its label sets; `num_gpu_blocks` from cache_config_info if present."""
+    out: dict[str, float] = {}
+    try:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in _WANTED:
+                    out[s.name] = out.get(s.name, 0.0) + float(s.value)
+                elif s.name == CACHE_CONFIG and "num_gpu_blocks" in s.labels:
+                    with contextlib.suppress(ValueError):
+                        out["num_gpu_blocks"] = float(s.labels["num_gpu_blocks"])
+    except ValueError as e:
+        raise MetricsParseError(f"unparseable Prometheus text: {e}") from None
+    return out
+
+
+def snapshot_from_metrics(values: dict[str, float], instance: int, now: float) -> InstanceSnapshot:
+    kv = next((values[k] for k in KV_USAGE if k in values), 0.0)
+    total = int(values.get("num_gpu_blocks", 0))
+    return InstanceSnapshot(
+        instance=instance,
+        time=now,
+        num_running=int(values.get(RUNNING, 0)),
+        num_waiting=int(values.get(WAITING, 0)),
+        kv_usage=min(max(kv, 0.0), 1.0),
+        num_free_blocks=int(round(total * (1.0 - kv))),
+        num_total_blocks=total,
+        pending_prefill_tokens=0,  # not exported by vLLM; the router's in-flight accounting estimates it
+        prefix_queries=int(values.get(PREFIX_QUERIES, 0)),
+        prefix_hits=int(values.get(PREFIX_HITS, 0)),
+        healthy=True,
+    )
+
+
+def empty_snapshot(instance: int, now: float, healthy: bool = True) -> InstanceSnapshot:
+    """Before the first scrape: an idle instance (the router's own counts still apply)."""
+    return InstanceSnapshot(instance, now, 0, 0, 0.0, 0, 0, 0, healthy=healthy)
