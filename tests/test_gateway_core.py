@@ -48,16 +48,29 @@ def test_breaker_rejects_bad_parameters() -> None:
         CircuitBreaker(0, 1.0)
 
 
-@given(st.lists(st.booleans(), max_size=40))
-def test_breaker_success_always_closes(events: list[bool]) -> None:
+@given(st.lists(st.tuples(st.booleans(), st.floats(0.0, 1.5)), max_size=40))
+def test_breaker_success_closes_unless_open(events: list[tuple[bool, float]]) -> None:
+    """A success closes the breaker from closed or half-open; while open (cooldown running) a late success
+    of a request sent before it opened changes nothing."""
     b = CircuitBreaker(3, 1.0)
     t = 0.0
-    for ok in events:
-        t += 0.3
-        b.success(t) if ok else b.failure(t)
+    for ok, dt in events:
+        t += dt
         if ok:
-            assert b.state is BreakerState.CLOSED
+            was_open = b.state is BreakerState.OPEN and t - b.opened_at < b.cooldown
+            b.success(t)
+            assert b.state is (BreakerState.OPEN if was_open else BreakerState.CLOSED)
+        else:
+            b.failure(t)
     assert b.failures <= len(events)
+
+
+def test_late_success_does_not_close_an_open_breaker() -> None:
+    b = CircuitBreaker(2, 5.0)
+    b.failure(0.0)
+    b.failure(0.1)
+    b.success(0.2)  # a stream sent before the failures completes late
+    assert b.state is BreakerState.OPEN and not b.available(0.3)
 
 
 # -- dispatcher ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Side-by-side tables of policy sets, one per scenario / workload / load, for the terminal and Markdown.
 
 The first policy set of a scenario is its baseline (the vLLM default in the built-in ones); every other row
-shows its change against it, which is the ablation the scenarios are written to show.
+shows its change against it (against the first set of the same model and hardware, where sets override
+them), which is the ablation the scenarios are written to show.
 """
 
 from __future__ import annotations
@@ -57,18 +58,22 @@ def title(group: Group, rec: dict[str, Any]) -> str:
 
 
 def rows(records: Sequence[dict[str, Any]], columns: Sequence[Column]) -> list[list[str]]:
-    """Rows of one group: label, then each column's value with its change against the first row."""
-    base = [c.value(records[0]["result"]) for c in columns]
-    mixed = len({setting(r) for r in records}) > 1  # e.g. sets that override the model: name each one's
+    """Rows of one group: label, then each column's value with its change against the first row of the same
+    simulated setting (sets that override the model are compared with their own model's baseline)."""
+    first: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        first.setdefault(setting(rec), rec)
+    mixed = len(first) > 1  # e.g. sets that override the model: name each one's
     out = []
-    for i, rec in enumerate(records):
+    for rec in records:
         s = rec.get("simulated") or {}
         row = [rec["label"] + (f" [{s.get('model')}, {s.get('instances')}x {s.get('gpu')}]" if mixed else "")]
-        for c, b in zip(columns, base, strict=True):
+        base_rec = first[setting(rec)]
+        for c in columns:
             v = c.value(rec["result"])
             cell = fmt(None if v is None else v * c.scale)
-            d = change(v, b)
-            if i > 0 and d is not None:
+            d = change(v, c.value(base_rec["result"]))
+            if rec is not base_rec and d is not None:
                 cell += f" ({d:+.0f}%)"
             row.append(cell)
         out.append(row)

@@ -48,6 +48,11 @@ class CircuitBreaker:
         return True
 
     def success(self, now: float) -> None:
+        self._tick(now)
+        if self.state is BreakerState.OPEN:
+            # A request sent before the breaker opened, finishing late: it says nothing about the backend
+            # now (a dead backend's last streams complete after its first refused connects).
+            return
         self.state = BreakerState.CLOSED
         self.failures = 0
         self.probing = False
