@@ -20,6 +20,7 @@ SCENARIO = {
     "workloads": [{"label": "syn", "kind": "synthetic", "name": "chat", "num_requests": 300}],
     "loads": [0.5, 0.8, 1.1],
     "policies": [{"label": "vllm-default", "request": "fcfs", "router": "round-robin"},
+                 {"label": "sjf", "request": "sjf", "router": "round-robin"},
                  {"label": "other", "request": "fcfs", "router": "round-robin", "overrides": {"instances": 3}}],
     "columns": ["ttft_mean", "ttft_p99:short", "output_throughput", "expert_balancedness"],
 }
@@ -44,9 +45,12 @@ def test_report_writes_every_promised_file(tmp_path: Path) -> None:
         assert f"]({f.name})" in summary
     assert "simulated" in summary and "qwen3-30b-a3b" in summary and "trace x not found" in summary
     assert "| other [qwen3-30b-a3b, 3x a100-80g] |" in summary  # sets differ in setting: each is named
-    assert "%)" in summary  # change against the baseline row
+    sjf_row = next(line for line in summary.splitlines() if line.startswith("| sjf ["))
+    other_row = next(line for line in summary.splitlines() if line.startswith("| other ["))
+    assert "%)" in sjf_row  # change against the baseline row of its setting
+    assert "%)" not in other_row  # the only set of its setting is its own baseline
     data = json.loads((out / "results.json").read_text())
-    assert len(data["runs"]) == 6 and data["skipped"][0]["workload"] == "azure"
+    assert len(data["runs"]) == 9 and data["skipped"][0]["workload"] == "azure"  # 3 sets x 3 loads
     run = data["runs"][0]
     assert {"scenario", "workload", "label", "load", "policies", "result"} <= set(run)
     assert "samples" not in run["result"] and "balancedness_series" not in run["result"]
