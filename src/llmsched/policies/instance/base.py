@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
+
 from llmsched.core.registry import Configurable, Registry
 from llmsched.core.types import InstanceSnapshot, Request
 
@@ -38,6 +40,9 @@ class Router(Configurable):
         self.in_flight_: list[int] = []  # dispatched and not finished, per instance
         self.pending_prefill_: list[int] = []  # uncached prompt tokens dispatched and not yet prefilled
         self.decisions: Counter[str] = Counter()
+        # Routers that draw at random declare a `seed` parameter and get their Generator here.
+        seed = getattr(self.params, "seed", None)
+        self.rng_ = np.random.default_rng(seed) if seed is not None else None
         self._charged: dict[int, int] = {}
 
     def resize(self, n: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
@@ -27,10 +26,6 @@ class DynamoParams(TrackedParams):
 class DynamoCost(TrackedRouter):
     Params = DynamoParams
     uses_index = True
-
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        self.rng_ = np.random.default_rng(self.params.seed)
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
         self.sync(snapshots, now)

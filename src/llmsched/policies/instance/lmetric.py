@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
@@ -47,10 +46,6 @@ class LMetricParams(IndicatorParams):
 class LMetric(TrackedRouter):
     Params = LMetricParams
     uses_index = True
-
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        self.rng_ = np.random.default_rng(self.params.seed)
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
         self.sync(snapshots, now)

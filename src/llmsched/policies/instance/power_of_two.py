@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
@@ -23,10 +22,6 @@ class PowerOfTwoParams(TrackedParams):
 @ROUTERS.register("power-of-two")
 class PowerOfTwo(TrackedRouter):
     Params = PowerOfTwoParams
-
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        self.rng_ = np.random.default_rng(self.params.seed)
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
         self.sync(snapshots, now)

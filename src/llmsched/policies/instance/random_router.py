@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from pydantic import Field
 
 from llmsched.core.registry import Params
@@ -20,10 +19,6 @@ class RandomParams(Params):
 class RandomRouter(Router):
     Params = RandomParams
     needs_snapshots = True  # only for health
-
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        self.rng_ = np.random.default_rng(self.params.seed)
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
         cands = self.healthy(snapshots)
