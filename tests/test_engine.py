@@ -182,3 +182,18 @@ def test_real_cost_model_single_request_ttft_and_fast_forward() -> None:
     for a, b in zip(fast, ref, strict=True):
         assert a.first_token == pytest.approx(b.first_token, rel=1e-9)
         assert a.finish == pytest.approx(b.finish, rel=1e-9)
+
+
+def test_follow_up_turn_hits_the_previous_answer_blocks() -> None:
+    """vLLM caches a finished request's full blocks, answer included; a follow-up sending prompt + answer
+    hits them when the workload names the answer's blocks (`output_hashes`)."""
+    chain_all = chain(("turn", j) for j in range(7))  # blocks 0-3 prompt, 4-5 answer, 6 the new message
+    for with_answer, expected in ((True, 6 * 16), (False, 4 * 16)):
+        eng = engine()
+        a = Request(0, 0.0, 64, 40, block_hashes=chain_all[:4], output_hashes=chain_all[4:6] if with_answer else None)
+        eng.add(a, 0.0)
+        t = drive(eng)
+        b = Request(1, t, 124, 5, block_hashes=chain_all[:7])
+        eng.add(b, t)
+        drive(eng, t)
+        assert b.num_cached == expected

@@ -33,6 +33,10 @@ class Request:
         cls: workload class label ("short", "long", "chat", ...), used for per-class metrics.
         session: session or user id, for sticky routing.
         priority: vLLM semantics, lower is served first.
+        output_hashes: chained hashes (continuing `block_hashes`) of the blocks that the answer fills, when
+            the workload knows a later request will send this prompt + answer again (a multi-turn follow-up).
+            vLLM caches a finished request's full blocks, answer included; the engine registers these at
+            finish so the follow-up can hit them.
 
     Progress (owned by the engine):
         num_computed: prompt+output tokens whose KV is in cache (cached prefix included).
@@ -50,6 +54,7 @@ class Request:
     cls: str | None = None
     session: str | None = None
     priority: int = 0
+    output_hashes: tuple[int, ...] | None = None
 
     status: Status = Status.WAITING
     instance: int = -1

@@ -308,16 +308,27 @@ class Engine:
             k = req.cls or ""
             self._dcls[k] -= 1
 
+    def _hashes_through(self, req: Request, full: int, synthetic: bool) -> tuple[int, ...]:
+        """req's block hashes extended to its first `full` blocks where the answer's are known
+        (`output_hashes`) or, if `synthetic`, with request-private hashes for the rest."""
+        known = req.block_hashes or ()
+        base = req.prompt_len // self.bs
+        if req.output_hashes and base <= len(known) < full:
+            known = (*known, *req.output_hashes[len(known) - base : full - base])
+        if synthetic and full > len(known):
+            parent = known[-1] if known else hash(("llmsched-request", req.rid))
+            known = (*known, *chain(((req.rid, j) for j in range(len(known), full)), parent))
+        return known
+
     def _cache_generated(self, req: Request) -> None:
-        """Give a preemption victim's full blocks past its prompt hashes (generated tokens) hashes of their own,
-        so they stay cached when it is freed and its recompute can hit them, as vLLM caches full blocks."""
+        """Give a preemption victim's full blocks past its prompt hashes (generated tokens) hashes, the answer's
+        own where the workload knows them, so they stay cached when it is freed and its recompute can hit
+        them, as vLLM caches full blocks."""
         if req.rid in self.decoding and self.decoding[req.rid] is req:
             self.sync(req)
         full = req.num_computed // self.bs
-        known = req.block_hashes or ()
-        if full > len(known):
-            parent = known[-1] if known else hash(("llmsched-request", req.rid))
-            req.block_hashes = (*known, *chain(((req.rid, j) for j in range(len(known), full)), parent))
+        if full > len(req.block_hashes or ()):
+            req.block_hashes = self._hashes_through(req, full, synthetic=True)
 
     def _leave(self, req: Request) -> None:
         """Remove a running request (abort/preempt) from whichever set holds it and free its blocks."""
@@ -656,6 +667,10 @@ class Engine:
             self.prefilling = [r for r in prefilling if r.status == Status.RUNNING and r.rid not in decoding]
         for req in finished:
             if req.kv_hashed is not None:
+                if req.output_hashes and kv.prefix_caching:
+                    # vLLM keeps a finished request's full blocks cached, the answer's too: a follow-up
+                    # turn that sends prompt + answer hits them.
+                    kv.promote(req, req.num_computed, self._hashes_through(req, req.num_computed // self.bs, False))
                 kv.free(req)
             req.status = Status.FINISHED
             req.finish = now

@@ -128,9 +128,11 @@ class KVCache:
             req.kv_anon += n
         self.promote(req, num_tokens)
 
-    def promote(self, req: Request, num_tokens: int) -> None:
-        """Register req's anonymous blocks that are full (of `num_tokens`) and have a known hash."""
-        hashes = req.block_hashes
+    def promote(self, req: Request, num_tokens: int, hashes: tuple[int, ...] | None = None) -> None:
+        """Register req's anonymous blocks that are full (of `num_tokens`) and have a known hash (from
+        `hashes`, by default its prompt's `block_hashes`)."""
+        if hashes is None:
+            hashes = req.block_hashes
         if not hashes or not self.prefix_caching or not req.kv_anon:
             return
         held = req.kv_hashed

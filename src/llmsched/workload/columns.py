@@ -35,6 +35,8 @@ class Columns:
     session: list[str | None] | None = None
     hashes: list[LazyHashes] | None = None
     notes: dict[str, int] = field(default_factory=dict)
+    # Per row: hashes of the answer's blocks, continuing `hashes` (multi-turn generators know them).
+    out_hashes: list[Hashes] | None = None
 
     @classmethod
     def single_class(
@@ -78,6 +80,7 @@ class Columns:
             None if self.session is None else [self.session[i] for i in sel],
             None if self.hashes is None else [self.hashes[i] for i in sel],
             dict(self.notes),
+            None if self.out_hashes is None else [self.out_hashes[i] for i in sel],
         )
 
     @staticmethod
@@ -94,6 +97,7 @@ class Columns:
             codes.append(remap[p.cls_codes] if len(p) else p.cls_codes)
         any_session = any(p.session is not None for p in parts)
         any_hashes = any(p.hashes is not None for p in parts)
+        any_out = any(p.out_hashes is not None for p in parts)
         notes: dict[str, int] = {}
         for p in parts:
             for k, v in p.notes.items():
@@ -107,6 +111,7 @@ class Columns:
             [s for p in parts for s in (p.session or [None] * len(p))] if any_session else None,
             [h for p in parts for h in (p.hashes or [None] * len(p))] if any_hashes else None,
             notes,
+            [h for p in parts for h in (p.out_hashes or [None] * len(p))] if any_out else None,
         )
 
     def iter_requests(self) -> Iterator[Request]:
@@ -115,6 +120,7 @@ class Columns:
         labels = [names[c] for c in self.cls_codes.tolist()] if len(names) > 1 else [names[0]] * len(self)
         sessions = self.session if self.session is not None else [None] * len(self)
         hashes = self.hashes if self.hashes is not None else [None] * len(self)
+        outs = self.out_hashes if self.out_hashes is not None else [None] * len(self)
         rows = zip(
             self.arrival.tolist(),
             self.prompt.tolist(),
@@ -122,10 +128,11 @@ class Columns:
             hashes,
             labels,
             sessions,
+            outs,
             strict=True,
         )
-        for rid, (t, p, o, h, c, s) in enumerate(rows):
-            yield Request(rid, t, p, o, h() if callable(h) else h, c, s)
+        for rid, (t, p, o, h, c, s, oh) in enumerate(rows):
+            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, output_hashes=oh)
 
     def to_requests(self) -> list[Request]:
         return list(self.iter_requests())

@@ -114,6 +114,18 @@ class StreamHasher:
             known.extend(chain(((1, stream_key, b) for b in range(len(known), n_full)), parent))
         return tuple(known[:n_full])
 
+    def answer_hashes(self, stream_key: int, prompt_len: int, total_len: int) -> tuple[int, ...]:
+        """Hashes of the full blocks after the prompt's, up to `total_len` tokens: the blocks the answer fills.
+
+        The stream's next turn sends prompt + answer, so these are exactly the hashes its prompt will carry
+        there (`hashes` must have been called for this stream first)."""
+        known = self._streams[stream_key]
+        n_full = total_len // self.block_size
+        if len(known) < n_full:
+            parent = known[-1] if known else self.root
+            known.extend(chain(((1, stream_key, b) for b in range(len(known), n_full)), parent))
+        return tuple(known[prompt_len // self.block_size : n_full])
+
     def forget(self, stream_key: int) -> None:
         """Drop a finished stream's hash list (the requests keep their tuples)."""
         self._streams.pop(stream_key, None)

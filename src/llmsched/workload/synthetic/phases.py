@@ -79,5 +79,7 @@ class Phases(Generator):
                 part.session = [None if s is None else f"p{k}-{s}" for s in part.session]
             if part.hashes is not None and k:
                 part.hashes = [_rekey(h, k) for h in part.hashes]
+            if part.out_hashes is not None and k:
+                part.out_hashes = [_rekey(h, k) for h in part.out_hashes]  # type: ignore[misc]
             parts.append(part)
         return Columns.concat(parts)

@@ -147,6 +147,7 @@ class _Streams(Generator):
         output = np.empty(n, dtype=np.int64)
         sessions: list[str | None] = [None] * n
         hashes: list[tuple[int, ...] | None] = [None] * n
+        out_hashes: list[tuple[int, ...] | None] = [None] * n
         ready: list[list[tuple[float, int]]] = [[] for _ in classes]
         # stream id -> [class index, prefix key, prefix length, context length, turns left]
         streams: dict[int, list[int]] = {}
@@ -187,12 +188,16 @@ class _Streams(Generator):
             hashes[i] = hasher.hashes(sid, st[1], st[2], length) or None
             st[3] = length + out
             st[4] -= 1
-            if st[4] > 0:
+            if st[4] > 0:  # a follow-up will send this prompt + answer: the answer's blocks are shareable
+                out_hashes[i] = hasher.answer_hashes(sid, length, length + out) or None
                 heapq.heappush(heap, (t + d["think"][j] + out * tpot, sid))
             else:
                 del streams[sid]
                 hasher.forget(sid)
-        return Columns(arrival, prompt, output, cls_idx, [label for label, _ in classes], sessions, hashes)
+        return Columns(
+            arrival, prompt, output, cls_idx, [label for label, _ in classes], sessions, hashes,
+            out_hashes=out_hashes,
+        )
 
 
 @GENERATORS.register("prefix-heavy")
