@@ -13,17 +13,16 @@ along a request's chain the set of instances holding block k only shrinks as k g
 - per-instance match lengths come from one binary search per distinct owner set along the chain (a handful,
   not one per instance): 8k-token prompts (512 blocks) need ~10 dict lookups per owner set.
 
-Memory: one dict entry per (hash) for the owner bitmask plus one per (instance, hash) for the LRU stamp;
-eviction works in batches (numpy partition over the stamps) so a touch costs C-level dict updates only.
+Memory: one dict entry per (hash) for the owner bitmask plus one per (instance, hash) in an OrderedDict kept
+in stamp order (a touch moves its chain to the recent end, tail first, head last), so LRU eviction and ageing
+pop from the old end: O(blocks evicted), with no pause proportional to the index size (a gateway's p99 would
+see it).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
-from itertools import compress
-
-import numpy as np
 
 
 class PrefixIndex:
@@ -33,17 +32,19 @@ class PrefixIndex:
         num_instances: instances indexed (grow with `resize`).
         capacity_blocks: most blocks remembered per instance (an engine's `num_total_blocks` is the natural
             value: the engine cannot hold more).
-        slack: fraction of capacity allowed above it before a batch eviction brings it back to capacity.
+        slack: fraction of capacity allowed above it before eviction brings it back to capacity (0: evict as
+            blocks come in, the smoothest latency).
     """
 
-    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.125) -> None:
+    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.0) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
         if slack < 0:
             raise ValueError(f"slack must be >= 0, got {slack}")
         self.slack = slack
         self.owners_: dict[int, int] = {}  # hash -> bitmask of instances holding it
-        self.stamps_: list[dict[int, int]] = []  # per instance: hash -> LRU stamp (higher = more recent)
+        # Per instance: hash -> LRU stamp (higher = more recent), ordered by stamp (oldest first).
+        self.stamps_: list[OrderedDict[int, int]] = []
         self.capacity_: list[int] = []
         self.max_capacity_: list[int] = []
         self.checkpoints_: list[deque[tuple[float, int]]] = []  # per instance: (touch time, last stamp given)
@@ -61,7 +62,7 @@ class PrefixIndex:
         """Grow to `n` instances; new ones get `capacity_blocks` (default: the last instance's)."""
         while len(self.stamps_) < n:
             cap = capacity_blocks or (self.max_capacity_[-1] if self.max_capacity_ else 1)
-            self.stamps_.append({})
+            self.stamps_.append(OrderedDict())
             self.capacity_.append(cap)
             self.max_capacity_.append(cap)
             self.checkpoints_.append(deque())
@@ -150,10 +151,18 @@ class PrefixIndex:
             self.resize(instance + 1)
         d = self.stamps_[instance]
         have = self.match_instance(instance, hashes)
-        c = self.clock_
-        # Head gets the highest stamp: LRU drops the tail of a chain first, keeping every set prefix-closed.
-        d.update(zip(hashes, range(c + total, c, -1), strict=True))
-        self.clock_ = c + total
+        # Head gets the highest stamp (and the most recent place): LRU drops the tail of a chain first, keeping
+        # every set prefix-closed. Blocks past `have` are not held (prefix-closed), so they are plain inserts.
+        stamp = self.clock_
+        for h in reversed(hashes[have:]):
+            stamp += 1
+            d[h] = stamp
+        move = d.move_to_end
+        for h in reversed(hashes[:have]):
+            stamp += 1
+            move(h)
+            d[h] = stamp
+        self.clock_ = stamp
         if have < total:
             bit = 1 << instance
             owners = self.owners_
@@ -195,29 +204,29 @@ class PrefixIndex:
         size = len(d)
         if size <= cap or (not force and size <= cap + int(cap * self.slack)):
             return
-        vals = np.fromiter(d.values(), dtype=np.int64, count=size)
-        k = size - cap  # evict the k oldest
-        threshold = int(np.partition(vals, k - 1)[k - 1])
-        self._evict_upto(instance, threshold, vals)
+        pop = d.popitem
+        self._drop(instance, [pop(last=False)[0] for _ in range(size - cap)], popped=True)  # the oldest
 
-    def _evict_upto(self, instance: int, stamp: int, vals: np.ndarray | None = None) -> int:
+    def _evict_upto(self, instance: int, stamp: int) -> int:
+        """Drop the blocks of `instance` stamped `stamp` or earlier (they sit at the old end)."""
         d = self.stamps_[instance]
-        if not d:
-            return 0
-        if vals is None:
-            vals = np.fromiter(d.values(), dtype=np.int64, count=len(d))
-        victims = list(compress(d, (vals <= stamp).tolist()))  # hashes need not fit in int64
-        self._drop(instance, victims)
+        victims = []
+        pop = d.popitem
+        while d and next(iter(d.values())) <= stamp:
+            victims.append(pop(last=False)[0])
+        self._drop(instance, victims, popped=True)
         return len(victims)
 
-    def _drop(self, instance: int, victims: Sequence[int]) -> None:
+    def _drop(self, instance: int, victims: Sequence[int], popped: bool = False) -> None:
+        """Remove `victims` from `instance` (already popped from its stamps if `popped`) and from the owners."""
         if not victims:
             return
         d = self.stamps_[instance]
         owners = self.owners_
         keep = ~(1 << instance)
         for h in victims:
-            del d[h]
+            if not popped:
+                del d[h]
             m = owners[h] & keep
             if m:
                 owners[h] = m
