@@ -92,15 +92,21 @@ async def test_failure_before_first_byte_is_retried_elsewhere(backends: list[Fak
         await gw.stop()
 
 
-async def test_hung_backend_times_out_and_is_retried(backends: list[FakeBackend]) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_hung_backend_times_out_and_is_retried(backends: list[FakeBackend], stream: bool) -> None:
+    """A stream must show its first chunk within `first_byte`; a non-streamed answer (it comes whole when
+    generation ends, so `first_byte` cannot tell a hung backend from a long generation) within `total`."""
     backends[0].mode = "hang"
-    gw = await _gateway([b.url for b in backends], timeouts={"first_byte": 0.3})
+    timeouts = {"first_byte": 0.3} if stream else {"total": 0.5}
+    gw = await _gateway([b.url for b in backends], timeouts=timeouts)
     try:
         async with aiohttp.ClientSession() as http:
             rs = []
             for _ in range(2):
                 async with http.post(gw.url + "/v1/chat/completions",
-                                     json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}) as r:
+                                     json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+                                           "stream": stream}) as r:
+                    await r.read()
                     rs.append(r.status)
         assert rs == [200, 200]
         assert backends[0].cancelled >= 1  # the gateway hung up on the hung request

@@ -362,7 +362,7 @@ def _stopped(stream: TokenStream) -> ApiError:
 def _build_cost_model(model: str, gpu: str, tp: int | None) -> StepCostModel:
     try:
         from llmsched.model import build_cost_model  # type: ignore[attr-defined]
-    except ImportError:  # not re-exported by the package yet
+    except ImportError:  # pragma: no cover
         from llmsched.model.roofline import build_cost_model
     return build_cost_model(model, gpu, tp)
 
@@ -371,8 +371,8 @@ async def _read_json(request: web.Request) -> Any:
     raw = await request.read()
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(f"Invalid JSON in the request body: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(f"Invalid JSON in the request body: {type(e).__name__}: {e}") from None
 
 
 @web.middleware

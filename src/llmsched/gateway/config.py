@@ -26,7 +26,11 @@ class PolicyConfig(_Model):
 
 class Timeouts(_Model):
     connect: float = Field(2.0, gt=0, description="TCP connect to a backend (s)")
-    first_byte: float = Field(60.0, gt=0, description="from dispatch to the backend's first response byte (s)")
+    first_byte: float = Field(
+        60.0, gt=0,
+        description="streams: from dispatch to the first chunk (the first token) (s). A non-streamed answer comes "
+                    "whole when generation ends, so only `total` bounds it",
+    )
     total: float = Field(600.0, gt=0, description="whole upstream request, streaming included (s)")
     queue: float = Field(60.0, gt=0, description="longest wait in the admission queue before a 503 (s)")
     scrape: float = Field(1.0, gt=0, description="one /metrics scrape or health probe (s)")

@@ -126,6 +126,13 @@ class Dispatcher:
         """Client gone while queued."""
         return self.policy.remove(req)
 
+    def take_all(self, now: float) -> list[Request]:
+        """Empty the queue (every backend is gone or draining: nothing queued can ever be served)."""
+        out = []
+        while (req := self.policy.pop(now)) is not None:
+            out.append(req)
+        return out
+
     @property
     def queued(self) -> int:
         return len(self.policy)
@@ -177,8 +184,10 @@ class Dispatcher:
 
     def retry(self, req: Request, failed: int, tried: frozenset[int], now: float) -> int | None:
         """A new backend for a request that failed on `failed` before its first byte; None: give up."""
-        self.retried += 1
-        return self.route(req, now, exclude=tried | {failed}, cap=False)
+        i = self.route(req, now, exclude=tried | {failed}, cap=False)
+        if i is not None:  # count re-dispatches, not give-ups
+            self.retried += 1
+        return i
 
     # -- outcomes ---------------------------------------------------------------------------------------
     def first_token(self, req: Request, i: int, now: float) -> None:

@@ -122,8 +122,13 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
             text = "\n".join(prompt)
         elif isinstance(prompt, list) and prompt and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
             text = " ".join(map(str, prompt))
+        elif isinstance(prompt, list) and prompt and all(
+            isinstance(q, list) and q and all(isinstance(p, int) and not isinstance(p, bool) for p in q) for q in prompt
+        ):  # a batch of token-id prompts (OpenAI and vLLM accept it)
+            text = "\n".join(" ".join(map(str, q)) for q in prompt)
         else:
-            raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids", "prompt")
+            raise BadRequest("'prompt' must be a string, a list of strings, a list of token ids or a list of such "
+                             "lists", "prompt")
     return Parsed(body, text, stream, max_tokens, user)
 
 

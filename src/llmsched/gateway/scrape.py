@@ -8,6 +8,7 @@ vLLM versions export fewer of them, and the router's own in-flight accounting fi
 from __future__ import annotations
 
 import contextlib
+import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,7 +35,9 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
                 if s.name in _WANTED:
-                    out[s.name] = out.get(s.name, 0.0) + float(s.value)
+                    v = float(s.value)
+                    if math.isfinite(v):  # NaN/Inf are valid Prometheus text, but no count or ratio
+                        out[s.name] = out.get(s.name, 0.0) + v
                 elif s.name == CACHE_CONFIG and "num_gpu_blocks" in s.labels:
                     with contextlib.suppress(ValueError):
                         out["num_gpu_blocks"] = float(s.labels["num_gpu_blocks"])

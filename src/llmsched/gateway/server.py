@@ -41,6 +41,9 @@ def _err(status: int, message: str, kind: str = "invalid_request_error", param: 
                         headers=headers)
 
 
+_NO_BACKEND = -1  # a queued request's future gets this when no backend is left to serve it
+
+
 class _UpstreamFailure(Exception):
     """The backend failed before the client got a byte: the request may go elsewhere."""
 
@@ -64,12 +67,14 @@ class Gateway:
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self.closing = False
         self._session: aiohttp.ClientSession | None = None
+        self._probe: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._scraper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget scrapes, kept alive until done
         self._idle = asyncio.Event()
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeouts.total, sock_connect=cfg.timeouts.connect,
-                                              sock_read=cfg.timeouts.first_byte)
+        # No per-read limit: vLLM answers a non-streamed request only when generation ends, and a stream may
+        # pause between tokens. `first_byte` bounds the wait for a stream's first chunk (see `_attempt`).
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeouts.total, sock_connect=cfg.timeouts.connect)
         self._scrape_timeout = aiohttp.ClientTimeout(total=cfg.timeouts.scrape)
         self.app = self._make_app()
         self.url = ""
@@ -93,12 +98,18 @@ class Gateway:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         # Keep-alive pool sized to the in-flight caps: one connection per concurrent upstream request.
-        conn = aiohttp.TCPConnector(limit=0, limit_per_host=self.cfg.max_in_flight_per_backend,
+        # A few more than the cap: retries may go past it.
+        conn = aiohttp.TCPConnector(limit=0, limit_per_host=self.cfg.max_in_flight_per_backend + 4,
                                     ttl_dns_cache=300, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout, auto_decompress=False,
                                               skip_auto_headers=("User-Agent",))
+        # Scrapes, health probes and /v1/models get their own small pool: behind a backend's full pool of
+        # long streams they would time out and open the breaker of a backend that is only busy.
+        self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),
+                                            timeout=self._scrape_timeout, skip_auto_headers=("User-Agent",))
         # handler_cancellation: a client that disconnects cancels its handler, hence its upstream request.
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        # A short shutdown_timeout: `stop` drains on its own first; what is left then is abandoned.
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)
         await site.start()
@@ -125,6 +136,8 @@ class Gateway:
             await self._runner.cleanup()
         if self._session:
             await self._session.close()
+        if self._probe:
+            await self._probe.close()
 
     # -- middleware: auth, size limit, no bare 500s -----------------------------------------------------
     @web.middleware
@@ -160,6 +173,12 @@ class Gateway:
         return await self._proxy(request, CHAT)
 
     def _pump(self) -> None:
+        d = self.dispatcher
+        if d.queued and not d.any_usable(self.now()):
+            for req in d.take_all(self.now()):  # every backend drained or removed: fail fast, don't wait
+                fut = req.shell_data
+                if isinstance(fut, asyncio.Future) and not fut.done():
+                    fut.set_result(_NO_BACKEND)
         for req, i in self.dispatcher.dispatch(self.now()):
             fut = req.shell_data
             if isinstance(fut, asyncio.Future) and not fut.done():
@@ -179,7 +198,11 @@ class Gateway:
             if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
                 status = 413
                 return _err(413, f"request body larger than {self.cfg.max_request_bytes} bytes")
-            raw = await request.read()
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked upload): found while reading
+                status = 413
+                return _err(413, f"request body larger than {self.cfg.max_request_bytes} bytes")
             try:
                 parsed = parse_body(raw, endpoint)
             except BadRequest as e:
@@ -200,6 +223,10 @@ class Gateway:
             self._pump()
             try:
                 i = fut.result() if fut.done() else await asyncio.wait_for(fut, self.cfg.timeouts.queue)
+                if i == _NO_BACKEND:
+                    status = 503
+                    return _err(503, "every backend was drained or removed while the request was queued",
+                                "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after)})
             except TimeoutError:
                 d.cancel(req)
                 status = 503
@@ -257,8 +284,14 @@ class Gateway:
         assert self._session is not None
         d = self.dispatcher
         url = d.backends[i].url + endpoint
+        # identity: the body goes back to the client as is, so it must not come compressed.
+        headers = {"Content-Type": _JSON, "Accept-Encoding": "identity"}
         try:
-            up = await self._session.post(url, data=raw, headers={"Content-Type": _JSON})
+            if stream:
+                async with asyncio.timeout(self.cfg.timeouts.first_byte):
+                    up = await self._session.post(url, data=raw, headers=headers)
+            else:
+                up = await self._session.post(url, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _UpstreamFailure(f"{type(e).__name__}: {e}") from None
         try:
@@ -268,38 +301,52 @@ class Gateway:
                 except (aiohttp.ClientError, TimeoutError, OSError):
                     detail = ""
                 raise _UpstreamFailure(f"HTTP {up.status} {detail}")
-            t_first = self.now()
-            d.first_token(req, i, t_first)
             ctype = up.headers.get("Content-Type", _JSON)
             if not (stream and up.status == 200):
                 try:
                     body = await up.read()
                 except (aiohttp.ClientError, TimeoutError, OSError) as e:
                     raise _UpstreamFailure(f"{type(e).__name__} while reading the body: {e}") from None
+                d.first_token(req, i, self.now())  # a whole answer: its first token came with it
                 self.metrics.e2e.labels(endpoint).observe(self.now() - req.arrival)
                 return web.Response(status=up.status, body=body, headers={"Content-Type": ctype}), up.status, False
-            # Streaming: pass each chunk through as it arrives.
+            # Streaming. vLLM sends its headers before the prefill; the first chunk is the first token. Until it
+            # comes the client has nothing, so a backend that dies during the prefill is retried elsewhere.
+            chunks_in = up.content.iter_any()
+            try:
+                async with asyncio.timeout(self.cfg.timeouts.first_byte):
+                    first = await anext(chunks_in)
+            except StopAsyncIteration:
+                raise _UpstreamFailure("stream ended before its first chunk") from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise _UpstreamFailure(f"{type(e).__name__} before the first chunk: {e}") from None
+            t_first = self.now()
+            d.first_token(req, i, t_first)
+            self.metrics.ttft.labels(endpoint).observe(t_first - req.arrival)
             out = web.StreamResponse(status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
             await out.prepare(request)
-            chunks = 0
+            chunks = first.count(b"data: ")
             t_last = t_first
+            tail = first[-2:]
             try:
-                async for chunk in up.content.iter_any():
-                    if chunks == 0:
-                        self.metrics.ttft.labels(endpoint).observe(self.now() - req.arrival)
+                await out.write(first)
+                async for chunk in chunks_in:
                     chunks += chunk.count(b"data: ")
                     t_last = self.now()
+                    tail = (tail + chunk)[-2:]
                     await out.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                # Bytes already reached the client: no retry; end the stream with an explicit error event.
-                msg = error_body(f"upstream stream broke: {type(e).__name__}: {e}", "upstream_error", None, 502)
-                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    await out.write(b"data: " + msg + b"\n\ndata: [DONE]\n\n")
-                    await out.write_eof()
-                return out, 502, True
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                 up.close()  # client left mid-stream: abort the upstream request
                 raise asyncio.CancelledError from None
+            except (aiohttp.ClientError, TimeoutError) as e:
+                # Bytes already reached the client: no retry; end the stream with an explicit error event,
+                # after closing any event the upstream left half-sent (SSE events end with a blank line).
+                msg = error_body(f"upstream stream broke: {type(e).__name__}: {e}", "upstream_error", None, 502)
+                sep = b"" if tail == b"\n\n" else b"\n\n"
+                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                    await out.write(sep + b"data: " + msg + b"\n\ndata: [DONE]\n\n")
+                    await out.write_eof()
+                return out, 502, True
             with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
                 await out.write_eof()
             now = self.now()
@@ -318,7 +365,7 @@ class Gateway:
             if b.draining or not b.breaker.available(now):
                 continue
             try:
-                async with self._session.get(b.url + "/v1/models", timeout=self._scrape_timeout) as r:
+                async with self._probe.get(b.url + "/v1/models") as r:  # type: ignore[union-attr]
                     if r.status == 200:
                         return web.Response(body=await r.read(), content_type=_JSON)
             except (aiohttp.ClientError, TimeoutError, OSError):
@@ -386,32 +433,45 @@ class Gateway:
         if b.in_flight:
             return _err(409, f"{url} still has {b.in_flight} requests in flight after {self.cfg.drain_timeout} s; "
                         "it stays draining", "conflict")
-        self.dispatcher.reap()
+        if not b.draining:  # re-added meanwhile: keep it
+            return _err(409, f"{url} was re-added while it drained; not removed", "conflict")
+        b.removed = True
         return web.json_response({"removed": url, "backends": self._backend_info()})
 
     # -- health & metrics scraping ----------------------------------------------------------------------
     async def _scrape_one(self, i: int) -> None:
-        assert self._session is not None
+        """Metrics if the backend serves vLLM's; else (none, or unparseable) its /health decides."""
+        probe = self._probe
+        assert probe is not None
         b = self.dispatcher.backends[i]
         try:
-            async with self._session.get(b.url + "/metrics", timeout=self._scrape_timeout) as r:
-                if r.status == 200:
-                    text = await r.text()
-                    snap = snapshot_from_metrics(parse_vllm_metrics(text), i, self.now())
-                    self.dispatcher.scraped(i, snap, self.now())
-                    return
-            async with self._session.get(b.url + "/health", timeout=self._scrape_timeout) as r:
+            try:
+                async with probe.get(b.url + "/metrics") as r:
+                    if r.status == 200:
+                        text = await r.text()
+                        snap = snapshot_from_metrics(parse_vllm_metrics(text), i, self.now())
+                        self.dispatcher.scraped(i, snap, self.now())
+                        return
+            except (MetricsParseError, UnicodeDecodeError) as e:
+                log.warning("backend %s: /metrics not usable (%s); probing /health", b.url, e)
+            async with probe.get(b.url + "/health") as r:
                 if r.status == 200:
                     self.dispatcher.scraped(i, None, self.now())
                     return
             self.dispatcher.scrape_failed(i, self.now())
-        except (aiohttp.ClientError, TimeoutError, OSError, MetricsParseError, UnicodeDecodeError):
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            self.dispatcher.scrape_failed(i, self.now())
+        except Exception:  # never let one backend's oddity stop the scrape loop
+            log.exception("scraping backend %s failed", b.url)
             self.dispatcher.scrape_failed(i, self.now())
 
     async def _scrape_loop(self) -> None:
         while True:
-            live = [b.index for b in self.dispatcher.live()]
-            if live:
-                await asyncio.gather(*(self._scrape_one(i) for i in live))
-            self._pump()  # breakers may have closed, snapshots changed: queued requests may go now
+            try:
+                live = [b.index for b in self.dispatcher.live()]
+                if live:
+                    await asyncio.gather(*(self._scrape_one(i) for i in live), return_exceptions=True)
+                self._pump()  # breakers may have closed, snapshots changed: queued requests may go now
+            except Exception:  # the loop is the gateway's heartbeat: log and carry on
+                log.exception("scrape loop iteration failed")
             await asyncio.sleep(self.cfg.scrape_interval)
