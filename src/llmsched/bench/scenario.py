@@ -31,6 +31,13 @@ from llmsched.workload.spec import WorkloadSpec
 DEFAULT_COLUMNS = ["ttft_mean", "ttft_p99", "tpot_mean", "e2e_p99", "output_throughput"]
 
 
+
+def check_loads(v: list[float] | None) -> list[float] | None:
+    """Offered loads are fractions of the simulated capacity: each must be > 0 (scenarios and sweeps)."""
+    if v is not None and any(x <= 0 for x in v):
+        raise ValueError("every load must be > 0 (a fraction of the simulated capacity)")
+    return v
+
 class ScenarioError(ValueError):
     """A scenario (or sweep) file that cannot be used; the message names the file and the field."""
 
@@ -87,9 +94,7 @@ class Scenario(BaseModel):
     @field_validator("loads")
     @classmethod
     def _positive_loads(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and any(x <= 0 for x in v):
-            raise ValueError("every load must be > 0 (a fraction of the simulated capacity)")
-        return v
+        return check_loads(v)
 
     @field_validator("columns")
     @classmethod

@@ -25,7 +25,7 @@ from llmsched.bench.executors import Executor
 from llmsched.bench.plan import Cell, expand
 from llmsched.bench.runlog import RunLog
 from llmsched.bench.runner import NativeRateFn, Runner, SimulateFn
-from llmsched.bench.scenario import Scenario, ScenarioError, _format_validation, load_scenario
+from llmsched.bench.scenario import Scenario, ScenarioError, _format_validation, check_loads, load_scenario
 from llmsched.bench.traces import Skipped, resolve_traces
 
 
@@ -59,9 +59,7 @@ class SweepSpec(BaseModel):
     @field_validator("loads")
     @classmethod
     def _positive(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and any(x <= 0 for x in v):
-            raise ValueError("every load must be > 0")
-        return v
+        return check_loads(v)
 
 
 def load_sweep(path: Path) -> tuple[SweepSpec, list[Scenario]]:
