@@ -321,21 +321,25 @@ class CostModel:
         counts = np.arange(lo, lo + _BLOCK)
         cache.update(zip(counts.tolist(), fn(counts).tolist(), strict=True))
 
-    def step_time(self, b: BatchStats, now: float) -> float:
-        n = b.prefill_tokens + b.decode_tokens
-        if n <= 0:
-            return 0.0
+    def _fixed(self, b: BatchStats, n: int) -> float:
+        """The part of an iteration's time that does not depend on the decode context (KV tokens read)."""
         base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
         pre = 0.0
         if b.prefill_tokens:
             pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
+        return base + pre + self._a_lat
+
+    def step_time(self, b: BatchStats, now: float) -> float:
+        n = b.prefill_tokens + b.decode_tokens
+        if n <= 0:
+            return 0.0
         dec = 0.0
         if b.decode_tokens:
             # Decode attention reads its context's KV and writes one KV row per sequence; memory bound, with
             # the FLOPs as the roof for pathological shapes.
             dec = max(b.kv_tokens * self._a_flops, (b.kv_tokens + b.decode_tokens) * self._a_kv
                       + b.decode_tokens * self._a_q)
-        return base + pre + dec + self._a_lat
+        return self._fixed(b, n) + dec
 
     def decode_run(self, b: BatchStats, k: int, now: float) -> np.ndarray:
         if k <= 0:
@@ -343,28 +347,20 @@ class CostModel:
         n = b.prefill_tokens + b.decode_tokens
         if n <= 0:
             return np.zeros(k, dtype=np.float64)
-        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
-        pre = 0.0
-        if b.prefill_tokens:
-            pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
+        fixed = self._fixed(b, n)
         if not b.decode_tokens:
-            return np.full(k, base + pre + 0.0 + self._a_lat)
+            return np.full(k, fixed + 0.0)
         kv = b.kv_tokens + np.arange(k, dtype=np.float64) * b.decode_tokens
         dec = np.maximum(kv * self._a_flops, (kv + b.decode_tokens) * self._a_kv + b.decode_tokens * self._a_q)
-        return base + pre + dec + self._a_lat
+        return fixed + dec
 
     def decode_affine(self, b: BatchStats) -> tuple[float, float] | None:
         """(c0, c1) with decode_run(b, k)[i] == c0 + c1 * i, when the decode attention is memory-bound for every
         context length (the usual case); None otherwise. Lets the engine price and cut runs in closed form."""
         if not b.decode_tokens or self._a_kv < self._a_flops:
             return None
-        n = b.prefill_tokens + b.decode_tokens
-        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
-        pre = 0.0
-        if b.prefill_tokens:
-            pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
         d = b.decode_tokens
-        c0 = base + pre + (b.kv_tokens + d) * self._a_kv + d * self._a_q + self._a_lat
+        c0 = self._fixed(b, b.prefill_tokens + d) + (b.kv_tokens + d) * self._a_kv + d * self._a_q
         return c0, d * self._a_kv
 
     # ---- memory -------------------------------------------------------------------------------------------
