@@ -87,9 +87,8 @@ class MoECostModel:
         self._act_bytes = float(llm.hidden * llm.dtype_bytes)
         self._expert_bytes = 3.0 * llm.hidden * llm.expert_ffn * llm.dtype_bytes
         self._a2a = base.dp > 1
-        local = min(G, per_node)
-        self._intra_share = (local - 1) / (G - 1) if G > 1 else 1.0
-        self._multi_node = local < G
+        self._nodes = nodes
+        self._multi_node = nodes > 1
         bw = p.migration_gbps * 1e9 if p.migration_gbps else (base.gpu.internode_bw if nodes > 1 else base.gpu.nvlink_bw)
         self._migration_bw = float(bw)
 
@@ -106,6 +105,7 @@ class MoECostModel:
         # statistics
         self._tokens = 0.0
         self._a2a_bytes = 0.0
+        self._a2a_far_bytes = 0.0
         self._copies = 0
         self._rebalances = 0
         self._stall_total = 0.0
@@ -131,13 +131,15 @@ class MoECostModel:
         self._gather = (placement.phy2log + np.arange(L)[:, None] * t.num_experts).ravel()
         self._inv_cnt = placement.slot_weights().ravel()
         a = getattr(self.routing, "affinity", 0.0)
+        self._succ_local = self._succ_node = None
         if self._a2a and a > 0 and L > 1:
             share = placement.gpu_share(t.num_gpus)
             succ = self.routing.successor
             nxt = np.take_along_axis(share[1:], succ[:, :, None], axis=1)
-            self._succ_local = (share[:-1] * nxt).sum(-1)  # [L-1, E]
-        else:
-            self._succ_local = None
+            self._succ_local = (share[:-1] * nxt).sum(-1)  # [L-1, E]: e and its successor on one GPU
+            if self._multi_node:
+                node = lambda x: x.reshape(*x.shape[:2], self._nodes, -1).sum(-1)  # noqa: E731
+                self._succ_node = (node(share[:-1]) * node(nxt)).sum(-1)  # ... on one node
 
     def _migration(self, new: Placement) -> tuple[float, int]:
         """(seconds, expert copies) to switch to `new`: slots whose expert changed, per GPU, over the link."""
@@ -150,13 +152,16 @@ class MoECostModel:
     # ---- pricing ----------------------------------------------------------------------------------------
 
     def _class_terms(self, cls: str, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(GPU shares P [L, G] of a layer's assignments, successor-local share A [L-1]) of one class."""
+        """(GPU shares P [L, G] of a layer's assignments, successor-local shares A [2, L-1]: same GPU, same
+        node) of one class."""
         key = (cls, epoch)
         hit = self._terms.get(key)
         if hit is None:
             p = self.routing.class_popularity(cls or None, epoch)
             P = (p.ravel()[self._gather] * self._inv_cnt).reshape(p.shape[0], self.topology.num_gpus, -1).sum(-1)
-            A = (p[:-1] * self._succ_local).sum(-1) if self._succ_local is not None else None
+            A = None
+            if self._succ_local is not None:
+                A = np.stack([(p[:-1] * s).sum(-1) for s in (self._succ_local, self._succ_node) if s is not None])
             if len(self._terms) > 64:
                 self._terms.clear()
             hit = self._terms[key] = (P, A)
@@ -182,28 +187,43 @@ class MoECostModel:
         return P, A, weights, epoch  # type: ignore[return-value]
 
     def _moe(self, gpu: np.ndarray, A: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Times [k] and all-to-all bytes [k] of per-step GPU loads [k, L, G] (token assignments)."""
+        """Times [k] and all-to-all bytes [2, k] (all remote, inter-node) of per-step GPU loads [k, L, G]."""
         k, L, G = gpu.shape
         t = self.base.expert_layer_time_per_gpu(gpu, self._slots_per_gpu)
         if self._a2a:
             tot = gpu.sum(-1)
             u = gpu / np.where(tot > 0, tot, 1.0)[..., None]
-            local = np.empty((k, L))
-            local[:, 0] = 1.0 / G
-            if L > 1:
-                a = self.routing.affinity
-                local[:, 1:] = (1 - a) * (u[:, :-1] * u[:, 1:]).sum(-1)
-                if A is not None:
-                    local[:, 1:] += a * A
-            recv = gpu * (1.0 - np.clip(local, 0.0, 1.0))[..., None] * self._act_bytes
-            comm = self.base.all_to_all_time(recv * self._intra_share, True)
+            local = self._same(u, A, 0, 1.0 / G)
             if self._multi_node:
-                comm = np.maximum(comm, self.base.all_to_all_time(recv * (1 - self._intra_share), False))
+                # Remote hops split by where the previous expert sat: another GPU of the node (NVLink) or
+                # another node (InfiniBand), from the placement's node shares.
+                same_node = np.maximum(self._same(u.reshape(k, L, self._nodes, -1).sum(-1), A, 1, 1.0 / self._nodes),
+                                       local)
+                recv = gpu * (1.0 - local)[..., None] * self._act_bytes
+                far = gpu * (1.0 - same_node)[..., None] * self._act_bytes
+                comm = np.maximum(self.base.all_to_all_time(recv - far, True), self.base.all_to_all_time(far, False))
+                a2a = 2.0 * np.stack([recv.sum((1, 2)), far.sum((1, 2))])
+            else:
+                recv = gpu * (1.0 - local)[..., None] * self._act_bytes
+                comm = self.base.all_to_all_time(recv, True)
+                a2a = 2.0 * np.stack([recv.sum((1, 2)), np.zeros(k)])
             t = t + 2.0 * comm
-            a2a = 2.0 * recv.sum((1, 2))
         else:
-            a2a = np.zeros(k)
+            a2a = np.zeros((2, k))
         return np.ascontiguousarray(t.max(-1)).sum(-1), a2a
+
+    def _same(self, u: np.ndarray, A: np.ndarray | None, level: int, first: float) -> np.ndarray:
+        """[k, L]: chance a layer's assignment is served where the token's previous expert sat (one GPU or one
+        node: shares u [k, L, units]); the first MoE layer dispatches from a uniformly spread home."""
+        k, L = u.shape[:2]
+        out = np.empty((k, L))
+        out[:, 0] = first
+        if L > 1:
+            a = self.routing.affinity
+            out[:, 1:] = (1 - a) * (u[:, :-1] * u[:, 1:]).sum(-1)
+            if A is not None:
+                out[:, 1:] += a * A[level]
+        return np.clip(out, 0.0, 1.0)
 
     def _dense(self, n: int) -> float:
         """The base model's balanced expert + dispatch time for n tokens (memoised: n repeats a lot)."""
@@ -254,7 +274,7 @@ class MoECostModel:
             ends, gpu, a2a, n, weights, epoch = self._pending
             self._pending = None
             done = max(1, int(np.searchsorted(ends, now * (1 + 1e-12) + 1e-12, side="right")))
-            self._commit(ends[:done], gpu[:done], a2a[:done], n, weights, epoch)
+            self._commit(ends[:done], gpu[:done], a2a[:, :done], n, weights, epoch)
         if self._switch is not None and now >= self._switch[0]:
             _, placement, copies = self._switch
             self._switch = None
@@ -284,7 +304,8 @@ class MoECostModel:
             self.placer.observe_repeated(expected * (n * self._top_k), self._step, k)
         self._step += k
         self._tokens += n * k
-        self._a2a_bytes += float(a2a.sum())
+        self._a2a_bytes += float(a2a[0, :k].sum())
+        self._a2a_far_bytes += float(a2a[1, :k].sum())
         w = self.params.balance_window
         i = 0
         while i < k:
@@ -322,6 +343,7 @@ class MoECostModel:
             "expert_balancedness": self._bal_sum / self._bal_w if self._bal_w else 1.0,
             "expert_balancedness_steps": self._bal_steps_sum / self._bal_steps_n if self._bal_steps_n else 1.0,
             "a2a_bytes_per_token": self._a2a_bytes / self._tokens if self._tokens else 0.0,
+            "a2a_inter_node_bytes_per_token": self._a2a_far_bytes / self._tokens if self._tokens else 0.0,
             "expert_migrations": self._copies,
             "expert_rebalances": self._rebalances,
             "migration_stall_s": self._stall_total,
