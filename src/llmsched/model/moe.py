@@ -43,7 +43,9 @@ class MoEParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redundant_slots: int | None = Field(None, ge=0, description="extra expert slots; default one per GPU")
+    redundant_slots: int | None = Field(
+        None, ge=0, description="extra expert slots; default one per GPU (the padding to a multiple of the GPUs "
+        "when the experts do not split evenly)")
     num_groups: int | None = Field(None, ge=1, description="expert groups; default 8 for deepseek presets, else 1")
     migration: Literal["stall", "background"] = "stall"
     migration_gbps: float | None = Field(None, gt=0, description="GB/s per GPU for weight copies; default link")
@@ -75,9 +77,10 @@ class MoECostModel:
         per_node = base.gpu.gpus_per_node
         nodes = max(1, -(-G // per_node))
         groups = p.num_groups or (8 if llm.name.startswith("deepseek") else 1)
-        red = G if p.redundant_slots is None else p.redundant_slots
-        if red % G:
-            raise ValueError(f"redundant_slots ({red}) must be a multiple of the {G} GPUs")
+        pad = -llm.num_experts % G  # uneven expert parallelism: slots padded up to a multiple of the GPUs
+        red = (pad or G) if p.redundant_slots is None else p.redundant_slots
+        if (llm.num_experts + red) % G:
+            raise ValueError(f"redundant_slots ({red}) + {llm.num_experts} experts must be a multiple of the {G} GPUs")
         self.topology = Topology(base.num_moe_layers, llm.num_experts, G, llm.num_experts + red, nodes, groups)
         if (routing.num_layers, routing.num_experts) != (base.num_moe_layers, llm.num_experts):
             raise ValueError(f"routing model is {routing.num_layers} x {routing.num_experts}, model "

@@ -7,7 +7,10 @@ first principles: prefill costs its query-key pairs in FLOPs, decode costs the K
 
 An instance has `num_gpus` GPUs: attention and the dense layers run tensor-parallel over `tp` of them, in
 `num_gpus / tp` data-parallel groups (DP attention) that split the batch evenly; MoE routed experts are spread
-over all `num_gpus` (expert parallelism) and priced as perfectly balanced. The imbalanced case belongs to the
+over all `num_gpus` (expert parallelism) and priced as balanced routing, the GPU with the most experts
+setting the time when the GPUs do not divide the experts. Tensor-parallel all-reduces use vLLM's custom
+kernel below its size limit, NCCL above; decode attention streams KV at its own bandwidth efficiency; the
+CPU costs a fixed term plus a term per scheduled sequence. The imbalanced case belongs to the
 MoE wrapper, which reuses the public primitives `gemm_time`, `expert_layer_time_per_gpu`, `routed_expert_time`
 and `all_to_all_time`.
 
@@ -28,8 +31,12 @@ from llmsched.model.presets import GpuPreset, LlmPreset, get_gpu, get_llm
 
 GIB = 1024**3
 
-# Defaults that no profile here speaks to (see docs/cost-model.md).
-STEP_OVERHEAD_S = 1.0e-3  # CPU scheduling + input preparation + launch per iteration (vLLM v1, CUDA graphs)
+# Defaults that no profile here speaks to (see docs/cost-model.md for each source).
+STEP_OVERHEAD_S = 1.0e-3  # fixed CPU/launch floor per iteration (engine loop, CUDA-graph replay, output sync)
+SEQ_OVERHEAD_S = 2.5e-6  # CPU per scheduled sequence: schedule() + update_from_output() + input preparation
+CUSTOM_AR_LATENCY_S = 9.0e-6  # vLLM's custom all-reduce, one barrier phase (small messages, H100, TP 2-8)
+CUSTOM_AR_MAX_BYTES = 8 * 2**20  # vLLM CustomAllreduce default max_size: larger messages go to NCCL
+CUSTOM_AR_MAX_BYTES_BY_GPU = {"h100": {6: 2**19, 8: 2**18}}  # vLLM's sm90 limits when symmetric memory is on
 ATTN_FLOPS_EFF = 0.55  # FlashAttention-2/3 forward reach ~50-75% of dense peak on A100/H100
 ACT_RESERVE_TOKENS = 8192  # vLLM profiles activations with max_num_batched_tokens (default 8192)
 ACT_RESERVE_SEQS = 256  # ... and samples max_num_seqs (default 256) sequences' fp32 logits
@@ -96,10 +103,19 @@ class CostModel:
         llm, gpu: presets (see `llmsched.model.presets`).
         tp: tensor-parallel degree of attention and dense layers (default: the model's `default_tp`).
         num_gpus: GPUs of the instance (default: the model's `default_gpus`, else tp). Dense models need
-            num_gpus == tp; MoE models need tp | num_gpus and num_gpus | num_experts.
+            num_gpus == tp; MoE models need tp | num_gpus (experts need not split evenly: the GPU with the
+            most experts sets the time).
         fit: kernel efficiencies (default: the shipped fit of the GPU's calibration key).
         step_overhead_s: fixed CPU/launch cost per iteration.
+        seq_overhead_s: CPU cost per scheduled sequence per iteration (scheduling, output processing, inputs),
+            paid by each data-parallel rank for its own sequences.
         attn_flops_eff: fraction of peak FLOP/s the prefill attention kernel reaches.
+        attn_bw_eff: fraction of HBM bandwidth paged attention streams KV at (default: the fitted
+            elementwise bandwidth efficiency, not the GEMM one: no reuse, page-sized reads).
+        custom_ar_max_bytes: all-reduces below this size use vLLM's custom one-/two-shot kernel (tp <= 8,
+            one node), larger ones NCCL (default: vLLM's limit for the GPU and tp; 0 = NCCL only).
+        custom_ar_latency_s: the custom kernel's latency per barrier phase (one-shot: one, two-shot: two).
+        moe_layer_overhead_s: extra fixed time per MoE layer beyond the priced routing kernels.
     """
 
     needs_class_tokens = False
@@ -113,6 +129,12 @@ class CostModel:
         fit: ComputeFit | None = None,
         step_overhead_s: float = STEP_OVERHEAD_S,
         attn_flops_eff: float = ATTN_FLOPS_EFF,
+        *,
+        seq_overhead_s: float = SEQ_OVERHEAD_S,
+        attn_bw_eff: float | None = None,
+        custom_ar_max_bytes: float | None = None,
+        custom_ar_latency_s: float = CUSTOM_AR_LATENCY_S,
+        moe_layer_overhead_s: float = 0.0,
     ) -> None:
         tp = tp or llm.default_tp
         if num_gpus is None:
@@ -121,19 +143,25 @@ class CostModel:
             raise ValueError(f"{llm.name}: num_gpus ({num_gpus}) must be a positive multiple of tp ({tp})")
         if not llm.is_moe and num_gpus != tp:
             raise ValueError(f"{llm.name} is dense: num_gpus ({num_gpus}) must equal tp ({tp})")
-        if llm.is_moe and llm.num_experts % num_gpus:
-            raise ValueError(f"{llm.name}: {llm.num_experts} experts do not split over {num_gpus} GPUs")
+        if llm.is_moe and llm.num_experts < num_gpus:
+            raise ValueError(f"{llm.name}: {llm.num_experts} experts cannot cover {num_gpus} GPUs")
         if llm.num_heads % tp:
             raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
-        if step_overhead_s < 0 or not 0 < attn_flops_eff <= 1:
-            raise ValueError("step_overhead_s must be >= 0 and attn_flops_eff in (0, 1]")
+        if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s) < 0:
+            raise ValueError("step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s must be >= 0")
+        if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
+            raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
         self.dp = num_gpus // tp
         self.fit = fit or compute_fit(gpu.calibration)
         self.num_moe_layers = llm.num_moe_layers
         self.num_dense_layers = llm.num_layers - llm.num_moe_layers
-        self.experts_per_gpu = llm.num_experts // num_gpus if llm.is_moe else 0
+        # Uneven expert parallelism (num_gpus does not divide num_experts): some GPUs host one expert more;
+        # under balanced routing their token share is proportional, so the busiest GPU hosts ceil(E / G).
+        self.experts_per_gpu = -(-llm.num_experts // num_gpus) if llm.is_moe else 0
         self.step_overhead_s = float(step_overhead_s)
+        self.seq_overhead_s = float(seq_overhead_s)
+        self.moe_layer_overhead_s = float(moe_layer_overhead_s)
 
         f = self.fit
         peak = gpu.peak_fp8_flops if (llm.dtype_bytes == 1 and gpu.peak_fp8_flops) else gpu.peak_flops
@@ -144,6 +172,8 @@ class CostModel:
         self._gemm_lat, self._elem_lat = f.gemm_latency_s, f.elem_latency_s
         self._knee_p = float(f.gemm_knee_p)
         self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
+        self._car_max = self._custom_ar_limit(custom_ar_max_bytes)
+        self._car_lat = float(custom_ar_latency_s)
         self._a2a_intra = LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"])
         self._a2a_inter = LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"])
 
@@ -153,9 +183,11 @@ class CostModel:
         kv_elems_g = llm.kv_elems_per_token_layer / min(tp, llm.num_kv_heads)
         per = llm.num_layers / self.dp
         inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff)  # attention runs in bf16 whatever the weights
+        self.attn_bw_eff = float(f.elem_bw_eff if attn_bw_eff is None else attn_bw_eff)
+        inv_attn_bw = 1.0 / (gpu.mem_bw * self.attn_bw_eff)
         self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
-        self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * self._inv_gemm_bw  # s per KV token read/written
-        self._a_q = 2.0 * heads_g * hd * 2 * per * self._inv_gemm_bw  # s per query token (q read, out written)
+        self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * inv_attn_bw  # s per KV token read/written
+        self._a_q = 2.0 * heads_g * hd * 2 * per * inv_attn_bw  # s per query token (q read, out written)
         self._a_lat = per * self._elem_lat
         self._tok_cache: dict[int, float] = {}
         self._seq_cache: dict[int, float] = {}
@@ -182,11 +214,36 @@ class CostModel:
         """A memory-bound elementwise kernel (norm, activation, rope, add, gather) moving nbytes."""
         return np.asarray(nbytes, dtype=np.float64) * self._inv_elem_bw + self._elem_lat
 
+    def _custom_ar_limit(self, override: float | None) -> float:
+        """Largest message (exclusive) vLLM's custom all-reduce takes: tp 2..8 inside one NVLink node only."""
+        tp = self.tp
+        if tp < 2 or tp > min(8, self.gpu.gpus_per_node):
+            return 0.0
+        if override is not None:
+            return float(override)
+        return float(CUSTOM_AR_MAX_BYTES_BY_GPU.get(self.gpu.calibration, {}).get(tp, CUSTOM_AR_MAX_BYTES))
+
     def all_reduce_time(self, nbytes: float | np.ndarray) -> np.ndarray:
-        """One all-reduce over the tp group (0 when tp == 1)."""
+        """One all-reduce over the tp group (0 when tp == 1).
+
+        Below the custom all-reduce limit, vLLM's kernel: one-shot (each GPU reads the tp - 1 peer buffers;
+        tp == 2, or under 512 KiB at tp <= 4 / 256 KiB at tp <= 8) with one barrier phase, else two-shot
+        (reduce-scatter + all-gather: 2 (tp - 1) / tp of the message) with two; bytes move at the NCCL fit's
+        bus bandwidth. At and above the limit: the fitted NCCL profile.
+        """
+        b = np.asarray(nbytes, dtype=np.float64)
         if self._all_reduce is None:
-            return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
-        return np.asarray(self._all_reduce.time(np.asarray(nbytes, dtype=np.float64)))
+            return np.zeros_like(b)
+        nccl = np.asarray(self._all_reduce.time(b))
+        if self._car_max <= 0:
+            return nccl
+        tp = self.tp
+        bus = self._all_reduce.bw * 2 * (tp - 1) / tp  # NCCL ring: algorithm bandwidth -> bus bandwidth
+        one = (b < 512 * 1024) if tp <= 4 else (b < 256 * 1024)
+        if tp == 2:
+            one = np.ones_like(b, dtype=bool)
+        car = np.where(one, self._car_lat + (tp - 1) * b / bus, 2 * self._car_lat + 2 * (tp - 1) / tp * b / bus)
+        return np.where(b < self._car_max, car, nccl)
 
     def all_to_all_time(self, bytes_per_gpu: float | np.ndarray, intra_node: bool) -> np.ndarray:
         """Each GPU sends bytes_per_gpu to its peers over NVLink (intra_node) or InfiniBand; fitted p2p links."""
@@ -219,7 +276,7 @@ class CostModel:
         n = np.asarray(num_tokens, dtype=np.float64)
         if not self.llm.is_moe:
             return np.zeros_like(n)
-        per_gpu = n * self.llm.top_k / self.num_gpus
+        per_gpu = n * self.llm.top_k * self.experts_per_gpu / self.llm.num_experts  # the busiest GPU's share
         return self.num_moe_layers * self.expert_layer_time_per_gpu(per_gpu, self.experts_per_gpu)
 
     def moe_comm_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
@@ -236,6 +293,17 @@ class CostModel:
         if local < g:
             t = np.maximum(t, self.all_to_all_time(sent * (1.0 - intra_share), False))
         return 2.0 * self.num_moe_layers * t
+
+    def moe_routing_time(self, n: float | np.ndarray) -> np.ndarray:
+        """The kernels of one MoE layer besides router GEMM and expert GEMMs, for the n tokens of one GPU:
+        top-k softmax over the router logits, the token align/sort by expert, and the sum of each token's
+        top-k expert outputs (three launches at the fitted elementwise floor), plus `moe_layer_overhead_s`."""
+        n = np.asarray(n, dtype=np.float64)
+        k, h, dt = float(self.llm.top_k), float(self.llm.hidden), self._dt
+        topk = self.elem_time(n * (self.llm.num_experts * dt + k * 8.0))  # logits in, (weight, id) pairs out
+        align = self.elem_time(n * k * 4.0 * 3.0)  # ids in, sorted ids + expert offsets out (int32)
+        reduce = self.elem_time(n * (k + 1.0) * h * dt)  # k expert outputs in, one hidden state out
+        return topk + align + reduce + self.moe_layer_overhead_s
 
     # ---- per-layer token-level operators ------------------------------------------------------------------
 
@@ -282,7 +350,8 @@ class CostModel:
             t = t + self.num_dense_layers * (self.layer_time(ng) + 2 * ar)
         if self.num_moe_layers:
             shared = llm.num_shared_experts * llm.expert_ffn
-            moe_layer = self.layer_time(ng, ffn=shared) + self.gemm_time(ng, llm.num_experts, llm.hidden)
+            moe_layer = (self.layer_time(ng, ffn=shared) + self.gemm_time(ng, llm.num_experts, llm.hidden)
+                         + self.moe_routing_time(ng))
             n_ar = 2 if self.dp == 1 else 1
             t = t + self.num_moe_layers * (moe_layer + n_ar * ar)
             t = t + self.routed_expert_time(n) + self.moe_comm_time(n)
@@ -323,7 +392,9 @@ class CostModel:
 
     def _fixed(self, b: BatchStats, n: int) -> float:
         """The part of an iteration's time that does not depend on the decode context (KV tokens read)."""
-        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
+        s = b.prefill_seqs + b.decode_tokens
+        # CPU work per sequence runs in each data-parallel rank's own engine process, side by side.
+        base = self.step_overhead_s + self.seq_overhead_s * s / self.dp + self._tok(n) + self._seq(s)
         pre = 0.0
         if b.prefill_tokens:
             pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
@@ -367,7 +438,8 @@ class CostModel:
 
     def weight_bytes_per_gpu(self) -> float:
         p = self.llm.param_counts()
-        return (p["dense"] / self.tp + p["experts"] / self.num_gpus) * self._dt
+        experts = p["experts"] * self.experts_per_gpu / self.llm.num_experts if self.llm.is_moe else 0.0
+        return (p["dense"] / self.tp + experts) * self._dt
 
     def activation_reserve_bytes(self) -> float:
         """Per-GPU memory vLLM's profiling run leaves to activations (peak of one max-size step) and workspaces."""
@@ -398,6 +470,8 @@ class CostModel:
         return f"CostModel({self.llm.name} on {self.num_gpus} x {self.gpu.name}, tp={self.tp})"
 
 
-def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None) -> CostModel:
-    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's)."""
-    return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus)
+def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None,
+                     **knobs: float | None) -> CostModel:
+    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's);
+    `knobs` are `CostModel`'s keyword arguments (overheads, efficiencies, custom all-reduce)."""
+    return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus, **knobs)
