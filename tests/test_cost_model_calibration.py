@@ -1,5 +1,6 @@
 """Calibration: a fresh fit from Vidur's profiles reaches < 10% layer-time MAPE on each profile, and the figures
-shipped in `llmsched.model.fitted` are that fit. Skips when ../shared/calibration is absent."""
+shipped in `llmsched.model.fitted` are that fit (skips when ../shared/calibration is absent); the decode-attention
+fit runs from the rows shipped in the package."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from llmsched.model import fitted
-from llmsched.model.calibrate import LAYER_OPS, SHAPE_COLS, calibrate, load_profile, main
+from llmsched.model.calibrate import (
+    ATTN_DECODE_CSV,
+    LAYER_OPS,
+    SHAPE_COLS,
+    calibrate,
+    fit_attention_decode,
+    load_profile,
+    main,
+)
+from llmsched.model.roofline import ComputeFit
 
 PROFILING = Path(__file__).resolve().parents[1].parent / "shared" / "calibration" / "vidur" / "profiling"
 
@@ -75,3 +85,15 @@ def test_bad_profile_names_file_and_line(tmp_path: Path) -> None:
     p.write_text("num_tokens,foo\n1,2\n")
     with pytest.raises(ValueError, match=r"mlp\.csv: missing column"):
         load_profile(p, "h100", "x")
+
+
+def test_decode_attention_fit_from_the_shipped_rows() -> None:
+    """115 decode rows of Vidur's A100 attention profile: a kernel floor and a bandwidth efficiency that explain
+    them to ~10% (the rest is the kernel's wave staircase), and the shipped figures are that fit."""
+    attn = fit_attention_decode(ATTN_DECODE_CSV, {k: ComputeFit(**v) for k, v in fitted.COMPUTE.items()})
+    a = attn["a100"]
+    assert a["rows"] == 115
+    assert a["mape"] < 10.5, a
+    assert 0.6 < a["bw_eff"] < 0.9 and 5e-6 < a["latency_s"] < 2e-5  # below the GEMM fit's 0.79 once floored
+    for field, v in a.items():
+        assert fitted.ATTN_DECODE["a100"][field] == pytest.approx(v, rel=1e-3), field

@@ -4,6 +4,7 @@ Made by `python -m llmsched.model.calibrate <vidur>/profiling --write` from Vidu
 (compute/<gpu>/<model>/mlp.csv, medians) and NCCL profiles (network/<node>/{all_reduce,send_recv}.csv):
 COMPUTE by robust least squares over each GPU kind's profiles jointly; links (latency_s, bytes/s) by
 non-negative least squares on relative error. MAPE: per-layer token-level time per profile, and per link fit (%).
+ATTN_DECODE: decode attention's bandwidth efficiency and kernel floor, fitted to the shipped Vidur A100 rows.
 """
 
 COMPUTE = {'a100': {'elem_bw_eff': 0.576479,
@@ -54,3 +55,5 @@ NETWORK_MAPE = {'a100/all_reduce/inter/16': 29.69,
  'h100/all_reduce/intra/8': 5.52,
  'h100/send_recv/inter/2': 4.4,
  'h100/send_recv/intra/2': 2.86}
+
+ATTN_DECODE = {'a100': {'bw_eff': 0.765512, 'latency_s': 1.17464e-05, 'mape': 10.126, 'rows': 115.0}}

@@ -72,6 +72,13 @@ class LinkFit:
         return self.latency_s + nbytes / self.bw
 
 
+def attn_decode_fit(key: str) -> tuple[float, float]:
+    """(HBM bandwidth efficiency, kernel floor s) of decode attention for a calibration key: its own fit where
+    a decode-attention profile exists, else the A100 one (the only such profile shipped)."""
+    hit = fitted.ATTN_DECODE.get(key) or fitted.ATTN_DECODE["a100"]
+    return float(hit["bw_eff"]), float(hit["latency_s"])
+
+
 def compute_fit(key: str) -> ComputeFit:
     try:
         return ComputeFit(**fitted.COMPUTE[key])
@@ -110,8 +117,9 @@ class CostModel:
         seq_overhead_s: CPU cost per scheduled sequence per iteration (scheduling, output processing, inputs),
             paid by each data-parallel rank for its own sequences.
         attn_flops_eff: fraction of peak FLOP/s the prefill attention kernel reaches.
-        attn_bw_eff: fraction of HBM bandwidth paged attention streams KV at (default: the fitted
-            elementwise bandwidth efficiency, not the GEMM one: no reuse, page-sized reads).
+        attn_bw_eff: fraction of HBM bandwidth decode attention streams KV at (default: fitted to Vidur's
+            A100 decode-attention rows, `fitted.ATTN_DECODE`; not the GEMM efficiency).
+        attn_latency_s: attention kernel floor per layer (default: the same fit).
         custom_ar_max_bytes: all-reduces below this size use vLLM's custom one-/two-shot kernel (tp <= 8,
             one node), larger ones NCCL (default: vLLM's limit for the GPU and tp; 0 = NCCL only).
         custom_ar_latency_s: the custom kernel's latency per barrier phase (one-shot: one, two-shot: two).
@@ -132,6 +140,7 @@ class CostModel:
         *,
         seq_overhead_s: float = SEQ_OVERHEAD_S,
         attn_bw_eff: float | None = None,
+        attn_latency_s: float | None = None,
         custom_ar_max_bytes: float | None = None,
         custom_ar_latency_s: float = CUSTOM_AR_LATENCY_S,
         moe_layer_overhead_s: float = 0.0,
@@ -147,8 +156,9 @@ class CostModel:
             raise ValueError(f"{llm.name}: {llm.num_experts} experts cannot cover {num_gpus} GPUs")
         if llm.num_heads % tp:
             raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
-        if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s) < 0:
-            raise ValueError("step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s must be >= 0")
+        if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s, attn_latency_s or 0.0) < 0:
+            raise ValueError("step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s, "
+                             "attn_latency_s must be >= 0")
         if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
             raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
@@ -161,6 +171,7 @@ class CostModel:
         self.experts_per_gpu = -(-llm.num_experts // num_gpus) if llm.is_moe else 0
         self.step_overhead_s = float(step_overhead_s)
         self.seq_overhead_s = float(seq_overhead_s)
+        self._cpu_seq = self.seq_overhead_s / self.dp  # each DP rank's engine core handles its own sequences
         self.moe_layer_overhead_s = float(moe_layer_overhead_s)
 
         f = self.fit
@@ -169,13 +180,12 @@ class CostModel:
         self._inv_flops = 1.0 / (peak * f.gemm_flops_eff)
         self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff)
         self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff)
-        self._gemm_lat, self._elem_lat = f.gemm_latency_s, f.elem_latency_s
-        self._knee_p = float(f.gemm_knee_p)
         self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
-        self._car_max = self._custom_ar_limit(custom_ar_max_bytes)
-        self._car_lat = float(custom_ar_latency_s)
-        self._a2a_intra = LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"])
-        self._a2a_inter = LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"])
+        # Keep the instance under CPython's 30 shared-key attributes (fast attribute access on the hot path;
+        # tests/test_cost_model.py checks it): related figures travel in tuples.
+        self._car = (self._custom_ar_limit(custom_ar_max_bytes), float(custom_ar_latency_s))  # limit, latency
+        self._a2a = (LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"]),
+                     LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"]))
 
         # Attention constants, already summed over layers and divided over DP groups (balanced).
         hd = llm.head_dim
@@ -183,12 +193,14 @@ class CostModel:
         kv_elems_g = llm.kv_elems_per_token_layer / min(tp, llm.num_kv_heads)
         per = llm.num_layers / self.dp
         inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff)  # attention runs in bf16 whatever the weights
-        self.attn_bw_eff = float(f.elem_bw_eff if attn_bw_eff is None else attn_bw_eff)
+        fit_eff, fit_lat = attn_decode_fit(gpu.calibration)
+        self.attn_bw_eff = fit_eff if attn_bw_eff is None else float(attn_bw_eff)
+        attn_lat = fit_lat if attn_latency_s is None else float(attn_latency_s)
         inv_attn_bw = 1.0 / (gpu.mem_bw * self.attn_bw_eff)
         self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
         self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * inv_attn_bw  # s per KV token read/written
         self._a_q = 2.0 * heads_g * hd * 2 * per * inv_attn_bw  # s per query token (q read, out written)
-        self._a_lat = per * self._elem_lat
+        self._a_lat = per * attn_lat
         self._tok_cache: dict[int, float] = {}
         self._seq_cache: dict[int, float] = {}
 
@@ -197,7 +209,7 @@ class CostModel:
     def _roof(self, compute_s: np.ndarray, memory_s: np.ndarray) -> np.ndarray:
         """GEMM roofline: the p-norm of compute and memory time (the max when p is infinite)."""
         top = np.maximum(compute_s, memory_s)
-        p = self._knee_p
+        p = float(self.fit.gemm_knee_p)
         if p == float("inf"):
             return top
         safe = np.where(top > 0, top, 1.0)
@@ -208,11 +220,24 @@ class CostModel:
         m = np.asarray(m, dtype=np.float64)
         flops = 2.0 * m * n * k
         nbytes = self._dt * (m * k + k * n + m * n)
-        return self._roof(flops * self._inv_flops, nbytes * self._inv_gemm_bw) + self._gemm_lat
+        return self._roof(flops * self._inv_flops, nbytes * self._inv_gemm_bw) + self.fit.gemm_latency_s
 
     def elem_time(self, nbytes: float | np.ndarray) -> np.ndarray:
         """A memory-bound elementwise kernel (norm, activation, rope, add, gather) moving nbytes."""
-        return np.asarray(nbytes, dtype=np.float64) * self._inv_elem_bw + self._elem_lat
+        return np.asarray(nbytes, dtype=np.float64) * self._inv_elem_bw + self.fit.elem_latency_s
+
+    def decode_attention_time(self, decode_tokens: float | np.ndarray, kv_tokens: float | np.ndarray) -> np.ndarray:
+        """Decode attention of all layers on one GPU (batch split over DP groups): per layer one kernel floor,
+        plus the KV bytes read (context) and written (one row per sequence) and q/o bytes at `attn_bw_eff`,
+        or the FLOPs if those are larger. The same float operations as `step_time`'s decode part."""
+        d = np.asarray(decode_tokens, dtype=np.float64)
+        kv = np.asarray(kv_tokens, dtype=np.float64)
+        return self._a_lat + np.maximum(kv * self._a_flops, (kv + d) * self._a_kv + d * self._a_q)
+
+    @property
+    def custom_ar_max_bytes(self) -> float:
+        """All-reduces below this many bytes use vLLM's custom kernel (0: NCCL only)."""
+        return self._car[0]
 
     def _custom_ar_limit(self, override: float | None) -> float:
         """Largest message (exclusive) vLLM's custom all-reduce takes: tp 2..8 inside one NVLink node only."""
@@ -235,19 +260,20 @@ class CostModel:
         if self._all_reduce is None:
             return np.zeros_like(b)
         nccl = np.asarray(self._all_reduce.time(b))
-        if self._car_max <= 0:
+        limit, lat = self._car
+        if limit <= 0:
             return nccl
         tp = self.tp
         bus = self._all_reduce.bw * 2 * (tp - 1) / tp  # NCCL ring: algorithm bandwidth -> bus bandwidth
         one = (b < 512 * 1024) if tp <= 4 else (b < 256 * 1024)
         if tp == 2:
             one = np.ones_like(b, dtype=bool)
-        car = np.where(one, self._car_lat + (tp - 1) * b / bus, 2 * self._car_lat + 2 * (tp - 1) / tp * b / bus)
-        return np.where(b < self._car_max, car, nccl)
+        car = np.where(one, lat + (tp - 1) * b / bus, 2 * lat + 2 * (tp - 1) / tp * b / bus)
+        return np.where(b < limit, car, nccl)
 
     def all_to_all_time(self, bytes_per_gpu: float | np.ndarray, intra_node: bool) -> np.ndarray:
         """Each GPU sends bytes_per_gpu to its peers over NVLink (intra_node) or InfiniBand; fitted p2p links."""
-        link = self._a2a_intra if intra_node else self._a2a_inter
+        link = self._a2a[0] if intra_node else self._a2a[1]
         return np.asarray(link.time(np.asarray(bytes_per_gpu, dtype=np.float64)))
 
     def expert_layer_time_per_gpu(self, tokens_per_gpu: np.ndarray, experts_per_gpu: int) -> np.ndarray:
@@ -267,8 +293,9 @@ class CostModel:
         w_bytes = active * 3.0 * h * fe * self._dt
         act_bytes = t * (2.0 * h + 3.0 * fe) * self._dt
         flops = 6.0 * t * h * fe
-        gemm = self._roof(flops * self._inv_flops, (w_bytes + act_bytes) * self._inv_gemm_bw) + 2 * self._gemm_lat
-        elem = (3.0 * fe + 2.0 * h) * self._dt * t * self._inv_elem_bw + 2 * self._elem_lat
+        f = self.fit
+        gemm = self._roof(flops * self._inv_flops, (w_bytes + act_bytes) * self._inv_gemm_bw) + 2 * f.gemm_latency_s
+        elem = (3.0 * fe + 2.0 * h) * self._dt * t * self._inv_elem_bw + 2 * f.elem_latency_s
         return gemm + elem
 
     def routed_expert_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
@@ -393,8 +420,7 @@ class CostModel:
     def _fixed(self, b: BatchStats, n: int) -> float:
         """The part of an iteration's time that does not depend on the decode context (KV tokens read)."""
         s = b.prefill_seqs + b.decode_tokens
-        # CPU work per sequence runs in each data-parallel rank's own engine process, side by side.
-        base = self.step_overhead_s + self.seq_overhead_s * s / self.dp + self._tok(n) + self._seq(s)
+        base = self.step_overhead_s + self._cpu_seq * s + self._tok(n) + self._seq(s)
         pre = 0.0
         if b.prefill_tokens:
             pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
