@@ -15,8 +15,10 @@ sums converge to. Cross-GPU traffic: the first MoE layer
 dispatches from the token's home GPU (a share 1 - 1/G is remote); between consecutive layers a token's state
 sits on the GPU of its previous expert (the ExFlow communication model), so a hop is local with probability
 (1 - affinity) u_l . u_{l+1} + affinity sum_e p_l[e] d_l[e], u = share of the layer's tokens per GPU and
-d_l[e] = chance that e and its successor share a GPU. When attention is tensor parallel over the whole
-instance (one DP group), the MoE output rides the layer's all-reduce as in the base model: no all-to-all.
+d_l[e] = chance that e and its successor share a GPU. Over several nodes the same expression over node shares
+gives the chance a hop stays in its node: remote hops inside the node ride NVLink, the others InfiniBand (in
+parallel; the slower sets the time). When attention is tensor parallel over the whole instance (one DP group),
+the MoE output rides the layer's all-reduce as in the base model: no all-to-all.
 
 State and the engine's decode runs: the engine may cut a run short (`Engine.interrupt`); the model learns it
 at its next call (the `now` of that call tells how many of the run's steps ended) and commits only those
