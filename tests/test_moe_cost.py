@@ -165,3 +165,18 @@ def test_simulator_reports_expert_figures() -> None:
     # hotspot checks every 100 steps and acts on skewed layers: it made moves, and their stall was charged
     assert res["expert_rebalances"] >= 1 and res["expert_migrations"] >= res["expert_rebalances"]
     assert res["migration_stall_s"] > 0
+
+
+def test_expert_parallelism_that_does_not_divide_the_experts() -> None:
+    """128 experts over 6 GPUs (tp 2, 3 DP groups): slots padded to 132 (22 per GPU); with uniform routing the
+    static layout's busiest GPUs hold 22 whole experts, which is what the base model prices."""
+    base = build_cost_model("qwen3-30b-a3b", "h100", tp=2, num_gpus=6)
+    uniform = {"skew": 0.0, "noise": "none", "affinity": 0.0}
+    m = build_moe_cost(base, "static", {"routing": uniform}, seed=0)
+    assert (m.topology.num_slots, m.topology.slots_per_gpu) == (132, 22)
+    b = decode(256)
+    assert m.step_time(b, 0.0) == pytest.approx(base.step_time(b, 0.0), rel=0.01)
+    for policy in ("eplb", "hotspot", "affinity"):
+        skewed = build_moe_cost(base, policy, {}, seed=0)
+        skewed.placement.validate(skewed.topology)
+        assert skewed.step_time(b, 0.0) > 0
