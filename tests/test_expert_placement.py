@@ -3,6 +3,9 @@ node locality of hierarchical placement, never worse than static behind the guar
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -66,36 +69,35 @@ def test_placement_maps_are_consistent() -> None:
         Placement.from_phy2log(np.array([[0, 0, 1, 1]]), 3).validate(Topology(1, 3, 2, 4))
 
 
+def _case(choose: Callable[[list], Any], integer: Callable[[int, int], int], flip: Callable[[], bool]
+          ) -> tuple[np.ndarray, Topology, np.ndarray | None]:
+    """Random loads, topology and flows; the picks come from hypothesis or from a numpy generator."""
+    nodes = choose([1, 2])
+    gpus = nodes * choose([1, 2, 4])
+    experts = gpus * integer(1, 4)
+    groups = choose([g for g in (1, 2, 4, 8) if experts % g == 0 and g % nodes == 0] or [1])
+    slots = experts + gpus * integer(0, 2)
+    layers = integer(1, 3)
+    skew = choose([0.0, 1.0, 3.0])
+    rng = np.random.default_rng(integer(0, 2**16))
+    loads = np.floor(np.exp(skew * rng.standard_normal((layers, experts))) * 100)
+    if flip():
+        loads[:, rng.integers(experts)] = 0.0
+    flows = loads[:-1, :, None] * loads[1:, None, :] + 1.0 if layers > 1 else None
+    return loads, Topology(layers, experts, gpus, slots, nodes, groups), flows
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[np.ndarray, Topology]:
-    nodes = draw(st.sampled_from([1, 2]))
-    gpus = nodes * draw(st.sampled_from([1, 2, 4]))
-    experts = gpus * draw(st.integers(1, 4))
-    groups = draw(st.sampled_from([g for g in (1, 2, 4, 8) if experts % g == 0 and g % nodes == 0] or [1]))
-    slots = experts + gpus * draw(st.integers(0, 2))
-    layers = draw(st.integers(1, 3))
-    skew = draw(st.sampled_from([0.0, 1.0, 3.0]))
-    seed = draw(st.integers(0, 2**16))
-    rng = np.random.default_rng(seed)
-    loads = np.floor(np.exp(skew * rng.standard_normal((layers, experts))) * 100)
-    if draw(st.booleans()):
-        loads[:, rng.integers(experts)] = 0.0
-    return loads, Topology(layers, experts, gpus, slots, nodes, groups)
+    loads, topo, _ = _case(lambda xs: draw(st.sampled_from(xs)), lambda a, b: draw(st.integers(a, b)),
+                           lambda: draw(st.booleans()))
+    return loads, topo
 
 
 def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, Topology, np.ndarray | None]:
     """The `cases` distribution drawn with numpy (a fixed sample, so rates over it are deterministic)."""
-    nodes = int(rng.choice([1, 2]))
-    gpus = nodes * int(rng.choice([1, 2, 4]))
-    experts = gpus * int(rng.integers(1, 5))
-    groups = int(rng.choice([g for g in (1, 2, 4, 8) if experts % g == 0 and g % nodes == 0] or [1]))
-    slots = experts + gpus * int(rng.integers(0, 3))
-    layers = int(rng.integers(1, 4))
-    loads = np.floor(np.exp(float(rng.choice([0.0, 1.0, 3.0])) * rng.standard_normal((layers, experts))) * 100)
-    if rng.random() < 0.5:
-        loads[:, rng.integers(experts)] = 0.0
-    flows = loads[:-1, :, None] * loads[1:, None, :] + 1.0 if layers > 1 else None
-    return loads, Topology(layers, experts, gpus, slots, nodes, groups), flows
+    return _case(lambda xs: xs[int(rng.integers(len(xs)))], lambda a, b: int(rng.integers(a, b + 1)),
+                 lambda: bool(rng.random() < 0.5))
 
 
 @pytest.mark.parametrize(("name", "params"), [("eplb", {"mode": "global"}), ("eplb", {}),
