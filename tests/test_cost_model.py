@@ -263,4 +263,4 @@ def test_expert_parallelism_over_gpus_that_do_not_divide_the_experts() -> None:
 def test_instance_stays_within_cpython_shared_key_attributes(key: str) -> None:
     """CPython (3.11+) keeps fast, specialised attribute access only for instances with at most 30 attributes
     (shared-key dicts); at 31 the step_time hot path measured ~1.35x slower. Add new figures to an existing tuple."""
-    assert len(vars(MODELS[key])) <= 28
+    assert len(vars(MODELS[key])) <= 30

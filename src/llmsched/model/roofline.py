@@ -181,8 +181,8 @@ class CostModel:
         self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff)
         self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff)
         self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
-        # Keep the instance under CPython's 30 shared-key attributes (fast attribute access on the hot path;
-        # tests/test_cost_model.py checks it): related figures travel in tuples.
+        # Keep the instance within CPython's 30 shared-key attributes (specialised attribute access on the hot
+        # path; 27 now, tests/test_cost_model.py checks it): related figures travel in tuples.
         self._car = (self._custom_ar_limit(custom_ar_max_bytes), float(custom_ar_latency_s))  # limit, latency
         self._a2a = (LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"]),
                      LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"]))
