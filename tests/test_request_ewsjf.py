@@ -10,9 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmsched.core.types import Request
+from llmsched.engine.config import EngineConfig
+from llmsched.engine.engine import Engine
+from llmsched.model import build_cost_model
+from llmsched.model.base import BatchStats
 from llmsched.policies.request import REQUEST_POLICIES, RequestPolicy
 from llmsched.policies.request.ewsjf import EWSJF
 from llmsched.policies.request.ewsjf_tuner import RANGES, MetaOptimizer, window_objective
+from llmsched.policies.request.fcfs import FCFS
 
 
 def ewsjf(**params: object) -> EWSJF:
@@ -213,6 +218,64 @@ def test_prefill_feedback_moves_the_cost_model() -> None:
         pol.on_prefill(n, 2e-5 * n, 0.0)
     assert pol.fit_.coeff == pytest.approx(2e-5, rel=1e-6)
     assert pol.fit_.exp == pytest.approx(1.0, abs=1e-6)
+
+
+class _Recorder(FCFS):
+    """FCFS that records what the engine reports through `on_prefill`."""
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.reports: list[tuple[int, float, float]] = []
+
+    def on_prefill(self, tokens: int, seconds: float, now: float) -> None:
+        self.reports.append((tokens, seconds, now))
+
+
+def _drive(eng: Engine, reqs: list[Request]) -> list[float]:
+    """Run `reqs` (added at their arrival) to completion; returns every iteration's duration."""
+    pending, t, durations = sorted(reqs, key=lambda r: r.arrival), 0.0, []
+    while pending or eng.has_work:
+        while pending and pending[0].arrival <= t:
+            eng.add(pending.pop(0), t)
+        end = eng.start_step(t)
+        if end is None:
+            t = pending[0].arrival
+            continue
+        eng.finish_step(end)
+        durations.append(end - t)
+        t = end
+    return durations
+
+
+def test_engine_reports_the_prefill_part_of_mixed_iterations() -> None:
+    """C_prefill is fitted on what it models: a lone prefill reports its iteration's time; a prefill chunk that
+    shares an iteration with decoding requests reports the iteration minus its decode part, which for the
+    roofline model is the price of the chunk alone (not the whole iteration, as it used to be)."""
+    cost = build_cost_model("llama-2-13b", "a100-80g")
+    pol = _Recorder()
+    eng = Engine(cost, pol, EngineConfig())
+    a = Request(0, 0.0, prompt_len=300, output_len=400)
+    b = Request(1, 0.5, prompt_len=2000, output_len=5)
+    durations = _drive(eng, [a, b])
+    assert [n for n, _, _ in pol.reports] == [300, 2000]
+    lone_a = cost.step_time(BatchStats(300, 300 * 301 / 2, 1), 0.0)
+    lone_b = cost.step_time(BatchStats(2000, 2000 * 2001 / 2, 1), 0.0)
+    assert pol.reports[0][1] == pytest.approx(lone_a, rel=1e-9) == durations[0]
+    assert pol.reports[1][1] == pytest.approx(lone_b, rel=1e-9)
+    assert pol.reports[1][1] < max(durations) - 1e-6  # the iteration itself took longer (it decoded `a` too)
+
+
+def test_prefill_reports_draw_nothing_from_a_stateful_cost_model() -> None:
+    """MoE step prices sample expert loads: pricing the decode part must not consume that random stream, so a
+    run whose policy asks for prefill reports matches one whose policy does not, step for step."""
+    from llmsched.model.moe import build_moe_cost
+
+    runs = []
+    for pol in (_Recorder(), REQUEST_POLICIES.create("fcfs")):
+        cost = build_moe_cost(build_cost_model("qwen3-30b-a3b", "a100-80g"), "static", {}, 7)
+        reqs = [Request(i, 0.2 * i, prompt_len=200 + 97 * i, output_len=30) for i in range(12)]
+        runs.append(_drive(Engine(cost, pol, EngineConfig()), reqs))
+    assert runs[0] == runs[1]
 
 
 def test_works_as_admission_queue_without_feedback() -> None:

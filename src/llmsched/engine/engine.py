@@ -78,6 +78,7 @@ class _Plan:
     preempted: list[Request]
     prefill_tokens: int
     affine: tuple[float, float] | None = None  # run durations c0 + c1 * i, when the cost model says so
+    prefill_s: float = 0.0  # the prefill part of the iteration's time (fed to `policy.on_prefill`)
 
 
 def _affine_elapsed(c0: float, c1: float, m: int) -> float:
@@ -115,6 +116,8 @@ class Engine:
         self._pending_prefill = 0  # uncached prompt tokens not yet computed, queued + running
         self._needs_classes = bool(getattr(cost, "needs_class_tokens", False))
         self._affine = getattr(cost, "decode_affine", None)
+        # Prefill-time feedback (`policy.on_prefill`) is computed only for a policy that learns from it.
+        self._wants_prefill = type(policy).on_prefill is not RequestPolicy.on_prefill
         self._admit_seq = 0
         # Requests with prompt work left (admission order).
         self.prefilling: list[Request] = []
@@ -511,7 +514,20 @@ class Engine:
         else:
             end = now + self.cost.step_time(b, now)
         self._plan = _Plan(now, ends, end, sched, steps, preempted, b.prefill_tokens, affine)
+        if sched and self._wants_prefill:
+            self._plan.prefill_s = self._prefill_part(b, end - now, now)
         return end
+
+    def _prefill_part(self, b: BatchStats, elapsed: float, now: float) -> float:
+        """The prefill part of an iteration that took `elapsed`: minus the decode part as the cost model prices
+        it (the iteration's price less the price of its prefill chunks alone). A stateful cost model (MoE: its
+        expert loads are sampled) prices through its pure dense model `base`, so that pricing draws nothing."""
+        if not b.decode_tokens:
+            return elapsed
+        pricer = getattr(self.cost, "base", self.cost)
+        alone = BatchStats(b.prefill_tokens, b.prefill_pairs, b.prefill_seqs)
+        decode = pricer.step_time(b, now) - pricer.step_time(alone, now)
+        return max(elapsed - decode, 0.0)
 
     def _account(self, b: BatchStats, req: Request, n: int) -> None:
         c = req.num_computed
@@ -639,7 +655,8 @@ class Engine:
         # Prefill chunks.
         if plan.prefill_tokens:
             st.prefill_tokens += plan.prefill_tokens
-            self.policy.on_prefill(plan.prefill_tokens, plan.end - plan.start, now)
+            if self._wants_prefill:
+                self.policy.on_prefill(plan.prefill_tokens, plan.prefill_s, now)
         prefilling = self.prefilling
         done_prefill = False
         for req, n in plan.sched:

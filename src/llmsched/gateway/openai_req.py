@@ -44,6 +44,7 @@ class Parsed:
     stream: bool
     max_tokens: int
     user: str | None
+    priority: int = 0  # vLLM's extra field: lower is served first (read by priority-aware admission queues)
 
 
 def _text_of_content(content: Any, where: str) -> str:
@@ -95,6 +96,9 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise BadRequest("'user' must be a string", "user")
+    priority = body.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise BadRequest("'priority' must be an integer (lower is served first)", "priority")
     n = _int_field(body, "n", 1)
     if n is not None and n > 128:
         raise BadRequest("'n' must be <= 128", "n")
@@ -129,7 +133,7 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
         else:
             raise BadRequest("'prompt' must be a string, a list of strings, a list of token ids or a list of such "
                              "lists", "prompt")
-    return Parsed(body, text, stream, max_tokens, user)
+    return Parsed(body, text, stream, max_tokens, user, priority or 0)
 
 
 def token_ids(text: str) -> np.ndarray:
@@ -155,4 +159,5 @@ def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session
         output_len=parsed.max_tokens,
         block_hashes=hashes or None,
         session=session or parsed.user,
+        priority=parsed.priority,
     )
