@@ -95,7 +95,7 @@ class LMetric(TrackedRouter):
         limit = p.guard_rel * qmin + p.guard_abs
         if Q[first] > limit:
             dec["load-guard"] += 1
-            c = np.flatnonzero(Q <= limit) if c is None else c[Q[c] <= limit]
+            c = np.flatnonzero(limit >= Q) if c is None else c[Q[c] <= limit]
 
         floor = p.prefill_floor
         if additive:
