@@ -127,7 +127,9 @@ class InstanceSnapshot:
     kv_usage: float  # 0..1, vLLM's kv_cache_usage_perc
     num_free_blocks: int
     num_total_blocks: int
-    pending_prefill_tokens: int  # uncached prompt tokens not yet computed, over running + waiting
+    # Uncached prompt tokens not yet computed, over running + waiting; None where the source does not export
+    # it (vLLM's /metrics): the router then keeps its own account of what it dispatched and saw prefilled.
+    pending_prefill_tokens: int | None
     prefix_queries: int = 0  # cumulative prompt tokens looked up (vllm:prefix_cache_queries_total)
     prefix_hits: int = 0  # cumulative prompt tokens hit (vllm:prefix_cache_hits_total)
     healthy: bool = True

@@ -208,6 +208,27 @@ class Engine:
             prefix_hits=kv.hits,
         )
 
+    def lazy_kv(self) -> tuple[float, float, float, int, int, int, int, int, int, list[int]] | None:
+        """How KV usage grows inside the decode run in flight, for a shell that computes it without events.
+
+        None when usage only changes at this engine's events. Otherwise (start, c0, c1, steps, s + bs - 1,
+        other, held, dq, d, suffix): as `_catch_up` would leave it at `now`, blocks in use are
+        other + max(held, dq + d q + suffix[m]) with q, m = divmod(s + bs - 1 + k, bs) and k = min(iterations
+        begun by `now`, steps) (`_blocks_at`). c0 < 0: the run is not in closed form (use `snapshot`).
+        """
+        plan = self._plan
+        if plan is None or plan.steps == 1 or not self.decoding:
+            return None
+        c0, c1 = plan.affine if plan.affine is not None else (-1.0, 0.0)
+        bs = self.bs
+        h = self._dh
+        suffix = [0] * bs
+        for m in range(1, bs):
+            suffix[m] = suffix[m - 1] + h[bs - m]
+        held = self._dheld
+        return (plan.start, c0, c1, plan.steps, self._s + bs - 1, self.kv.num_used - held, held, self._dq,
+                len(self.decoding), suffix)
+
     # -- requests in -----------------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> None:
         """Queue a new request (it is considered at the next `start_step`)."""

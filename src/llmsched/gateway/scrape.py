@@ -57,7 +57,7 @@ def snapshot_from_metrics(values: dict[str, float], instance: int, now: float) -
         kv_usage=min(max(kv, 0.0), 1.0),
         num_free_blocks=int(round(total * (1.0 - kv))),
         num_total_blocks=total,
-        pending_prefill_tokens=0,  # not exported by vLLM; the router's in-flight accounting estimates it
+        pending_prefill_tokens=None,  # not exported by vLLM: the router keeps its own outstanding-prefill account
         prefix_queries=int(values.get(PREFIX_QUERIES, 0)),
         prefix_hits=int(values.get(PREFIX_HITS, 0)),
         healthy=True,
@@ -66,4 +66,4 @@ def snapshot_from_metrics(values: dict[str, float], instance: int, now: float) -
 
 def empty_snapshot(instance: int, now: float, healthy: bool = True) -> InstanceSnapshot:
     """Before the first scrape: an idle instance (the router's own counts still apply)."""
-    return InstanceSnapshot(instance, now, 0, 0, 0.0, 0, 0, 0, healthy=healthy)
+    return InstanceSnapshot(instance, now, 0, 0, 0.0, 0, 0, None, healthy=healthy)

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.policies.instance.base import ROUTERS
 from llmsched.policies.instance.indicators import IndicatorParams, indicators
-from llmsched.policies.instance.tracked import TrackedRouter
+from llmsched.policies.instance.tracked import TrackedRouter, lexmin
 
 
 class LMetricParams(IndicatorParams):
@@ -42,97 +43,88 @@ class LMetricParams(IndicatorParams):
     seed: int = 0
 
 
+def _argmin(v: np.ndarray, c: np.ndarray | None) -> int:
+    """Index of the first minimum of `v` over candidates `c` (None: all)."""
+    return int(v.argmin()) if c is None else int(c[v[c].argmin()])
+
+
 @ROUTERS.register("lmetric")
 class LMetric(TrackedRouter):
     Params = LMetricParams
     uses_index = True
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
-        self.sync(snapshots, now)
+        """Vectorised over instances: a handful of numpy operations, whatever the instance count."""
+        tab = self.sync(snapshots, now)
         p = self.params
-        cands = self.healthy(snapshots)
-        P, B, Q = indicators(self, req, snapshots, cands)
+        c = tab.healthy_rows()  # None: every instance is a candidate
+        P, B, Q = indicators(self, req, snapshots)
         one = 1 if p.plus_one else 0
+        additive = p.prefill == "additive-pending"
         if not p.guards:
-            if p.prefill == "additive-pending":
-                return self._pick(cands, {i: P[i] * (B[i] + one) + self.pending_est(snapshots[i]) for i in cands}, P, B)
-            return self._pick(cands, {i: P[i] * (B[i] + one) for i in cands}, P, B)
+            score = P * (B + one)
+            if additive:
+                score += self.pending()
+            return self._pick(np.arange(self.num_instances_) if c is None else c, score, P, B)
 
-        # One pass for the snapshot-based detectors (the hot path of every decision, kept flat).
         dec = self.decisions
+        if p.stale_after_s is not None and p.batch != "in-flight" and tab.time.min() < now - p.stale_after_s:
+            stale = tab.time < now - p.stale_after_s
+            if c is not None:
+                stale[~tab.healthy] = False
+            if stale.any():
+                B = np.where(stale, self.in_flight_, B)
+                dec["stale"] += 1
         kv_guard = p.kv_guard
-        horizon = now - p.stale_after_s if p.stale_after_s is not None and p.batch != "in-flight" else -1e300
-        inflight = self.in_flight_
-        ok = []
-        stale = False
-        for i in cands:
-            s = snapshots[i]
-            if s.time < horizon:
-                B[i] = inflight[i]
-                stale = True
-            if s.kv_usage < kv_guard:
-                ok.append(i)
-        if stale:
-            dec["stale"] += 1
-        if ok and len(ok) < len(cands):
-            dec["kv-pressure"] += 1
-            cands = ok
+        if tab.kv_upper.max(initial=0.0) >= kv_guard:  # an upper bound: the exact usage is computed only now
+            hot = tab.kv_usage >= kv_guard
+            if c is None:
+                if hot.any() and not hot.all():
+                    dec["kv-pressure"] += 1
+                    c = np.flatnonzero(~hot)
+            else:
+                ok = c[~hot[c]]
+                if len(ok) and len(ok) < len(c):
+                    dec["kv-pressure"] += 1
+                    c = ok
 
-        first, first_v, qmin = cands[0], float("inf"), Q[cands[0]]
-        for i in cands:
-            v = P[i] * (B[i] + one)
-            if v < first_v:
-                first, first_v = i, v
-            if Q[i] < qmin:
-                qmin = Q[i]
+        b1 = B + one
+        prod = P * b1
+        first = _argmin(prod, c)
+        qmin = int(Q.min() if c is None else Q[c].min())
         limit = p.guard_rel * qmin + p.guard_abs
         if Q[first] > limit:
             dec["load-guard"] += 1
-            cands = [i for i in cands if Q[i] <= limit]
+            c = np.flatnonzero(limit >= Q) if c is None else c[Q[c] <= limit]
 
         floor = p.prefill_floor
-        additive = p.prefill == "additive-pending"
-        score = {}
-        best, best_v = cands[0], float("inf")
-        for i in cands:
-            v = (P[i] if P[i] > floor else floor) * (B[i] + one)
-            if additive:
-                v += self.pending_est(snapshots[i])
-            score[i] = v
-            if v < best_v:
-                best, best_v = i, v
-        if P[first] < floor and best != first and first in score:
+        if additive:
+            score = np.maximum(P, floor) * b1 + self.pending()
+        elif int(P.min() if c is None else P[c].min()) >= floor:
+            score = prod  # the floor changes nothing
+        else:
+            score = np.maximum(P, floor) * b1
+        best = _argmin(score, c)
+        if P[first] < floor and best != first and (c is None or first in c):
             dec["prefill-floor"] += 1
 
-        if p.tie_tolerance > 0:
-            band = best_v * (1.0 + p.tie_tolerance)
-            near = [i for i in cands if score[i] <= band]
-            if len(near) > 1:
-                if p.prefill == "request+pending":
-                    work = {i: P[i] for i in near}
-                else:
-                    work = {i: P[i] + self.pending_est(snapshots[i]) for i in near}
-                least = min(work.values())
-                lightest = [i for i in near if work[i] == least]
-                if best not in lightest:
-                    dec["near-tie"] += 1
-                    return self._pick(lightest, score, P, B)
-                if len(near) < len(cands):
-                    cands = near
-        return self._pick(cands, score, P, B)
+        # The rest looks only at the instances within the tie band of the best.
+        band = score[best] * (1.0 + p.tie_tolerance)
+        near = np.flatnonzero(score <= band) if c is None else c[score[c] <= band]
+        if len(near) > 1 and p.tie_tolerance > 0:
+            work = P[near] if p.prefill == "request+pending" else P[near] + self.pending()[near]
+            lightest = near[work == work.min()]
+            if best not in lightest:
+                dec["near-tie"] += 1
+                return self._pick(lightest, score, P, B)
+        return self._pick(near, score, P, B)
 
-    def _pick(self, cands: Sequence[int], score: dict[int, float], P: Sequence[int], B: Sequence[int]) -> int:
-        """Lowest score; ties to the lower (P, B) (never a dominated one, even under the floor), then random."""
-        lo = None
-        ties: list[int] = []
-        for i in cands:
-            key = (score[i], P[i], B[i])
-            if lo is None or key < lo:
-                lo, ties = key, [i]
-            elif key == lo:
-                ties.append(i)
+    def _pick(self, near: np.ndarray, score: np.ndarray, P: np.ndarray, B: np.ndarray) -> int:
+        """Lowest score among `near` (the candidates within the tie band of the best, or the tie-break's
+        choice); ties to the lower (P, B) (never a dominated one, even under the floor), then random."""
+        ties = near if len(near) == 1 else lexmin(near, score, P, B)
         if len(ties) == 1:
             self.decisions["product"] += 1
-            return ties[0]
+            return int(ties[0])
         self.decisions["random-tie"] += 1
-        return ties[int(self.rng_.integers(len(ties)))]
+        return int(ties[int(self.rng_.integers(len(ties)))])

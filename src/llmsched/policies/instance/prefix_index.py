@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class PrefixIndex:
     """Per-instance LRU sets of chained block hashes.
@@ -107,6 +109,41 @@ class PrefixIndex:
                 low = gone & -gone
                 out[low.bit_length() - 1] = depth
                 gone ^= low
+            mask = nxt
+            lo = depth
+        return out
+
+    def match_array(self, hashes: Sequence[int], n: int | None = None) -> np.ndarray:
+        """`match` as a numpy array of length `n` (default: instances indexed), all owners in one pass: the
+        instances whose match ends at the same depth form one bitmask, unpacked at C speed when large."""
+        n = len(self.stamps_) if n is None else n
+        out = np.zeros(n, np.int64)
+        total = len(hashes)
+        if not total:
+            return out
+        get = self.owners_.get
+        mask = get(hashes[0], 0)
+        lo = 0
+        nbytes = (max(n, len(self.stamps_)) + 7) // 8
+        while mask:
+            a, b = lo, total - 1
+            while a < b:
+                mid = (a + b + 1) >> 1
+                if get(hashes[mid], 0) == mask:
+                    a = mid
+                else:
+                    b = mid - 1
+            nxt = get(hashes[a + 1], 0) & mask if a + 1 < total else 0
+            gone = mask & ~nxt
+            depth = a + 1
+            if gone.bit_count() > 8:
+                bits = np.unpackbits(np.frombuffer(gone.to_bytes(nbytes, "little"), np.uint8), bitorder="little")
+                out[bits[:n].astype(bool)] = depth
+            else:
+                while gone:
+                    low = gone & -gone
+                    out[low.bit_length() - 1] = depth
+                    gone ^= low
             mask = nxt
             lo = depth
         return out

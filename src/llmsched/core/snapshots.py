@@ -1,0 +1,199 @@
+"""All instances' snapshots as columns: what routers read, kept up to date one row at a time.
+
+A shell (simulator or gateway) owns one `SnapshotTable` and writes a row when it learns something new about
+that instance (an engine event, a scrape, a health change); every write bumps the row's `version`, so a router
+finds what changed since it last looked with one vectorised comparison instead of a pass over instances.
+Routers that score every instance read the columns as numpy arrays; the table is also a read-only
+`Sequence[InstanceSnapshot]` (rows materialised on demand and cached per version), so routers written
+against snapshots work unchanged.
+
+KV usage may be lazy: an engine in the middle of a planned decode run allocates blocks as its iterations
+begin, so its usage changes without any event. The simulator registers `kv_refresh` (called with no
+argument before the KV columns are read while `kv_stale` is set) instead of recomputing them at every
+arrival; `kv_upper` bounds the usage any row can reach before its next write, so a router that only needs to
+know whether usage crossed a threshold can skip the refresh.
+
+`pending` is -1 where the source does not export the queued uncached prefill (vLLM's /metrics does not): the
+router then keeps its own account (see `policies/instance/tracked.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import overload
+
+import numpy as np
+
+from llmsched.core.types import InstanceSnapshot
+
+NOT_EXPORTED = -1
+
+
+class SnapshotTable(Sequence[InstanceSnapshot]):
+    """Per-instance snapshot columns. Rows are written with `put` / `set_row`, read as arrays or snapshots."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = 0
+        self.time = np.zeros(0)
+        self.running = np.zeros(0, np.int64)
+        self.waiting = np.zeros(0, np.int64)
+        self._kv = np.zeros(0)
+        self._free = np.zeros(0, np.int64)
+        self.total = np.zeros(0, np.int64)
+        self.kv_upper = np.zeros(0)  # usage no row exceeds before its next write (== kv unless lazy)
+        self.pending = np.zeros(0, np.int64)
+        self.queries = np.zeros(0, np.int64)
+        self.hits = np.zeros(0, np.int64)
+        self.healthy = np.zeros(0, bool)
+        self.version = np.zeros(0, np.int64)
+        self.num_unhealthy = 0
+        self.kv_stale = False
+        self.kv_refresh: Callable[[], None] | None = None
+        self._rows: list[tuple[int, float, InstanceSnapshot] | None] = []
+        self._stamp = 0
+        self.resize(n)
+
+    # ---- shape -------------------------------------------------------------------------------------------
+    def resize(self, n: int) -> None:
+        """Grow to `n` rows; new rows read as an idle, healthy instance at time 0."""
+        if n <= self.n:
+            return
+        extra = n - self.n
+
+        def grow(a: np.ndarray, fill: float | bool = 0) -> np.ndarray:
+            return np.concatenate([a, np.full(extra, fill, a.dtype)])
+
+        self.time = grow(self.time)
+        self.running = grow(self.running)
+        self.waiting = grow(self.waiting)
+        self._kv = grow(self._kv)
+        self._free = grow(self._free)
+        self.total = grow(self.total)
+        self.kv_upper = grow(self.kv_upper)
+        self.pending = grow(self.pending)
+        self.queries = grow(self.queries)
+        self.hits = grow(self.hits)
+        self.healthy = grow(self.healthy, True)
+        self.version = grow(self.version)
+        self._rows.extend([None] * extra)
+        self.n = n
+
+    # ---- writes ------------------------------------------------------------------------------------------
+    def set_row(
+        self,
+        i: int,
+        time: float,
+        running: int,
+        waiting: int,
+        kv_usage: float,
+        free_blocks: int,
+        total_blocks: int,
+        pending: int = NOT_EXPORTED,
+        queries: int = 0,
+        hits: int = 0,
+        healthy: bool = True,
+        kv_upper: float | None = None,
+    ) -> None:
+        if i >= self.n:
+            self.resize(i + 1)
+        self.time[i] = time
+        self.running[i] = running
+        self.waiting[i] = waiting
+        self._kv[i] = kv_usage
+        self._free[i] = free_blocks
+        self.total[i] = total_blocks
+        self.kv_upper[i] = kv_usage if kv_upper is None else kv_upper
+        self.pending[i] = pending
+        self.queries[i] = queries
+        self.hits[i] = hits
+        if bool(self.healthy[i]) != healthy:
+            self.num_unhealthy += -1 if healthy else 1
+            self.healthy[i] = healthy
+        self._stamp += 1
+        self.version[i] = self._stamp
+
+    def put(self, snap: InstanceSnapshot) -> None:
+        """Write row `snap.instance` from a snapshot (a scrape, a health flip)."""
+        p = snap.pending_prefill_tokens
+        self.set_row(
+            snap.instance, snap.time, snap.num_running, snap.num_waiting, snap.kv_usage, snap.num_free_blocks,
+            snap.num_total_blocks, NOT_EXPORTED if p is None else p, snap.prefix_queries, snap.prefix_hits,
+            snap.healthy,
+        )
+        self._rows[snap.instance] = (self._stamp, -1.0, snap)
+
+    def set_healthy(self, i: int, healthy: bool) -> None:
+        if bool(self.healthy[i]) != healthy:
+            self.num_unhealthy += -1 if healthy else 1
+            self.healthy[i] = healthy
+            self._stamp += 1
+            self.version[i] = self._stamp
+
+    # ---- lazy KV -----------------------------------------------------------------------------------------
+    @property
+    def kv_usage(self) -> np.ndarray:
+        if self.kv_stale and self.kv_refresh is not None:
+            self.kv_refresh()
+        return self._kv
+
+    @property
+    def free_blocks(self) -> np.ndarray:
+        if self.kv_stale and self.kv_refresh is not None:
+            self.kv_refresh()
+        return self._free
+
+    def set_kv(self, rows: np.ndarray | slice, used: np.ndarray) -> None:
+        """KV blocks in use of `rows` now (the lazy refresh; no version bump: not a new snapshot)."""
+        tot = self.total[rows]
+        self._kv[rows] = used / np.maximum(tot, 1)
+        self._free[rows] = tot - used
+        self.kv_stale = False
+
+    # ---- reads -------------------------------------------------------------------------------------------
+    def healthy_rows(self) -> np.ndarray | None:
+        """Indices of healthy rows; None when all are healthy or none is (then every row is a candidate)."""
+        if self.num_unhealthy == 0 or self.num_unhealthy == self.n:
+            return None
+        return np.flatnonzero(self.healthy)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _row(self, i: int) -> InstanceSnapshot:
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        kv = self.kv_usage
+        cached = self._rows[i]
+        v, k = int(self.version[i]), float(kv[i])
+        if cached is not None and cached[0] == v and (cached[1] == k or cached[1] < 0):
+            return cached[2]
+        p = int(self.pending[i])
+        snap = InstanceSnapshot(
+            instance=i, time=float(self.time[i]), num_running=int(self.running[i]), num_waiting=int(self.waiting[i]),
+            kv_usage=k, num_free_blocks=int(self._free[i]), num_total_blocks=int(self.total[i]),
+            pending_prefill_tokens=None if p < 0 else p, prefix_queries=int(self.queries[i]),
+            prefix_hits=int(self.hits[i]), healthy=bool(self.healthy[i]),
+        )
+        self._rows[i] = (v, k, snap)
+        return snap
+
+    @overload
+    def __getitem__(self, i: int) -> InstanceSnapshot: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[InstanceSnapshot]: ...
+    def __getitem__(self, i: int | slice) -> InstanceSnapshot | list[InstanceSnapshot]:
+        if isinstance(i, slice):
+            return [self._row(k) for k in range(*i.indices(self.n))]
+        return self._row(int(i))
+
+    def __iter__(self) -> Iterator[InstanceSnapshot]:
+        return (self._row(k) for k in range(self.n))
+
+    @classmethod
+    def from_snapshots(cls, snaps: Sequence[InstanceSnapshot]) -> SnapshotTable:
+        t = cls(len(snaps))
+        for s in snaps:
+            t.put(s)
+        return t
