@@ -124,6 +124,11 @@ class FakeBackend:
                     delta["finish_reason"] = "length"
                 chunk = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [delta]}
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            so = body.get("stream_options")
+            if isinstance(so, dict) and so.get("include_usage"):
+                use = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+                usage = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [], "usage": use}
+                await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
