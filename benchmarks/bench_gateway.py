@@ -116,11 +116,12 @@ async def _role_emulators(ports: list[int], speed: float) -> None:
 
 async def _role_gateway(port: int, backends: list[str], router: str, policy: str, cap: int) -> None:
     from llmsched.gateway.config import GatewayConfig
-    from llmsched.gateway.server import Gateway
+    from llmsched.gateway.server import Gateway, tune_gc
 
     cfg = GatewayConfig(backends=backends, router={"name": router}, request_policy={"name": policy},
                         max_in_flight_per_backend=cap, scrape_interval=0.1, queue_bound=100_000)
     await Gateway(cfg).start("127.0.0.1", port)
+    tune_gc()  # as `llmsched serve` does
     await asyncio.Event().wait()
 
 

@@ -332,20 +332,22 @@ class UpstreamError(Exception):
 
 
 class Exchange:
-    """One request/response on an upstream connection. `head` resolves with the status once headers are in;
-    body bytes go to `on_body` if set, else are buffered in `parts`; `done` resolves at the end (or fails)."""
+    """One request/response on an upstream connection. `on_head(exchange)` is called once status and headers
+    are in; body bytes go to `on_body` if set, else are buffered in `parts`; `done` resolves at the end (or
+    fails with `UpstreamError`)."""
 
-    __slots__ = ("status", "ctype", "chunked", "length", "parts", "on_body", "head", "done", "received",
-                 "keep_alive")
+    __slots__ = ("status", "ctype", "chunked", "length", "parts", "on_body", "on_head", "done", "received",
+                 "keep_alive", "headers_in")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_head: Callable[[Exchange], None]) -> None:
         self.status = 0
         self.ctype = "application/json"
         self.chunked = False
         self.length = -1
         self.parts: list[bytes] = []
         self.on_body: Callable[[bytes], None] | None = None
-        self.head: asyncio.Future[int] = loop.create_future()
+        self.on_head = on_head
+        self.headers_in = False
         self.done: asyncio.Future[None] = loop.create_future()
         self.received = 0  # response bytes seen (headers included): 0 means the request may be re-sent
         self.keep_alive = True
@@ -354,10 +356,10 @@ class Exchange:
         return b"".join(self.parts)
 
     def _fail(self, exc: BaseException) -> None:
-        for f in (self.head, self.done):
-            if not f.done():
-                f.set_exception(exc)
-                f.exception()  # mark retrieved: a caller that stopped waiting must not log "never retrieved"
+        f = self.done
+        if not f.done():
+            f.set_exception(exc)
+            f.exception()  # mark retrieved: a caller that stopped waiting must not log "never retrieved"
 
 
 class Upstream(asyncio.Protocol):
@@ -383,16 +385,16 @@ class Upstream(asyncio.Protocol):
         ex.received += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
+        except httptools.HttpParserError as e:  # includes errors raised by our own callbacks
             self.abort()
-            ex._fail(UpstreamError(f"malformed HTTP response: {e}"))
+            ex._fail(UpstreamError(f"bad HTTP response: {type(e.__context__ or e).__name__}: {e.__context__ or e}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
         ex, self.ex = self.ex, None
         if ex is not None and not ex.done.done():
-            if ex.head.done() and not ex.chunked and ex.length < 0:  # body delimited by the close
+            if ex.headers_in and not ex.chunked and ex.length < 0:  # body delimited by the close
                 ex.done.set_result(None)
             else:
                 ex._fail(UpstreamError("connection closed by the backend" + (f": {exc}" if exc else "")))
@@ -413,8 +415,8 @@ class Upstream(asyncio.Protocol):
         assert ex is not None
         ex.status = self.parser.get_status_code()
         ex.keep_alive = self.parser.should_keep_alive()
-        if not ex.head.done():
-            ex.head.set_result(ex.status)
+        ex.headers_in = True
+        ex.on_head(ex)
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
@@ -437,9 +439,9 @@ class Upstream(asyncio.Protocol):
             self.close()
 
     # -- use ---------------------------------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes) -> Exchange:
+    def send(self, head: bytes, body: bytes, on_head: Callable[[Exchange], None]) -> Exchange:
         assert self.transport is not None and self.ex is None
-        ex = self.ex = Exchange(asyncio.get_running_loop())
+        ex = self.ex = Exchange(asyncio.get_running_loop(), on_head)
         self.transport.writelines((head, body))
         return ex
 

@@ -11,11 +11,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from llmsched.core.tokenizer import DEFAULT_TOKENIZER
 from llmsched.core.types import Request
 from llmsched.gateway.prefix import block_hashes
+
+_decode = msgspec.json.Decoder().decode  # ~3x json.loads on 51 KiB prompts; same objects, stricter (no NaN)
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -76,7 +79,7 @@ def _int_field(body: dict[str, Any], name: str, lo: int) -> int | None:
 def parse_body(raw: bytes, endpoint: str) -> Parsed:
     """Parse and check a request body for `endpoint`; raises `BadRequest` with the offending field."""
     try:
-        body = json.loads(raw)
+        body = _decode(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
