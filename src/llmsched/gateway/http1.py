@@ -439,10 +439,11 @@ class Upstream(asyncio.Protocol):
             self.close()
 
     # -- use ---------------------------------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes, on_head: Callable[[Exchange], None]) -> Exchange:
+    def send(self, head: bytes, body: tuple[bytes | memoryview, ...], on_head: Callable[[Exchange], None]) -> Exchange:
+        """Write one request (`head` and the pieces of its body, in one writev) and track its answer."""
         assert self.transport is not None and self.ex is None
         ex = self.ex = Exchange(asyncio.get_running_loop(), on_head)
-        self.transport.writelines((head, body))
+        self.transport.writelines((head, *body))
         return ex
 
     def pause(self) -> None:

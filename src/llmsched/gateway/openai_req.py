@@ -148,13 +148,22 @@ def token_ids(text: str) -> np.ndarray:
     return np.frombuffer(data, dtype="<u4")
 
 
-def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session: str | None) -> Request:
-    ids = token_ids(parsed.text)
-    hashes = block_hashes(ids, block_size)
+def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session: str | None,
+                  hash_blocks: bool = True) -> Request:
+    """The policies' view of a request. Block hashes only when `hash_blocks` (a prefix-aware router): the
+    prompt length alone is cheap (the stand-in tokenizer's 4 UTF-8 bytes a token)."""
+    if hash_blocks:
+        ids = token_ids(parsed.text)
+        n = len(ids)
+        hashes = block_hashes(ids, block_size)
+    else:
+        text = parsed.text
+        n = -(-(len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))) // 4)
+        hashes = ()
     return Request(
         rid=rid,
         arrival=now,
-        prompt_len=max(1, len(ids)),
+        prompt_len=max(1, n),
         output_len=parsed.max_tokens,
         block_hashes=hashes or None,
         session=session or parsed.user,

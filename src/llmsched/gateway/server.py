@@ -223,10 +223,14 @@ class _Attempt:
         return 502, True
 
 
-def _as_stream(raw: bytes) -> bytes:
-    """The body with `stream: true` and usage asked for, appended so they win over the client's own keys."""
-    body = raw.rstrip()
-    return body[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
+_STREAM_KEYS = b',"stream":true,"stream_options":{"include_usage":true}}'
+
+
+def _as_stream(raw: bytes) -> tuple[bytes | memoryview, ...]:
+    """The body with `stream: true` and usage asked for, appended so they win over the client's own keys; as
+    pieces for one `writelines` (the body is not copied)."""
+    end = len(raw.rstrip())  # a JSON object (parse_body checked): its last non-blank byte is the closing brace
+    return memoryview(raw)[:end - 1], _STREAM_KEYS
 
 
 def assemble(data: bytes, chat: bool) -> tuple[int, bytes, int | None]:
@@ -302,6 +306,7 @@ class Gateway:
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self._session_header = cfg.session_header.lower()
+        self._hash_blocks = bool(getattr(router, "uses_index", False))  # only prefix-aware routers read them
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
@@ -466,7 +471,8 @@ class Gateway:
         t_arr = out.arrival
         if not d.any_usable(t_arr):
             return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
-        req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header))
+        req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
+                            self._hash_blocks)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         req.shell_data = fut
         if not d.submit(req, t_arr):
@@ -542,8 +548,8 @@ class Gateway:
         tm = self.cfg.timeouts
         internal = (not parsed.stream and self.cfg.stream_internally
                     and not any(parsed.body.get(k) not in (None, False) for k in _NO_INTERNAL_STREAM))
-        body = _as_stream(raw) if internal else raw
-        head = pool.head(endpoint, len(body))
+        body = _as_stream(raw) if internal else (raw,)
+        head = pool.head(endpoint, sum(map(len, body)))
         loop = asyncio.get_running_loop()
         for fresh in (False, True):
             try:

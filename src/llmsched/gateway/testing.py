@@ -30,6 +30,7 @@ class FakeBackend:
         self.max_tokens_cap = max_tokens_cap
         self.model = model
         self.mode = "ok"
+        self.metrics_text: str | None = None  # when set, /metrics answers this instead (e.g. garbage)
         self.received = 0
         self.cancelled = 0
         self.running = 0
@@ -75,6 +76,8 @@ class FakeBackend:
         return web.Response(status=200 if self.mode != "error" else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_text is not None:
+            return web.Response(text=self.metrics_text, content_type="text/plain")
         text = (
             "# TYPE vllm:num_requests_running gauge\n"
             f'vllm:num_requests_running{{model_name="{self.model}"}} {self.running}\n'
