@@ -34,6 +34,11 @@ class Timeouts(_Model):
     total: float = Field(600.0, gt=0, description="whole upstream request, streaming included (s)")
     queue: float = Field(60.0, gt=0, description="longest wait in the admission queue before a 503 (s)")
     scrape: float = Field(1.0, gt=0, description="one /metrics scrape or health probe (s)")
+    client_read: float = Field(
+        30.0, gt=0,
+        description="a client's request (head and body) must arrive within this, and an idle keep-alive "
+                    "connection is closed after it (s): slow clients cannot hold connections open",
+    )
 
 
 class BreakerConfig(_Model):
@@ -61,6 +66,10 @@ class GatewayConfig(_Model):
     block_size: int = Field(16, ge=1, description="KV block size for the router's prefix hashes (vLLM: 16)")
     model_name: str | None = Field(None, description="model id answered by /v1/models when no backend does")
     drain_timeout: float = Field(30.0, ge=0, description="graceful shutdown: wait this long for in-flight")
+    stream_internally: bool = Field(
+        True, description="send non-streamed requests upstream as streams and re-assemble the answer, so the "
+                          "router learns of the first token when it happens (not at completion)",
+    )
 
     @field_validator("backends")
     @classmethod

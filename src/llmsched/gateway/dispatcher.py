@@ -60,6 +60,7 @@ class Dispatcher:
         self.backends: list[Backend] = []
         self.rejected = 0
         self.retried = 0
+        self._in_flight = 0  # sum of the backends' in_flight, kept as they change (read on every request)
 
     # -- membership -------------------------------------------------------------------------------------
     def add_backend(self, url: str, now: float) -> Backend:
@@ -107,11 +108,17 @@ class Dispatcher:
         )
 
     def has_capacity(self, now: float) -> bool:
-        return any(self._eligible(b, now, True) for b in self.backends)
+        for b in self.backends:  # noqa: SIM110 - a loop, not any(genexpr): these run several times a request
+            if self._eligible(b, now, True):
+                return True
+        return False
 
     def any_usable(self, now: float) -> bool:
         """Is there a backend that could ever take this request (ignoring the in-flight cap)?"""
-        return any(not b.removed and not b.draining for b in self.backends)
+        for b in self.backends:  # noqa: SIM110
+            if not b.removed and not b.draining:
+                return True
+        return False
 
     # -- admission --------------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> bool:
@@ -139,7 +146,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return sum(b.in_flight for b in self.backends)
+        return self._in_flight
 
     def dispatch(self, now: float) -> list[tuple[Request, int]]:
         """Pop queued requests while some backend has room; each goes where the router says."""
@@ -172,6 +179,7 @@ class Dispatcher:
         b = self.backends[i]
         b.breaker.acquire(now)
         b.in_flight += 1
+        self._in_flight += 1
         req.instance = i
         self.router.on_dispatch(req, i, now)
         return i
@@ -202,7 +210,9 @@ class Dispatcher:
         A client that cancels is neither a success nor a backend fault.
         """
         b = self.backends[i]
-        b.in_flight = max(0, b.in_flight - 1)
+        if b.in_flight > 0:
+            b.in_flight -= 1
+            self._in_flight -= 1
         self.router.on_finish(req, i, now)
         fault = (not ok) if backend_fault is None else backend_fault
         if fault:

@@ -1,8 +1,11 @@
 """vLLM's Prometheus text -> `InstanceSnapshot`: what the router knows of a backend between scrapes.
 
-Pure functions, so the mapping is tested on fixed texts. Counters and gauges are summed over label sets
-(one engine may export one series per model or per engine core). Missing series read as 0: SGLang and older
-vLLM versions export fewer of them, and the router's own in-flight accounting fills the gap.
+Pure functions, so the mapping is tested on fixed texts. A data-parallel vLLM exports one series per engine
+(label `engine`): request counts, prefix counters and `num_gpu_blocks` add up over label sets, while the KV
+usage ratio is the mean weighted by each engine's blocks (used blocks / all blocks of the backend: vLLM's own
+DP balancer spreads requests over its engines, so the backend's headroom is the pooled one; a sum would read two
+half-full engines as saturated). Missing series read as 0: SGLang and older vLLM versions export fewer of them,
+and the router's own in-flight accounting fills the gap.
 """
 
 from __future__ import annotations
@@ -29,20 +32,35 @@ class MetricsParseError(ValueError):
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """Sum of each wanted series over its label sets; `num_gpu_blocks` from cache_config_info if present."""
+    """Each wanted series combined over its label sets (see the module doc); `num_gpu_blocks` from
+    cache_config_info if present."""
     out: dict[str, float] = {}
+    kv: dict[str, list[tuple[str, float]]] = {}  # KV-usage name -> (engine label, value) per series
+    blocks: dict[str, float] = {}  # engine label -> num_gpu_blocks
     try:
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
                 if s.name in _WANTED:
                     v = float(s.value)
-                    if math.isfinite(v):  # NaN/Inf are valid Prometheus text, but no count or ratio
+                    if not math.isfinite(v):  # NaN/Inf are valid Prometheus text, but no count or ratio
+                        continue
+                    if s.name in KV_USAGE:
+                        kv.setdefault(s.name, []).append((s.labels.get("engine", ""), v))
+                    else:
                         out[s.name] = out.get(s.name, 0.0) + v
                 elif s.name == CACHE_CONFIG and "num_gpu_blocks" in s.labels:
                     with contextlib.suppress(ValueError):
-                        out["num_gpu_blocks"] = float(s.labels["num_gpu_blocks"])
+                        blocks[s.labels.get("engine", "")] = float(s.labels["num_gpu_blocks"])
     except ValueError as e:
         raise MetricsParseError(f"unparseable Prometheus text: {e}") from None
+    if blocks:
+        out["num_gpu_blocks"] = sum(blocks.values())
+    for name, series in kv.items():
+        weights = [blocks.get(engine, 0.0) for engine, _ in series]
+        if all(w > 0 for w in weights):
+            out[name] = sum(w * v for w, (_, v) in zip(weights, series, strict=True)) / sum(weights)
+        else:  # block counts unknown per engine: engines of one backend are alike, so the plain mean
+            out[name] = sum(v for _, v in series) / len(series)
     return out
 
 
