@@ -71,7 +71,7 @@ class Limits:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     block_size: int = 16
-    num_blocks: int = 10_000
+    num_blocks: int = 10_000  # usable KV blocks (vLLM gets one more: its reserved null block)
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     long_prefill_token_threshold: int = 0
@@ -85,7 +85,9 @@ class Limits:
         if self.max_model_len is not None:
             return self.max_model_len
         n = self.num_blocks * self.block_size
-        return n if self.enable_chunked_prefill else min(n, self.max_num_batched_tokens)
+        if not self.enable_chunked_prefill:
+            return min(n, self.max_num_batched_tokens)
+        return max(n, self.long_prefill_token_threshold)  # vLLM: the threshold may not exceed it
 
     @classmethod
     def from_engine_config(cls, cfg: Any, num_blocks: int, policy: str = "fcfs", **kw: Any) -> Limits:
@@ -145,8 +147,9 @@ def build_scheduler(limits: Limits, scheduler_cls: type | None = None, log_stats
         cache_config=cache_config,
         device_config=DeviceConfig(device="cpu"),
     )
+    # vLLM reserves block 0 as its null block: one more than the usable `num_blocks`.
     kv_cache_config = KVCacheConfig(
-        num_blocks=limits.num_blocks,
+        num_blocks=limits.num_blocks + 1,
         kv_cache_tensors=[],
         kv_cache_groups=[
             KVCacheGroupSpec(
@@ -154,7 +157,7 @@ def build_scheduler(limits: Limits, scheduler_cls: type | None = None, log_stats
             )
         ],
     )
-    cache_config.num_gpu_blocks = limits.num_blocks
+    cache_config.num_gpu_blocks = limits.num_blocks + 1
     cls = scheduler_cls or Scheduler
     return cls(
         vllm_config=vllm_config,
@@ -230,6 +233,9 @@ class StepResult:
     preempted: list[str]  # request ids preempted in this step (vLLM's order)
     finished: list[str] = field(default_factory=list)
     first_token: list[str] = field(default_factory=list)  # requests that got their first output token
+    computed: dict[str, int] = field(
+        default_factory=dict
+    )  # num_computed_tokens after schedule() (hit + scheduled)
 
 
 class FakeRunnerLoop:
@@ -250,7 +256,7 @@ class FakeRunnerLoop:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_requests()
+        return self.scheduler.get_num_unfinished_requests() > 0
 
     def step(self) -> StepResult:
         s = self.scheduler
@@ -269,6 +275,7 @@ class FakeRunnerLoop:
         else:
             self._idle = 0
         before = {rid: s.requests[rid].num_output_tokens for rid in scheduled}
+        computed = {rid: s.requests[rid].num_computed_tokens for rid in scheduled}
         engine_outputs = s.update_from_output(out, fake_runner_output(s, out))
         finished: list[str] = []
         first: list[str] = []
@@ -278,7 +285,7 @@ class FakeRunnerLoop:
                     first.append(o.request_id)
                 if o.finish_reason is not None:
                     finished.append(o.request_id)
-        return StepResult(out, scheduled, preempted, finished, first)
+        return StepResult(out, scheduled, preempted, finished, first, computed)
 
     def run(self, max_steps: int = 10_000_000) -> int:
         """Step until no request is left; returns the steps taken."""
