@@ -312,3 +312,38 @@ def random_workload(
             )
         )
     return reqs
+
+
+def run_cli(
+    cases: int,
+    seed: int,
+    num_requests: int,
+    policy: str,
+    limits: Limits,
+    context: int,
+    echo: Any = print,
+) -> int:
+    """`llmsched vllm-diff`: `cases` random workloads (seeds seed, seed+1, ...) under `limits`, alternating fcfs
+    and priority when `policy` is "both"; prints the first divergence and returns 1, or a summary and 0."""
+    from dataclasses import replace
+
+    steps = 0
+    for i in range(cases):
+        pol = ("fcfs", "priority")[i % 2] if policy == "both" else policy
+        lim = replace(limits, policy=pol)  # type: ignore[arg-type]
+        reqs = random_workload(
+            seed + i, num_requests=num_requests, priorities=3 if pol == "priority" else 1,
+            max_prompt=lim.max_num_batched_tokens // 2 if not lim.enable_chunked_prefill else 200,
+            max_output=lim.max_num_batched_tokens // 2 if not lim.enable_chunked_prefill else 40,
+        )
+        need = max(-(-(r.prompt_len + r.output_len) // lim.block_size) for r in reqs)
+        if need > lim.num_blocks:
+            raise ValueError(f"--num-blocks {lim.num_blocks} cannot hold a {need}-block request of the workload")
+        res = compare(reqs, lim, context=context)
+        steps += res.steps
+        if not res.identical:
+            echo(f"case {i} (seed {seed + i}, policy {pol}): {len(reqs)} requests")
+            echo(res.divergence)
+            return 1
+    echo(f"identical: {cases} workloads, {steps} steps compared (vLLM scheduler vs llmsched engine, {limits})")
+    return 0

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -207,8 +207,11 @@ def sampled_token(request_id: str, position: int) -> int:
     return 1000 + zlib.crc32(f"{request_id}:{position}".encode()) % 30000
 
 
-def fake_runner_output(scheduler: Scheduler, out: SchedulerOutput) -> Any:
-    """The `ModelRunnerOutput` of a model that computed `out`: one token for each request that caught up."""
+def fake_runner_output(
+    scheduler: Scheduler, out: SchedulerOutput, sample: Callable[[str, int], int] = sampled_token
+) -> Any:
+    """The `ModelRunnerOutput` of a model that computed `out`: one token (`sample(request_id, position)`) for
+    each request that caught up."""
     from vllm.v1.outputs import ModelRunnerOutput
 
     ids: list[str] = []
@@ -218,7 +221,7 @@ def fake_runner_output(scheduler: Scheduler, out: SchedulerOutput) -> Any:
         r = reqs[rid]
         ids.append(rid)
         # schedule() already advanced num_computed_tokens by the scheduled tokens.
-        sampled.append([sampled_token(rid, r.num_tokens)] if r.num_computed_tokens >= r.num_tokens else [])
+        sampled.append([sample(rid, r.num_tokens)] if r.num_computed_tokens >= r.num_tokens else [])
     return ModelRunnerOutput(
         req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled
     )
