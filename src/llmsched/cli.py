@@ -26,7 +26,9 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}")  # a message may hold brackets: llmsched[vllm]
     raise typer.Exit(2)
 
 
