@@ -26,7 +26,9 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}")  # a message may hold brackets: llmsched[vllm]
     raise typer.Exit(2)
 
 
@@ -66,6 +68,8 @@ def simulate(
     max_num_batched_tokens: Annotated[int | None, typer.Option(help="engine token budget per iteration")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="engine sequences per iteration")] = None,
     no_prefix_caching: Annotated[bool, typer.Option(help="disable automatic prefix caching")] = False,
+    engine: Annotated[str, typer.Option(help="llmsched (fast engine model) or vllm (vLLM's real scheduler, "
+                                        "exact, slower; needs llmsched[vllm])")] = "llmsched",
     seed: Annotated[int, typer.Option(help="seed: the same seed gives the same numbers")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -75,6 +79,7 @@ def simulate(
     from llmsched.engine.config import EngineConfig
     from llmsched.sim.config import SimConfig
     from llmsched.sim.run import simulate as run_sim
+    from llmsched.vllm.harness import VllmMissing
     from llmsched.workload.spec import WorkloadSpec
 
     if trace is not None and synthetic is not None:
@@ -105,10 +110,10 @@ def simulate(
             request_policy=request_policy, request_params=_json_arg(request_params, "--request-params"),
             router=router, router_params=_json_arg(router_params, "--router-params"),
             expert_policy=expert_policy, expert_params=_json_arg(expert_params, "--expert-params"),
-            metrics_interval_s=metrics_interval, seed=seed,
+            metrics_interval_s=metrics_interval, seed=seed, engine_kind=engine,
         )
         res = run_sim(cfg, progress=not as_json and sys.stderr.isatty())
-    except (ValueError, ValidationError, FileNotFoundError) as e:
+    except (ValueError, ValidationError, FileNotFoundError, VllmMissing) as e:
         _fail(str(e))
     if as_json:
         print(json.dumps(res, indent=2))
@@ -161,6 +166,38 @@ def presets() -> None:
     out.print("[bold]request policies:[/] " + ", ".join(REQUEST_POLICIES.names()))
     out.print("[bold]routers:[/] " + ", ".join(ROUTERS.names()))
     out.print("[bold]expert placers:[/] " + ", ".join(EXPERT_PLACERS.names()))
+
+
+@app.command("vllm-diff")
+def vllm_diff(
+    cases: Annotated[int, typer.Option(help="random workloads to compare")] = 20,
+    seed: Annotated[int, typer.Option(help="seed of the first workload")] = 0,
+    num_requests: Annotated[int, typer.Option(help="requests per workload")] = 20,
+    policy: Annotated[str, typer.Option(help="fcfs, priority or both (alternating)")] = "both",
+    max_num_batched_tokens: Annotated[int, typer.Option(help="token budget per step")] = 64,
+    max_num_seqs: Annotated[int, typer.Option(help="sequences per step")] = 8,
+    num_blocks: Annotated[int, typer.Option(help="usable KV blocks (small: preemptions)")] = 40,
+    block_size: Annotated[int, typer.Option(help="KV block size")] = 16,
+    long_prefill_token_threshold: Annotated[int, typer.Option(help="chunk cap; 0 = none")] = 0,
+    no_prefix_caching: Annotated[bool, typer.Option(help="disable prefix caching")] = False,
+    no_chunked_prefill: Annotated[bool, typer.Option(help="disable chunked prefill")] = False,
+    context: Annotated[int, typer.Option(help="steps shown before the first divergence")] = 3,
+) -> None:
+    """Check our engine model against vLLM's real scheduler step by step (needs llmsched[vllm])."""
+    from llmsched.vllm.diff import run_cli
+    from llmsched.vllm.harness import Limits, VllmMissing
+
+    if policy not in ("fcfs", "priority", "both"):
+        _fail(f"--policy must be fcfs, priority or both, got {policy!r}")
+    try:
+        lim = Limits(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, block_size=block_size,
+                     num_blocks=num_blocks, enable_chunked_prefill=not no_chunked_prefill,
+                     enable_prefix_caching=not no_prefix_caching,
+                     long_prefill_token_threshold=long_prefill_token_threshold)
+        code = run_cli(cases, seed, num_requests, policy, lim, context)
+    except (VllmMissing, ValueError) as e:
+        _fail(str(e))
+    raise typer.Exit(code)
 
 
 app.command("compare")(compare_cmd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -88,6 +88,9 @@ class Scenario(BaseModel):
     loads: list[float] | None = Field(None, min_length=1)
     policies: list[PolicySet] = Field(min_length=1)
     columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
+    engine: Literal["llmsched", "vllm"] | None = Field(
+        None, description="engine of every cell: llmsched (default, fast) or vllm (vLLM's real scheduler)"
+    )
     quick: Quick | None = None
     _source: str = PrivateAttr("")
 
@@ -133,6 +136,8 @@ class Scenario(BaseModel):
     def config(self, workload: WorkloadEntry, policy: PolicySet) -> SimConfig:
         """The SimConfig of one cell (before the runner sets the rate for a load)."""
         cfg: dict[str, Any] = {**self.base, "workload": workload.spec().model_dump(exclude_none=True)}
+        if self.engine is not None:
+            cfg["engine_kind"] = self.engine
         for field, value in (("request_policy", policy.request), ("router", policy.router),
                              ("expert_policy", policy.expert)):
             if value is not None:

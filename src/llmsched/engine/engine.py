@@ -364,7 +364,7 @@ class Engine:
                 self._pending_prefill -= req.prompt_len - req.num_computed
         if req.block_hashes:
             self.kv.promote(req, req.num_computed)
-        self.kv.free(req)
+        self.kv.free(req, req.num_computed)
 
     def _last_admitted(self) -> Request:
         """The preemption victim: the last admitted (vLLM FCFS), or for a priority queue the request of
@@ -418,7 +418,12 @@ class Engine:
         cfg = self.cfg
         kv = self.kv
         budget = cfg.max_num_batched_tokens
-        threshold = cfg.long_prefill_token_threshold or budget
+        # vLLM caps a request's chunk at long_prefill_token_threshold only when another request is running or
+        # waiting (a lone request starves nobody).
+        threshold = budget
+        if cfg.long_prefill_token_threshold and len(decoding) + len(self.prefilling) + len(policy) > 1:
+            threshold = cfg.long_prefill_token_threshold
+        by_priority = policy.preempt_by_priority
         preempted: list[Request] = []
         # 1. The decode set: one more token of KV each, preempting the last admitted while blocks lack.
         if self.decoding:
@@ -435,7 +440,6 @@ class Engine:
                 budget -= len(self.decoding)
         # 2. Running requests with prompt work left, in admission order.
         sched: list[tuple[Request, int]] = []
-        b = BatchStats()
         prefilling = self.prefilling
         i = 0
         while i < len(prefilling) and budget > 0:
@@ -446,14 +450,20 @@ class Engine:
                 victim = self._last_admitted()
                 if victim.rid in self.decoding and self.decoding[victim.rid] is victim:
                     budget += 1  # it was scheduled to decode in this iteration
+                elif victim is not req and prefilling.index(victim) < i:
+                    # (priority) a request scheduled earlier in this iteration: its chunk is given back
+                    j = next(k for k, (r, _) in enumerate(sched) if r is victim)
+                    budget += sched.pop(j)[1]
+                    i -= 1
                 self._preempt(victim, now)
                 preempted.append(victim)
                 if victim is req:
                     ok = False
                     break
             if not ok:
+                if by_priority:
+                    continue  # vLLM: the requests after the lowest-priority one may still fit
                 break
-            self._account(b, req, n)
             sched.append((req, n))
             budget -= n
             i += 1
@@ -468,13 +478,13 @@ class Engine:
                 need_tok = req.prompt_len + req.num_output
                 n = min(need_tok, budget, threshold)
                 if not cfg.enable_chunked_prefill:
-                    # Without chunking a prompt must fit the budget whole (after its cache hit); vLLM skips
-                    # such a request, we stop at it so that the policy's order is kept.
+                    # Without chunking a prompt must fit the budget whole (after its cache hit); vLLM stops
+                    # admitting at such a request, as we do.
                     hit_est = kv.longest_hit(req.block_hashes, need_tok - 1) * self.bs
-                    if need_tok - hit_est > budget:
+                    if min(need_tok - hit_est, threshold) > budget:
                         break
                     n = need_tok
-                hit = kv.admit(req, n)
+                hit = kv.admit(req, n, cfg.scheduler_reserve_full_isl)
                 if hit is None:
                     blocked_by_kv = True
                     break
@@ -491,15 +501,20 @@ class Engine:
                 self._admit_seq += 1
                 req.admit_seq = self._admit_seq
                 prefilling.append(req)
-                self._account(b, req, n)
                 sched.append((req, n))
                 budget -= n
         d = len(self.decoding)
         if not sched and not d:
             self._ahead = 0
-            if preempted and len(policy):  # everything preempted itself; retry with the freed blocks
-                return self.start_step(now, max_run)
+            if preempted:
+                # vLLM ends a step that only preempted with nothing scheduled; the next step admits with the
+                # freed blocks. It runs no model: an iteration of zero duration.
+                self._plan = _Plan(now, None, now, [], 1, preempted, 0)
+                return now
             return None
+        b = BatchStats()
+        for req, n in sched:
+            self._account(b, req, n)
         b.decode_tokens = d
         b.kv_tokens = self._dc + d * (self._s + 1)
         if self._needs_classes:
@@ -703,13 +718,17 @@ class Engine:
         if done_prefill:
             decoding = self.decoding
             self.prefilling = [r for r in prefilling if r.status == Status.RUNNING and r.rid not in decoding]
+        if len(finished) > 1:
+            # vLLM frees finished requests in the order it scheduled them (running order = admission order);
+            # the free queue's order, hence which cached blocks are evicted first, depends on it.
+            finished.sort(key=lambda r: r.admit_seq)
         for req in finished:
             if req.kv_hashed is not None:
                 if req.output_hashes and kv.prefix_caching:
                     # vLLM keeps a finished request's full blocks cached, the answer's too: a follow-up
                     # turn that sends prompt + answer hits them.
                     kv.promote(req, req.num_computed, self._hashes_through(req, req.num_computed // self.bs, False))
-                kv.free(req)
+                kv.free(req, req.num_computed)
             req.status = Status.FINISHED
             req.finish = now
             st.finished += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,9 @@ class SimConfig(BaseModel):
     tp: int | None = Field(None, ge=1, description="tensor-parallel degree; default from the model preset")
     instances: int = Field(1, ge=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine_kind: Literal["llmsched", "vllm"] = Field(
+        "llmsched", description="llmsched: our fast engine model; vllm: vLLM's real scheduler (exact, slower)"
+    )
     request_policy: str = "fcfs"
     request_params: dict[str, Any] = Field(default_factory=dict)
     router: str = "round-robin"

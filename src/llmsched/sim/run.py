@@ -35,6 +35,11 @@ def build_cluster(cfg: SimConfig) -> Cluster:
             cost = build_moe_cost(cost, cfg.expert_policy or "static", dict(cfg.expert_params), cfg.seed * 1000 + i)
         elif cfg.expert_policy not in (None, "static"):
             raise ValueError(f"--expert-policy {cfg.expert_policy!r} needs an MoE model; {cfg.model} is dense")
+        if cfg.engine_kind == "vllm":
+            from llmsched.vllm.sim_engine import build_vllm_engine
+
+            engines.append(build_vllm_engine(cost, cfg, i))
+            continue
         policy = req_cls(**_with_run_params(req_cls, cfg.request_params, seed=cfg.seed))
         engines.append(
             Engine(cost, policy, cfg.engine, instance=i, record_token_times=cfg.record_token_times, collect_tokens=False)
@@ -105,6 +110,7 @@ def report(
                 "tp": getattr(engines[0].cost, "tp", cfg.tp),
                 "instances": cfg.instances,
                 "request_policy": cfg.request_policy,
+                "engine": cfg.engine_kind,
                 "router": cfg.router,
                 "expert_policy": cfg.expert_policy,
                 "metrics_interval_s": cfg.metrics_interval_s,
