@@ -206,17 +206,26 @@ def test_cpu_overhead_is_a_fixed_term_plus_a_term_per_sequence() -> None:
 def test_custom_all_reduce_takes_small_messages_and_nccl_the_rest() -> None:
     m = build_cost_model("llama-2-70b", "h100")  # tp 4 on one H100 node: custom kernel below 8 MiB
     nccl = build_cost_model("llama-2-70b", "h100", custom_ar_max_bytes=0)
+    lat, bw = fitted.CUSTOM_ALL_REDUCE["h100"]["latency_s"], fitted.CUSTOM_ALL_REDUCE["h100"]["bw"]
     small, big = 8 * 8192 * 2.0, 16 * 2**20  # 8 decode tokens of Llama-2-70B; a long prefill chunk
+    assert float(m.all_reduce_time(small)) == pytest.approx(lat + 3 * small / bw, rel=1e-12)  # one-shot
+    assert float(m.all_reduce_time(2**20)) == pytest.approx(2 * lat + 1.5 * 2**20 / bw, rel=1e-12)  # two-shot
     assert float(m.all_reduce_time(small)) < 0.5 * float(nccl.all_reduce_time(small))  # ~10 us vs ~31 us
-    assert 9e-6 <= float(m.all_reduce_time(2048.0)) < 1.1e-5
     assert float(m.all_reduce_time(big)) == float(nccl.all_reduce_time(big))
-    sizes = np.linspace(16, 12 * 2**20, 4001)
-    assert np.all(np.diff(m.all_reduce_time(sizes)) >= 0)  # one-shot -> two-shot -> NCCL never gets cheaper
-    # vLLM's sm90 limit at tp 8 is 256 KiB; more than one node (tp 16) or tp 1 never uses it
+    limit = m.custom_ar_max_bytes
+    assert limit == 8 * 2**20
+    for lo, hi in ((16, 512 * 1024 - 16), (512 * 1024, limit - 16), (limit, 4 * limit)):
+        assert np.all(np.diff(m.all_reduce_time(np.linspace(lo, hi, 2001))) >= 0)  # within each algorithm
+    # vLLM's 8 MiB limit sits where the fitted custom kernel and the fitted NCCL curve cross at tp 4
+    assert float(m.all_reduce_time(limit - 16)) == pytest.approx(float(nccl.all_reduce_time(limit)), rel=0.02)
+    # vLLM's sm90 limit at tp 8 is 256 KiB; a custom_ar_max_bytes override is honoured
     t8, n8 = build_cost_model("llama-2-70b", "h100", tp=8), build_cost_model("llama-2-70b", "h100", tp=8, custom_ar_max_bytes=0)
     assert float(t8.all_reduce_time(2**18 - 16)) < float(n8.all_reduce_time(2**18 - 16))
     assert float(t8.all_reduce_time(2**18)) == float(n8.all_reduce_time(2**18))
     assert build_cost_model("llama-2-70b", "a100-80g", tp=8, custom_ar_max_bytes=2**20).custom_ar_max_bytes == 2**20
+    # A100 has no custom-kernel timing here: H100's, bandwidth scaled by NVLink 300 / 450 GB/s
+    a100 = build_cost_model("llama-2-70b", "a100-80g")
+    assert float(a100.all_reduce_time(2**20)) == pytest.approx(2 * lat + 1.5 * 2**20 / (bw * 300 / 450), rel=1e-9)
     # decode steps of a TP model get cheaper by ~2 x layers x (NCCL - custom) latency
     b = BatchStats(decode_tokens=8, kv_tokens=8000)
     saved = nccl.step_time(b, 0.0) - m.step_time(b, 0.0)

@@ -12,10 +12,12 @@ import pytest
 from llmsched.model import fitted
 from llmsched.model.calibrate import (
     ATTN_DECODE_CSV,
+    CUSTOM_AR_CSV,
     LAYER_OPS,
     SHAPE_COLS,
     calibrate,
     fit_attention_decode,
+    fit_custom_all_reduce,
     load_profile,
     main,
 )
@@ -97,3 +99,13 @@ def test_decode_attention_fit_from_the_shipped_rows() -> None:
     assert 0.6 < a["bw_eff"] < 0.9 and 5e-6 < a["latency_s"] < 2e-5  # below the GEMM fit's 0.79 once floored
     for field, v in a.items():
         assert fitted.ATTN_DECODE["a100"][field] == pytest.approx(v, rel=1e-3), field
+
+
+def test_custom_all_reduce_fit_from_the_shipped_timings() -> None:
+    """18 timings of vLLM's custom all-reduce on H100 (tp 2/4/8, 2 KB-4 MB): one latency per barrier phase and
+    one per-GPU byte rate explain them through the one-/two-shot rule, and the shipped figures are that fit."""
+    car = fit_custom_all_reduce(CUSTOM_AR_CSV)["h100"]
+    assert car["rows"] == 18 and car["mape"] < 8.0, car
+    assert 5e-6 < car["latency_s"] < 1.2e-5 and 1e11 < car["bw"] < 4.5e11  # below NVLink's 450 GB/s
+    for field, v in car.items():
+        assert fitted.CUSTOM_ALL_REDUCE["h100"][field] == pytest.approx(v, rel=1e-3), field

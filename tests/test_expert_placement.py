@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llmsched.policies.expert import EXPERT_PLACERS, Placement, Topology, balancedness
@@ -148,6 +148,27 @@ def test_every_placer_is_valid_and_no_worse_than_static_after_the_guard(name: st
     assert (mine.max(-1) <= ref.max(-1) * (1 + 1e-9) + 1e-9).all()
     assert balancedness(mine) >= balancedness(ref) - 1e-9
     np.testing.assert_allclose(mine.sum(-1), loads.sum(-1))  # tokens are conserved
+
+
+@pytest.mark.parametrize(("name", "params"), [("eplb", {}), ("affinity", {}), ("affinity", {"mode": "hierarchical"})])
+@settings(max_examples=40, deadline=None)
+@given(case=cases())
+def test_raw_placement_is_valid_on_random_topologies(name: str, params: dict, case: tuple[np.ndarray, Topology]) -> None:
+    """`place_raw` itself (no guard to repair it): well formed, tokens conserved, hierarchical node-local."""
+    loads, topo = case
+    hier = params.get("mode") == "hierarchical" or (name == "eplb" and topo.num_nodes > 1)
+    assume(not hier or topo.num_groups % topo.num_nodes == 0)
+    flows = loads[:-1, :, None] * loads[1:, None, :] + 1.0 if topo.num_layers > 1 else None
+    raw = EXPERT_PLACERS.create(name, params).place_raw(loads, topo, flows)
+    raw.validate(topo)
+    assert raw.num_slots == topo.num_slots
+    np.testing.assert_allclose(raw.gpu_loads(loads, topo.num_gpus).sum(-1), loads.sum(-1))
+    if hier:
+        node = np.arange(topo.num_slots) // (topo.num_slots // topo.num_nodes)
+        group = raw.phy2log // (topo.num_experts // topo.num_groups)
+        for layer in range(topo.num_layers):
+            for g in np.unique(group[layer]):
+                assert len(set(node[group[layer] == g].tolist())) == 1
 
 
 def _ds_like() -> tuple[np.ndarray, np.ndarray, Topology]:

@@ -34,7 +34,6 @@ GIB = 1024**3
 # Defaults that no profile here speaks to (see docs/cost-model.md for each source).
 STEP_OVERHEAD_S = 1.0e-3  # fixed CPU/launch floor per iteration (engine loop, CUDA-graph replay, output sync)
 SEQ_OVERHEAD_S = 2.5e-6  # CPU per scheduled sequence: schedule() + update_from_output() + input preparation
-CUSTOM_AR_LATENCY_S = 9.0e-6  # vLLM's custom all-reduce, one barrier phase (small messages, H100, TP 2-8)
 CUSTOM_AR_MAX_BYTES = 8 * 2**20  # vLLM CustomAllreduce default max_size: larger messages go to NCCL
 CUSTOM_AR_MAX_BYTES_BY_GPU = {"h100": {6: 2**19, 8: 2**18}}  # vLLM's sm90 limits when symmetric memory is on
 ATTN_FLOPS_EFF = 0.55  # FlashAttention-2/3 forward reach ~50-75% of dense peak on A100/H100
@@ -77,6 +76,16 @@ def attn_decode_fit(key: str) -> tuple[float, float]:
     a decode-attention profile exists, else the A100 one (the only such profile shipped)."""
     hit = fitted.ATTN_DECODE.get(key) or fitted.ATTN_DECODE["a100"]
     return float(hit["bw_eff"]), float(hit["latency_s"])
+
+
+def custom_ar_fit(gpu: GpuPreset) -> tuple[float, float]:
+    """(latency per barrier phase s, bytes each GPU moves per s) of vLLM's custom all-reduce: the fit of the
+    GPU's calibration key, else the H100 fit with its bandwidth scaled by the NVLink bandwidth ratio."""
+    hit = fitted.CUSTOM_ALL_REDUCE.get(gpu.calibration)
+    if hit:
+        return float(hit["latency_s"]), float(hit["bw"])
+    ref = fitted.CUSTOM_ALL_REDUCE["h100"]
+    return float(ref["latency_s"]), float(ref["bw"]) * gpu.nvlink_bw / get_gpu("h100").nvlink_bw
 
 
 def compute_fit(key: str) -> ComputeFit:
@@ -122,7 +131,10 @@ class CostModel:
         attn_latency_s: attention kernel floor per layer (default: the same fit).
         custom_ar_max_bytes: all-reduces below this size use vLLM's custom one-/two-shot kernel (tp <= 8,
             one node), larger ones NCCL (default: vLLM's limit for the GPU and tp; 0 = NCCL only).
-        custom_ar_latency_s: the custom kernel's latency per barrier phase (one-shot: one, two-shot: two).
+        custom_ar_latency_s: the custom kernel's latency per barrier phase (one-shot: one, two-shot: two);
+            default fitted (`fitted.CUSTOM_ALL_REDUCE`).
+        custom_ar_bw: bytes each GPU moves per second in the custom kernel (default fitted; other GPUs than
+            H100 scale it by their NVLink bandwidth).
         moe_layer_overhead_s: extra fixed time per MoE layer beyond the priced routing kernels.
     """
 
@@ -142,7 +154,8 @@ class CostModel:
         attn_bw_eff: float | None = None,
         attn_latency_s: float | None = None,
         custom_ar_max_bytes: float | None = None,
-        custom_ar_latency_s: float = CUSTOM_AR_LATENCY_S,
+        custom_ar_latency_s: float | None = None,
+        custom_ar_bw: float | None = None,
         moe_layer_overhead_s: float = 0.0,
     ) -> None:
         tp = tp or llm.default_tp
@@ -156,9 +169,10 @@ class CostModel:
             raise ValueError(f"{llm.name}: {llm.num_experts} experts cannot cover {num_gpus} GPUs")
         if llm.num_heads % tp:
             raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
-        if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s, attn_latency_s or 0.0) < 0:
+        if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s or 0.0, moe_layer_overhead_s,
+               attn_latency_s or 0.0) < 0 or (custom_ar_bw is not None and custom_ar_bw <= 0):
             raise ValueError("step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s, "
-                             "attn_latency_s must be >= 0")
+                             "attn_latency_s must be >= 0 and custom_ar_bw > 0")
         if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
             raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
@@ -183,7 +197,10 @@ class CostModel:
         self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
         # Keep the instance within CPython's 30 shared-key attributes (specialised attribute access on the hot
         # path; 27 now, tests/test_cost_model.py checks it): related figures travel in tuples.
-        self._car = (self._custom_ar_limit(custom_ar_max_bytes), float(custom_ar_latency_s))  # limit, latency
+        car_lat, car_bw = custom_ar_fit(gpu)
+        self._car = (self._custom_ar_limit(custom_ar_max_bytes),  # limit (bytes), latency per phase, bytes/s
+                     car_lat if custom_ar_latency_s is None else float(custom_ar_latency_s),
+                     car_bw if custom_ar_bw is None else float(custom_ar_bw))
         self._a2a = (LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"]),
                      LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"]))
 
@@ -253,22 +270,21 @@ class CostModel:
 
         Below the custom all-reduce limit, vLLM's kernel: one-shot (each GPU reads the tp - 1 peer buffers;
         tp == 2, or under 512 KiB at tp <= 4 / 256 KiB at tp <= 8) with one barrier phase, else two-shot
-        (reduce-scatter + all-gather: 2 (tp - 1) / tp of the message) with two; bytes move at the NCCL fit's
-        bus bandwidth. At and above the limit: the fitted NCCL profile.
+        (reduce-scatter + all-gather: 2 (tp - 1) / tp of the message) with two; latency and bytes per second
+        fitted to measurements of the kernel. At and above the limit: the fitted NCCL profile.
         """
         b = np.asarray(nbytes, dtype=np.float64)
         if self._all_reduce is None:
             return np.zeros_like(b)
         nccl = np.asarray(self._all_reduce.time(b))
-        limit, lat = self._car
+        limit, lat, bw = self._car
         if limit <= 0:
             return nccl
         tp = self.tp
-        bus = self._all_reduce.bw * 2 * (tp - 1) / tp  # NCCL ring: algorithm bandwidth -> bus bandwidth
         one = (b < 512 * 1024) if tp <= 4 else (b < 256 * 1024)
         if tp == 2:
             one = np.ones_like(b, dtype=bool)
-        car = np.where(one, lat + (tp - 1) * b / bus, 2 * lat + 2 * (tp - 1) / tp * b / bus)
+        car = np.where(one, lat + (tp - 1) * b / bw, 2 * lat + 2 * (tp - 1) / tp * b / bw)
         return np.where(b < limit, car, nccl)
 
     def all_to_all_time(self, bytes_per_gpu: float | np.ndarray, intra_node: bool) -> np.ndarray:
