@@ -97,6 +97,8 @@ def replay(pol: RequestPolicy, w: Window, cost: Callable[[float], float], budget
     while k < n or pol:
         while held and held[0][0] <= t:
             used -= heapq.heappop(held)[1]
+        if not held:
+            used = 0.0  # no rounding residue: an empty engine always admits
         if not pol and k < n:
             t = max(t, arr[k])
         while k < n and arr[k] <= t:
