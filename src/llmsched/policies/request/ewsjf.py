@@ -137,6 +137,7 @@ class EWSJF(RequestPolicy):
         self._recs: deque[list[Any]] = deque()
         self._rec_of: dict[int, list[Any]] = {}
         self._block: list[list[Any]] = []
+        self._prev: list[list[Any]] = []  # the last closed window (the twin's context for the next one)
         self._parts: dict[float, Any] = {}  # twin partitions of the live size window, by alpha
         if p.meta_optimize:
             start = {"a_u": p.a_u, "b_u": p.b_u, "a_f": p.a_f, "b_f": p.b_f, "alpha": p.alpha}
@@ -359,10 +360,13 @@ class EWSJF(RequestPolicy):
                 continue
             block.append(r)
             if len(block) >= p.meta_window:
-                a = np.array(block, dtype=np.float64)
-                self._block = block = []
+                # The previous window is replayed first as context: the backlog it left is what the new
+                # window's requests queued behind.
+                a = np.array(self._prev + block, dtype=np.float64)
+                warm = len(self._prev)
+                self._prev, self._block, block = block, [], []
                 self._parts.clear()
-                theta = self.tuner_.close(Window(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4]))
+                theta = self.tuner_.close(Window(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], warm))
                 if theta is not None:
                     self._apply(theta)
                 if self.tuner_.done:

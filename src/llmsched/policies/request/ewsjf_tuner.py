@@ -63,6 +63,7 @@ class Window:
     ttft: np.ndarray  # measured TTFT, seconds
     hold: np.ndarray  # KV tokens held while decoding (prompt + answer)
     decode: np.ndarray  # measured seconds from first token to finish
+    warm: int = 0  # the first `warm` rows (the previous window) are replayed as context, not scored
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,19 +191,20 @@ class TwinTuner:
     def calibrate(self, w: Window) -> float:
         """The KV capacity (tokens) at which the incumbent's twin has the measured mean TTFT: bisection on its
         log between the largest single request and the whole window (more KV, less waiting)."""
-        target = float(w.ttft.mean())
+        target = float(w.ttft[w.warm :].mean())
         lo, hi = math.log(float(w.hold.max())), math.log(float(w.hold.sum()) + 1.0)
         for _ in range(12):
             mid = (lo + hi) / 2
-            if float(self.run(self.make(self.incumbent), w, math.exp(mid)).mean()) > target:
+            if float(self.run(self.make(self.incumbent), w, math.exp(mid))[w.warm :].mean()) > target:
                 lo = mid
             else:
                 hi = mid
         return math.exp(hi)  # the smallest capacity found whose twin waits no longer than measured
 
     def score(self, ttft: np.ndarray, w: Window, tail_fcfs: float) -> Score:
-        short = w.size <= np.median(w.size) if self.objective == "short" else slice(None)
-        long = w.size >= np.quantile(w.size, 0.9)
+        ttft, size = ttft[w.warm :], w.size[w.warm :]
+        short = size <= np.median(size) if self.objective == "short" else slice(None)
+        long = size >= np.quantile(size, 0.9)
         tail = float(np.quantile(ttft[long], 0.99))
         return Score(float(ttft[short].mean()), max(0.0, tail / (self.tail_limit * tail_fcfs) - 1.0))
 
@@ -214,8 +216,9 @@ class TwinTuner:
         """Judge the pending challenger and this window's trials on `w`; the new incumbent if one is adopted."""
         self.windows += 1
         self.kv = self.calibrate(w)
-        long = w.size >= np.quantile(w.size, 0.9)
-        tail_fcfs = max(float(np.quantile(self.run(FCFS(), w, self.kv)[long], 0.99)), 1e-9)
+        size = w.size[w.warm :]
+        long = size >= np.quantile(size, 0.9)
+        tail_fcfs = max(float(np.quantile(self.run(FCFS(), w, self.kv)[w.warm :][long], 0.99)), 1e-9)
         inc = self.judge(self.incumbent, w, tail_fcfs)
         adopted = None
         if self.challenger is not None:
