@@ -3,13 +3,14 @@
 Live traffic only ever runs the *incumbent* parameters (the configured defaults until a challenger proves
 better), so a bad trial costs no user anything. Trials are judged on a *twin* instead: a window of real traffic
 (a contiguous block of `window` arrivals, closed once all of them have finished: arrival, size, measured TTFT,
-KV held = prompt + answer tokens, measured decode time) replayed through a fresh EWSJF with the trial's
+KV held = prompt + answer tokens, measured decode time), preceded by the previous window as unscored context
+(the backlog it left is what the window's requests queue behind), replayed through a fresh EWSJF with the trial's
 parameters (its partition fitted on the live size window with the trial's alpha) in front of a model engine
 (`replay`): each iteration admits in the policy's order while prompts fit the token budget and KV fits the
 capacity, takes C_prefill(tokens admitted) seconds (the live fit, which now models exactly that), and a request
 holds its KV for the decode time it really had. The KV capacity is the one unknown: it is calibrated on every
 window (bisection) so that the incumbent's twin reproduces the mean TTFT the window measured. On `mixed` the
-calibrated capacity comes out at 37-66k tokens against the simulated engine's 60.7k: queueing there is mostly
+calibrated capacity comes out at 45-69k tokens against the simulated engine's 60.7k: queueing there is mostly
 waiting for KV, which is what makes the order of long and short requests matter. Every trial of a window sees
 the same arrivals: comparisons are paired, and a load burst moves the incumbent and the trial alike.
 
