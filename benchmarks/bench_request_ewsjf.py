@@ -9,8 +9,9 @@ merged (4,000-request slice number `seed`; conversation reported as `short`, cod
 (3,000 `mixed` requests whose long fraction shifts 10% -> 30% -> 10% in three equal phases).
 
 Timing: one Refine-and-Prune over a 10,000-length window, one full re-partition of a policy holding 10,000
-queued requests, one meta-optimisation step (closing a window: objective, Optuna tell, ask), each the median
-of several repeats; the partition is compared with a plain `np.sort` of the same window in the same run.
+queued requests, each the median
+of several repeats; the partition is compared with a plain `np.sort` of the same window in the same run; and
+one tuning window of the meta-optimiser (KV calibration and the twin trials, 200 arrivals after 200 of context).
 
     python benchmarks/bench_request_ewsjf.py [--only table|timing] [--seeds 0 1 2] [--load 0.9] [--jobs 2]
 """
@@ -30,7 +31,7 @@ from llmsched.bench.plan import capacity_of, saturation_config
 from llmsched.core.types import Request
 from llmsched.policies.request.ewsjf import EWSJF
 from llmsched.policies.request.ewsjf_partition import refine_and_prune
-from llmsched.policies.request.ewsjf_tuner import MetaOptimizer
+from llmsched.policies.request.ewsjf_tuner import Window
 from llmsched.sim.config import SimConfig
 from llmsched.sim.run import simulate
 from llmsched.workload import load_columns
@@ -167,20 +168,17 @@ def timing(n: int, repeats: int) -> None:
     ms = timed(pol.repartition, repeats)
     print(f"re-partition of a policy with {len(pol):,} queued: {ms:.2f} ms median")
 
-    start = {"a_u": 0.002, "b_u": 1.0, "a_f": 0.0, "b_f": 0.5, "alpha": 1.5}
-    for trials in (10, 30):
-        tuner = MetaOptimizer(start, seed=0, window=2, max_trials=10**6, warmup_windows=0)
-        steps = []
-        t = 0.0
-        for _ in range(trials):
-            tuner.record_arrival(t)
-            t += 1.0
-            tuner.record(float(rng.exponential(2.0)), t)
-            c = time.perf_counter()
-            tuner.record(float(rng.exponential(2.0)), t)  # closes the window: tell + ask
-            steps.append(time.perf_counter() - c)
-        print(f"meta-optimisation step (tell + ask, TPE) after {trials} trials: "
-              f"{np.median(steps[-5:]) * 1e3:.2f} ms median of the last 5")
+    tuned = EWSJF(meta_window=200, window=n)
+    for i, size in enumerate(x[:2000]):
+        tuned.push(Request(rid=i, arrival=i * 0.5, prompt_len=int(size), output_len=1), i * 0.5)
+    sizes = x[:400].astype(np.float64)  # the previous window (context) and the scored one, 200 arrivals each
+    svc = np.array([tuned._cost(s) for s in sizes.tolist()])
+    w = Window(np.arange(400) * 0.5, sizes, svc * (1 + rng.exponential(1.0, 400)), sizes + 300, np.full(400, 20.0),
+               warm=200)
+    assert tuned.tuner_ is not None
+    ms = timed(lambda: tuned.tuner_.close(w), max(3, repeats // 3))  # type: ignore[union-attr]
+    print(f"tuner window (KV calibration + {tuned.tuner_.per_window} twin trials; 200 arrivals after 200 of "
+          f"context): {ms:.1f} ms median")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_request_keyed import REQ, make
 
 from llmsched.core.types import Request
 from llmsched.gateway.breaker import CircuitBreaker
@@ -17,20 +18,6 @@ from llmsched.policies.request import REQUEST_POLICIES
 from llmsched.policies.request.gimbal import Gimbal
 from llmsched.sim.config import SimConfig
 from llmsched.sim.run import simulate
-
-REQ = st.tuples(
-    st.floats(0, 100, allow_nan=False),  # arrival
-    st.integers(1, 8000),  # prompt length
-    st.integers(-3, 3),  # priority
-    st.integers(0, 1000),  # estimated cached tokens (clipped to the prompt)
-)
-
-
-def make(specs: list[tuple[float, int, int, int]]) -> list[Request]:
-    return [
-        Request(rid=i, arrival=a, prompt_len=n, output_len=10, priority=p, est_cached=min(c, n - 1))
-        for i, (a, n, p, c) in enumerate(specs)
-    ]
 
 
 def gimbal(**params: object) -> Gimbal:
