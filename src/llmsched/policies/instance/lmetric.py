@@ -68,7 +68,8 @@ class LMetric(TrackedRouter):
             return self._pick(np.arange(self.num_instances_) if c is None else c, score, P, B)
 
         dec = self.decisions
-        if p.stale_after_s is not None and p.batch != "in-flight" and tab.time.min() < now - p.stale_after_s:
+        if (p.stale_after_s is not None and p.batch != "in-flight" and not tab.live
+                and tab.time.min() < now - p.stale_after_s):
             stale = tab.time < now - p.stale_after_s
             if c is not None:
                 stale[~tab.healthy] = False
@@ -100,11 +101,11 @@ class LMetric(TrackedRouter):
         floor = p.prefill_floor
         if additive:
             score = np.maximum(P, floor) * b1 + self.pending()
-        elif int(P.min() if c is None else P[c].min()) >= floor:
+        elif (not req.block_hashes and req.prompt_len >= floor) or int(P.min() if c is None else P[c].min()) >= floor:
             score = prod  # the floor changes nothing
         else:
             score = np.maximum(P, floor) * b1
-        best = _argmin(score, c)
+        best = first if score is prod and (c is None or first in c) else _argmin(score, c)
         if P[first] < floor and best != first and (c is None or first in c):
             dec["prefill-floor"] += 1
 
@@ -114,15 +115,21 @@ class LMetric(TrackedRouter):
         if len(near) > 1 and p.tie_tolerance > 0:
             work = P[near] if p.prefill == "request+pending" else P[near] + self.pending()[near]
             lightest = near[work == work.min()]
-            if best not in lightest:
+            if P[best] + (0 if p.prefill == "request+pending" else self.pending()[best]) != work.min():
                 dec["near-tie"] += 1
                 return self._pick(lightest, score, P, B)
+            if p.prefill == "request+pending":  # equal P among the lightest: (score, P, B) orders as score
+                sc = score[lightest]
+                return self._pick(lightest[sc == sc.min()], score, P, B, final=True)
         return self._pick(near, score, P, B)
 
-    def _pick(self, near: np.ndarray, score: np.ndarray, P: np.ndarray, B: np.ndarray) -> int:
+    def _pick(
+        self, near: np.ndarray, score: np.ndarray, P: np.ndarray, B: np.ndarray, final: bool = False
+    ) -> int:
         """Lowest score among `near` (the candidates within the tie band of the best, or the tie-break's
-        choice); ties to the lower (P, B) (never a dominated one, even under the floor), then random."""
-        ties = near if len(near) == 1 else lexmin(near, score, P, B)
+        choice); ties to the lower (P, B) (never a dominated one, even under the floor), then random.
+        `final`: `near` are already tied in (score, P, B)."""
+        ties = near if final or len(near) == 1 else lexmin(near, score, P, B)
         if len(ties) == 1:
             self.decisions["product"] += 1
             return int(ties[0])
