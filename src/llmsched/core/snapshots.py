@@ -62,7 +62,6 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self.num_unhealthy = 0
         self.kv_stale = False
         self.kv_refresh: Callable[[], None] | None = None
-        self.live = False  # every row is as of the time of reading (the simulator's interval 0)
         self._rows: list[tuple[int, float, float, InstanceSnapshot] | None] = []
         self._stamp = 0
         self.changes: list[int] = []  # rows written, in order

@@ -162,7 +162,6 @@ class Cluster:
         periodic = router.needs_snapshots and self.interval > 0
         snaps = self.snapshot_table
         dirty = self._dirty
-        snaps.live = live
         if periodic:
             self._scrape_all(0.0)
         else:
