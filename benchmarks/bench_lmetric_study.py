@@ -32,7 +32,7 @@ def main() -> None:
     instances = (2, 4, 8) if a.quick else (4, 8, 16)
     base_n = instances[1]
     kv = (65536, 131072, None)
-    loads = (0.6, 0.85, 1.0)
+    loads = (0.6, 0.85, 1.0, 1.1)
     workloads = {"mooncake": mooncake_spec(n),
                  "prefix-heavy": WorkloadSpec(kind="synthetic", name="prefix-heavy", num_requests=n)}
     t0 = time.perf_counter()
