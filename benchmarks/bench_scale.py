@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.0, help="metrics interval (0: live snapshots)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-src", default=None, help="another source tree to run the same configurations on")
+    ap.add_argument("--baseline-requests", type=int, default=None, help="requests for the baseline tree's runs")
+    ap.add_argument("--baseline-instances", type=int, nargs="+", default=None,
+                    help="instance counts for the baseline tree (default: all)")
     ap.add_argument("--one", nargs=6, metavar=("N", "ROUTER", "REQ", "RATE", "INTERVAL", "SEED"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -73,13 +76,18 @@ def main() -> None:
     trees = [("this tree", None)] + ([("baseline", a.baseline_src)] if a.baseline_src else [])
     print(f"simulated: llama-3.1-8b on h100 (tp 1), {a.requests:,} synthetic chat requests at "
           f"{a.rate_per_instance:g}/s per instance, metrics interval {a.interval:g} s; median of {a.repeat}")
-    print(f"{'instances':>9} {'router':12} {'tree':9} {'req/wall-s':>11} {'req/cpu-s':>10} {'vs rr':>6} "
+    print(f"{'instances':>9} {'router':12} {'tree':9} {'requests':>8} {'req/wall-s':>11} {'req/cpu-s':>10} {'vs rr':>6} "
           f"{'peak RSS MiB':>12} {'mean TTFT ms':>12} {'load':>5}")
     for n in a.instances:
         base: dict[str, float] = {}
         for router in a.routers:
             for name, src in trees:
-                runs = [spawn([str(n), router, str(a.requests), str(a.rate_per_instance), str(a.interval), "0"], src)
+                nreq = a.requests
+                if src is not None:
+                    if a.baseline_instances is not None and n not in a.baseline_instances:
+                        continue
+                    nreq = a.baseline_requests or a.requests
+                runs = [spawn([str(n), router, str(nreq), str(a.rate_per_instance), str(a.interval), "0"], src)
                         for _ in range(a.repeat)]
                 wall = statistics.median(r["per_wall_s"] for r in runs)
                 cpu = statistics.median(r["per_cpu_s"] for r in runs)
@@ -87,7 +95,7 @@ def main() -> None:
                 if router == "round-robin":
                     base[name] = cpu
                 ratio = cpu / base[name] if name in base else float("nan")
-                print(f"{n:9d} {router:12} {name:9} {wall:11,.0f} {cpu:10,.0f} {ratio:6.2f} {rss:12.0f} "
+                print(f"{n:9d} {router:12} {name:9} {nreq:8d} {wall:11,.0f} {cpu:10,.0f} {ratio:6.2f} {rss:12.0f} "
                       f"{runs[0]['mean_ttft_ms']:12.1f} {statistics.median(r['load'] for r in runs):5.2f}",
                       flush=True)
 

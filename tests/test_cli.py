@@ -62,3 +62,12 @@ def test_presets_lists_every_layer() -> None:
     assert r.exit_code == 0
     for word in ("h100", "llama-3.1-8b", "qwen3-30b-a3b", "fcfs", "round-robin", "static"):
         assert word in r.output
+
+
+def test_simulate_kv_capacity_override() -> None:
+    args = ["simulate", "--synthetic", "chat", "--num-requests", "30", "--rate", "5", "--instances", "2", "--json"]
+    r = runner.invoke(app, [*args, "--kv-capacity-tokens", "4096"])
+    assert r.exit_code == 0, r.output
+    assert {p["kv_blocks"] for p in json.loads(r.stdout)["per_instance"]} == {256}
+    bad = runner.invoke(app, [*args, "--kv-capacity-tokens", "8"])
+    assert bad.exit_code == 2 and "--kv-capacity-tokens" in bad.output

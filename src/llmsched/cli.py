@@ -67,6 +67,9 @@ def simulate(
     metrics_interval: Annotated[float, typer.Option(help="router snapshot refresh interval, s (0 = live)")] = 0.0,
     max_num_batched_tokens: Annotated[int | None, typer.Option(help="engine token budget per iteration")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="engine sequences per iteration")] = None,
+    kv_capacity_tokens: Annotated[
+        int | None, typer.Option(help="KV cache per instance in tokens (overrides the model/GPU preset's)")
+    ] = None,
     no_prefix_caching: Annotated[bool, typer.Option(help="disable automatic prefix caching")] = False,
     engine: Annotated[str, typer.Option(help="llmsched (fast engine model) or vllm (vLLM's real scheduler, "
                                         "exact, slower; needs llmsched[vllm])")] = "llmsched",
@@ -105,6 +108,11 @@ def simulate(
             eng["max_num_batched_tokens"] = max_num_batched_tokens
         if max_num_seqs:
             eng["max_num_seqs"] = max_num_seqs
+        if kv_capacity_tokens is not None:
+            bs = EngineConfig().block_size
+            if kv_capacity_tokens < bs:
+                _fail(f"--kv-capacity-tokens must be at least one block ({bs} tokens), got {kv_capacity_tokens}")
+            eng["num_gpu_blocks"] = kv_capacity_tokens // bs
         cfg = SimConfig(
             workload=wl, model=model, gpu=gpu, tp=tp, instances=instances, engine=EngineConfig(**eng),
             request_policy=request_policy, request_params=_json_arg(request_params, "--request-params"),

@@ -29,56 +29,103 @@ from llmsched.core.types import InstanceSnapshot
 NOT_EXPORTED = -1
 
 
+_INTS = ("running", "waiting", "_free", "total", "pending", "queries", "hits")
+_FLOATS = ("time", "_kv", "kv_upper")
+
+
 class SnapshotTable(Sequence[InstanceSnapshot]):
-    """Per-instance snapshot columns. Rows are written with `put` / `set_row`, read as arrays or snapshots."""
+    """Per-instance snapshot columns. Rows are written with `put` / `set_row`, read as arrays or snapshots.
+
+    Columns (numpy views, one element per instance): time, running, waiting, kv_usage, free_blocks, total,
+    kv_upper, pending, queries, hits, healthy, version. `changes` logs the rows written, in order, so a
+    reader finds what changed since its last look without scanning every row (`changed_since`).
+    """
+
+    LOG_KEEP = 1 << 16  # the change log is halved when it grows past this
+    time: np.ndarray
+    running: np.ndarray
+    waiting: np.ndarray
+    total: np.ndarray
+    pending: np.ndarray
+    queries: np.ndarray
+    hits: np.ndarray
+    kv_upper: np.ndarray  # usage no row exceeds before its next write (== kv_usage unless lazy)
+    _free: np.ndarray
+    _kv: np.ndarray
 
     def __init__(self, n: int = 0) -> None:
         self.n = 0
-        self.time = np.zeros(0)
-        self.running = np.zeros(0, np.int64)
-        self.waiting = np.zeros(0, np.int64)
-        self._kv = np.zeros(0)
-        self._free = np.zeros(0, np.int64)
-        self.total = np.zeros(0, np.int64)
-        self.kv_upper = np.zeros(0)  # usage no row exceeds before its next write (== kv unless lazy)
-        self.pending = np.zeros(0, np.int64)
-        self.queries = np.zeros(0, np.int64)
-        self.hits = np.zeros(0, np.int64)
+        self._ints = np.zeros((len(_INTS), 0), np.int64)
+        self._flts = np.zeros((len(_FLOATS), 0))
         self.healthy = np.zeros(0, bool)
         self.version = np.zeros(0, np.int64)
         self.num_unhealthy = 0
         self.kv_stale = False
         self.kv_refresh: Callable[[], None] | None = None
-        self._rows: list[tuple[int, float, InstanceSnapshot] | None] = []
+        self._rows: list[tuple[int, float, float, InstanceSnapshot] | None] = []
         self._stamp = 0
+        self.changes: list[int] = []  # rows written, in order
+        self.changes_base = 0  # absolute position of changes[0]
         self.resize(n)
 
     # ---- shape -------------------------------------------------------------------------------------------
+    def _views(self) -> None:
+        for k, name in enumerate(_INTS):
+            setattr(self, name, self._ints[k])
+        for k, name in enumerate(_FLOATS):
+            setattr(self, name, self._flts[k])
+
     def resize(self, n: int) -> None:
         """Grow to `n` rows; new rows read as an idle, healthy instance at time 0."""
         if n <= self.n:
             return
         extra = n - self.n
-
-        def grow(a: np.ndarray, fill: float | bool = 0) -> np.ndarray:
-            return np.concatenate([a, np.full(extra, fill, a.dtype)])
-
-        self.time = grow(self.time)
-        self.running = grow(self.running)
-        self.waiting = grow(self.waiting)
-        self._kv = grow(self._kv)
-        self._free = grow(self._free)
-        self.total = grow(self.total)
-        self.kv_upper = grow(self.kv_upper)
-        self.pending = grow(self.pending)
-        self.queries = grow(self.queries)
-        self.hits = grow(self.hits)
-        self.healthy = grow(self.healthy, True)
-        self.version = grow(self.version)
+        self._ints = np.concatenate([self._ints, np.zeros((len(_INTS), extra), np.int64)], axis=1)
+        self._ints[_INTS.index("pending"), self.n :] = NOT_EXPORTED
+        self._flts = np.concatenate([self._flts, np.zeros((len(_FLOATS), extra))], axis=1)
+        self.healthy = np.concatenate([self.healthy, np.ones(extra, bool)])
+        self.version = np.concatenate([self.version, np.zeros(extra, np.int64)])
         self._rows.extend([None] * extra)
         self.n = n
+        self._views()
+        self.changes.extend(range(n - extra, n))
 
     # ---- writes ------------------------------------------------------------------------------------------
+    def _written(self, i: int) -> None:
+        self._stamp += 1
+        self.version[i] = self._stamp
+        ch = self.changes
+        ch.append(i)
+        if len(ch) > self.LOG_KEEP:
+            drop = len(ch) // 2
+            del ch[:drop]
+            self.changes_base += drop
+
+    def changed_since(self, pos: int) -> tuple[list[int] | None, int]:
+        """Rows written since absolute log position `pos` (None: the log no longer reaches back that far, so
+        compare `version`s), and the position to pass next time."""
+        end = self.changes_base + len(self.changes)
+        if pos < self.changes_base:
+            return None, end
+        return self.changes[pos - self.changes_base :], end
+
+    def set_gauges(
+        self, i: int, time: float, running: int, waiting: int, used: int, total: int, pending: int, queries: int,
+        hits: int, upper_used: int,
+    ) -> None:
+        """The simulator's fast write: engine gauges (KV in blocks; `upper_used` bounds it until the next write)."""
+        self.running[i] = running
+        self.waiting[i] = waiting
+        self._free[i] = total - used
+        self.total[i] = total
+        self.pending[i] = pending
+        self.queries[i] = queries
+        self.hits[i] = hits
+        self.time[i] = time
+        self._kv[i] = used / total
+        self.kv_upper[i] = upper_used / total
+        self._written(i)
+
     def set_row(
         self,
         i: int,
@@ -96,21 +143,12 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
     ) -> None:
         if i >= self.n:
             self.resize(i + 1)
-        self.time[i] = time
-        self.running[i] = running
-        self.waiting[i] = waiting
-        self._kv[i] = kv_usage
-        self._free[i] = free_blocks
-        self.total[i] = total_blocks
-        self.kv_upper[i] = kv_usage if kv_upper is None else kv_upper
-        self.pending[i] = pending
-        self.queries[i] = queries
-        self.hits[i] = hits
+        self._ints[:, i] = (running, waiting, free_blocks, total_blocks, pending, queries, hits)
+        self._flts[:, i] = (time, kv_usage, kv_usage if kv_upper is None else kv_upper)
         if bool(self.healthy[i]) != healthy:
             self.num_unhealthy += -1 if healthy else 1
             self.healthy[i] = healthy
-        self._stamp += 1
-        self.version[i] = self._stamp
+        self._written(i)
 
     def put(self, snap: InstanceSnapshot) -> None:
         """Write row `snap.instance` from a snapshot (a scrape, a health flip)."""
@@ -120,14 +158,13 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
             snap.num_total_blocks, NOT_EXPORTED if p is None else p, snap.prefix_queries, snap.prefix_hits,
             snap.healthy,
         )
-        self._rows[snap.instance] = (self._stamp, -1.0, snap)
+        self._rows[snap.instance] = (self._stamp, -1.0, snap.time, snap)
 
     def set_healthy(self, i: int, healthy: bool) -> None:
         if bool(self.healthy[i]) != healthy:
             self.num_unhealthy += -1 if healthy else 1
             self.healthy[i] = healthy
-            self._stamp += 1
-            self.version[i] = self._stamp
+            self._written(i)
 
     # ---- lazy KV -----------------------------------------------------------------------------------------
     @property
@@ -166,17 +203,17 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
             raise IndexError(i)
         kv = self.kv_usage
         cached = self._rows[i]
-        v, k = int(self.version[i]), float(kv[i])
-        if cached is not None and cached[0] == v and (cached[1] == k or cached[1] < 0):
-            return cached[2]
+        v, k, t = int(self.version[i]), float(kv[i]), float(self.time[i])
+        if cached is not None and cached[0] == v and (cached[1] == k or cached[1] < 0) and cached[2] == t:
+            return cached[3]
         p = int(self.pending[i])
         snap = InstanceSnapshot(
-            instance=i, time=float(self.time[i]), num_running=int(self.running[i]), num_waiting=int(self.waiting[i]),
+            instance=i, time=t, num_running=int(self.running[i]), num_waiting=int(self.waiting[i]),
             kv_usage=k, num_free_blocks=int(self._free[i]), num_total_blocks=int(self.total[i]),
             pending_prefill_tokens=None if p < 0 else p, prefix_queries=int(self.queries[i]),
             prefix_hits=int(self.hits[i]), healthy=bool(self.healthy[i]),
         )
-        self._rows[i] = (v, k, snap)
+        self._rows[i] = (v, k, t, snap)
         return snap
 
     @overload

@@ -193,41 +193,56 @@ class Engine:
         return self.kv.longest_hit(block_hashes, len(block_hashes) * self.bs) * self.bs
 
     def snapshot(self, now: float) -> InstanceSnapshot:
-        self._catch_up(now)
-        kv = self.kv
+        running, waiting, used, total, pending, queries, hits = self.gauges(now)
         return InstanceSnapshot(
             instance=self.instance,
             time=now,
-            num_running=len(self.decoding) + len(self.prefilling),
-            num_waiting=len(self.policy),
-            kv_usage=kv.num_used / kv.num_blocks,
-            num_free_blocks=kv.num_blocks - kv.num_used,
-            num_total_blocks=kv.num_blocks,
-            pending_prefill_tokens=self._pending_prefill,
-            prefix_queries=kv.queries,
-            prefix_hits=kv.hits,
+            num_running=running,
+            num_waiting=waiting,
+            kv_usage=used / total,
+            num_free_blocks=total - used,
+            num_total_blocks=total,
+            pending_prefill_tokens=pending,
+            prefix_queries=queries,
+            prefix_hits=hits,
         )
 
-    def lazy_kv(self) -> tuple[float, float, float, int, int, int, int, int, int, list[int]] | None:
+    def gauges(self, now: float) -> tuple[int, int, int, int, int, int, int]:
+        """`snapshot`'s numbers as a tuple (running, waiting, KV blocks used, total, pending prefill, prefix
+        queries, prefix hits): what a shell keeping its own table needs, without building the object."""
+        self._catch_up(now)
+        kv = self.kv
+        return (len(self.decoding) + len(self.prefilling), len(self.policy), kv.num_used, kv.num_blocks,
+                self._pending_prefill, kv.queries, kv.hits)
+
+    def run_end_blocks(self) -> int | None:
+        """KV blocks in use at the end of the decode run in flight (usage only grows inside it); None when no
+        run is in flight (usage changes only at events), -1 when the run is not in closed form."""
+        plan = self._plan
+        if plan is None or plan.steps == 1 or not self.decoding:
+            return None
+        if plan.affine is None:
+            return -1
+        held = self._dheld
+        return self.kv.num_used - held + max(held, self._blocks_at(plan.steps))
+
+    def lazy_kv(self) -> tuple[float, float, float, int, int, int, int, int, int, int, list[int]] | None:
         """How KV usage grows inside the decode run in flight, for a shell that computes it without events.
 
         None when usage only changes at this engine's events. Otherwise (start, c0, c1, steps, s + bs - 1,
-        other, held, dq, d, suffix): as `_catch_up` would leave it at `now`, blocks in use are
-        other + max(held, dq + d q + suffix[m]) with q, m = divmod(s + bs - 1 + k, bs) and k = min(iterations
-        begun by `now`, steps) (`_blocks_at`). c0 < 0: the run is not in closed form (use `snapshot`).
+        other, held, dq, d, blocks at the run's end, phase histogram): as `_catch_up` would leave it at
+        `now`, blocks in use are other + max(held, dq + d q + sum(histogram[bs - m:])) with
+        q, m = divmod(s + bs - 1 + k, bs) and k = min(iterations begun by `now`, steps) (`_blocks_at`).
+        c0 < 0: the run is not in closed form (use `snapshot`).
         """
         plan = self._plan
         if plan is None or plan.steps == 1 or not self.decoding:
             return None
         c0, c1 = plan.affine if plan.affine is not None else (-1.0, 0.0)
-        bs = self.bs
-        h = self._dh
-        suffix = [0] * bs
-        for m in range(1, bs):
-            suffix[m] = suffix[m - 1] + h[bs - m]
         held = self._dheld
-        return (plan.start, c0, c1, plan.steps, self._s + bs - 1, self.kv.num_used - held, held, self._dq,
-                len(self.decoding), suffix)
+        other = self.kv.num_used - held
+        return (plan.start, c0, c1, plan.steps, self._s + self.bs - 1, other, held, self._dq, len(self.decoding),
+                other + max(held, self._blocks_at(plan.steps)), self._dh.copy())
 
     # -- requests in -----------------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> None:

@@ -53,11 +53,8 @@ class Cluster:
         self.snapshot_table.kv_refresh = self._refresh_kv
         self._dirty: set[int] = set(range(n))
         # Decode runs in flight, per engine (see Engine.lazy_kv): KV usage as a closed form of the time.
-        self._in_run = np.zeros(n, bool)
-        self._run_rows = np.zeros(0, np.int64)
-        self._run_f = np.zeros((3, n))  # start, c0, c1
-        self._run_i = np.zeros((6, n), np.int64)  # steps, s + bs - 1, other, held, dq, d
-        self._run_suffix = np.zeros((n, max(e.bs for e in self.engines)), np.int64)
+        self._in_run: set[int] = set()
+        self._runs: list[tuple | None] = [None] * n  # Engine.lazy_kv of each engine in a run, when asked
         self._slow: set[int] = set()  # in a run not in closed form: read through Engine.snapshot
         self._kv_now = 0.0
 
@@ -69,63 +66,58 @@ class Cluster:
         return [e.snapshot(now) for e in self.engines]
 
     def _scrape_all(self, now: float) -> None:
-        """A periodic refresh: every row as a scrape of vLLM's /metrics would read it."""
+        """A periodic refresh: every row as a scrape of vLLM's /metrics would read it (no pending prefill)."""
         table = self.snapshot_table
         for e in self.engines:
-            s = e.snapshot(now)
-            table.set_row(e.instance, now, s.num_running, s.num_waiting, s.kv_usage, s.num_free_blocks,
-                          s.num_total_blocks, NOT_EXPORTED, s.prefix_queries, s.prefix_hits)
+            running, waiting, used, total, _, queries, hits = e.gauges(now)
+            table.set_gauges(e.instance, now, running, waiting, used, total, NOT_EXPORTED, queries, hits, used)
         table.kv_stale = False
 
     def _refresh_live(self, now: float) -> None:
         """Live rows at `now`: rewrite those of engines with events since the last arrival; mark KV lazy."""
         table = self.snapshot_table
-        engines = self.engines
         if self._dirty:
+            engines = self.engines
             in_run = self._in_run
-            changed_runs = False
+            slow = self._slow
+            runs = self._runs
             for i in self._dirty:
                 e = engines[i]
-                s = e.snapshot(now)
-                upper = s.kv_usage
-                lz = e.lazy_kv()
-                if lz is None:
-                    if in_run[i]:
-                        in_run[i] = False
-                        changed_runs = True
-                    self._slow.discard(i)
-                elif lz[1] < 0:
-                    self._slow.add(i)
-                    upper = 1.0
+                running, waiting, used, total, pending, queries, hits = e.gauges(now)
+                end = e.run_end_blocks()
+                runs[i] = None
+                if end is None:
+                    in_run.discard(i)
+                    slow.discard(i)
+                    end = used
+                elif end < 0:
+                    in_run.discard(i)
+                    slow.add(i)
+                    end = total
                 else:
-                    start, c0, c1, steps, sb, other, held, dq, d, suffix = lz
-                    self._run_f[:, i] = (start, c0, c1)
-                    self._run_i[:, i] = (steps, sb, other, held, dq, d)
-                    self._run_suffix[i, : len(suffix)] = suffix
-                    if not in_run[i]:
-                        in_run[i] = True
-                        changed_runs = True
-                    self._slow.discard(i)
-                    q, m = divmod(sb + steps, e.bs)
-                    upper = (other + max(held, dq + d * q + suffix[m])) / s.num_total_blocks
-                table.set_row(i, now, s.num_running, s.num_waiting, s.kv_usage, s.num_free_blocks,
-                              s.num_total_blocks, s.pending_prefill_tokens or 0, s.prefix_queries, s.prefix_hits,
-                              True, upper)
+                    in_run.add(i)
+                    slow.discard(i)
+                table.set_gauges(i, now, running, waiting, used, total, pending, queries, hits, end)
             self._dirty.clear()
-            if changed_runs:
-                self._run_rows = np.flatnonzero(in_run)
         table.time.fill(now)
         self._kv_now = now
-        table.kv_stale = bool(len(self._run_rows) or self._slow)
+        table.kv_stale = bool(self._in_run or self._slow)
 
     def _refresh_kv(self) -> None:
         """KV usage at `_kv_now` of the engines inside a decode run (Engine._catch_up, for all rows at once)."""
         table = self.snapshot_table
         now = self._kv_now
-        rows = self._run_rows
+        rows = np.fromiter(self._in_run, np.int64, len(self._in_run))
         if len(rows):
-            start, c0, c1 = self._run_f[:, rows]
-            steps, sb, other, held, dq, d = self._run_i[:, rows]
+            cache, engines = self._runs, self.engines
+            runs = []
+            for i in rows.tolist():
+                lz = cache[i]
+                if lz is None:
+                    lz = cache[i] = engines[i].lazy_kv()
+                runs.append(lz)
+            start, c0, c1 = np.array([r[:3] for r in runs]).T
+            steps, sb, other, held, dq, d = np.array([r[3:9] for r in runs], np.int64).T
             dt = now - start
             b = c0 - c1 / 2
             pos = c1 > 0
@@ -147,13 +139,16 @@ class Cluster:
                     break
                 m += under
             k = np.minimum(m.astype(np.int64) + 1, steps)
-            bs = self._run_suffix.shape[1]
+            hist = np.array([r[10] for r in runs], np.int64)
+            bs = hist.shape[1]
+            # suffix[m] = sum(hist[bs - m:]): cumulative sums of the reversed histogram, 0 for m = 0
+            suffix = np.concatenate([np.zeros((len(rows), 1), np.int64), np.cumsum(hist[:, ::-1], axis=1)], axis=1)
             q, r = np.divmod(sb + k, bs)
-            blocks = dq + d * q + self._run_suffix[rows, r]
+            blocks = dq + d * q + suffix[np.arange(len(rows)), r]
             table.set_kv(rows, other + np.maximum(held, blocks))
         for i in self._slow:
-            s = self.engines[i].snapshot(now)
-            table.set_kv(np.array([i]), np.array([s.num_total_blocks - s.num_free_blocks]))
+            used = self.engines[i].gauges(now)[2]
+            table.set_kv(np.array([i]), np.array([used]))
         table.kv_stale = False
 
     def run(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> float:

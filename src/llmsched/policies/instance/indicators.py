@@ -37,9 +37,13 @@ def indicators(
     """(P, B, Q) per instance as int64 arrays, Q the queue (running + waiting) estimate. Call after `sync`;
     every instance is filled (`cands` is accepted for callers that name candidates, and ignored)."""
     p = router.params
-    P = router.new_tokens_all(req)
-    if p.prefill == "request+pending":
-        P += router.pending()
+    if router.index_ is None or not req.block_hashes:  # no prefix to match: two operations
+        P = np.maximum(router.w_est_, 0) if p.prefill == "request+pending" else np.zeros(router.num_instances_, np.int64)
+        P += max(1, req.prompt_len)
+    else:
+        P = router.new_tokens_all(req)
+        if p.prefill == "request+pending":
+            P += router.pending()
     Q = router.queue()
     if p.batch == "in-flight":
         B = router.in_flight_.copy()

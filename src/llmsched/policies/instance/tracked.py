@@ -69,6 +69,7 @@ class TrackedRouter(Router):
         self._predicted: dict[int, tuple[int, int]] = {}  # rid -> (instance, predicted cached blocks)
         self._last_age = float("-inf")
         self._cap_unknown = False
+        self._log_pos = -1  # position in the table's change log
 
     def resize(self, n: int) -> None:
         extra = n - self.num_instances_
@@ -120,13 +121,20 @@ class TrackedRouter(Router):
         if tab is not self.table_:
             self.table_ = tab
             self.seen_[:] = -1
-        ver = tab.version
-        chg = np.flatnonzero(ver != self.seen_[:n])
-        if len(chg):
-            self._rebase(tab, chg)
+            self._log_pos = -1
+        rows, self._log_pos = tab.changed_since(self._log_pos)
+        if rows is not None and len(rows) <= 12:  # the usual case between two live arrivals
+            changed = bool(rows)
+            for i in rows:
+                self._rebase_one(tab, i)
+        else:
+            chg = np.flatnonzero(tab.version != self.seen_[:n])
+            changed = bool(len(chg))
+            if changed:
+                self._rebase(tab, chg)
         if self.uses_index:
             p = self.params
-            if self.index_ is None or (self._cap_unknown and len(chg)):
+            if self.index_ is None or (self._cap_unknown and changed):
                 # Capacity: the engines' KV blocks; before any snapshot says how many (a gateway routing
                 # before its first scrape), unbounded until one does.
                 cap = p.index_capacity_blocks or int(tab.total.max(initial=0))
@@ -146,10 +154,6 @@ class TrackedRouter(Router):
         return tab
 
     def _rebase(self, tab: SnapshotTable, chg: np.ndarray) -> None:
-        if len(chg) <= 4:  # the usual case between two live arrivals: scalar writes beat fancy indexing
-            for i in chg.tolist():
-                self._rebase_one(tab, i)
-            return
         self.seen_[chg] = tab.version[chg]
         own = self.pending_prefill_[chg]
         self.base_in_flight_[chg] = self.in_flight_[chg]
