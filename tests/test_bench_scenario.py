@@ -72,7 +72,7 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 
 
 def test_unknown_builtin_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="unknown scenario 'nosuch'; built-in: .*default"):
+    with pytest.raises(ScenarioError, match="unknown scenario 'nosuch'; known: .*default"):
         load_scenario("nosuch")
     with pytest.raises(ScenarioError, match="no such scenario file"):
         load_scenario(tmp_path / "absent.yaml")

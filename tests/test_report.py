@@ -36,20 +36,23 @@ def test_report_writes_every_promised_file(tmp_path: Path) -> None:
     out = tmp_path / "report"
     files = write_report(out, comp.records, comp.scenarios, skipped)
     names = {f.name for f in files}
-    assert {"summary.md", "results.json", "moe-ish-syn-ttft-cdf.png", "moe-ish-syn-latency-vs-load.png",
-            "moe-ish-syn-balancedness.png"} == names
+    # two settings (2 and 3 instances): plots per setting, never two clusters on one axis
+    assert {"summary.md", "results.json"} | {f"moe-ish-syn-qwen3-30b-a3b-{n}x2-a100-80g-{kind}.png" for n in (2, 3)
+                                              for kind in ("ttft-cdf", "latency-vs-load", "balancedness")} == names
     for f in files:
         assert f.is_file() and f.stat().st_size > 0
     summary = (out / "summary.md").read_text()
     for f in files[2:]:
         assert f"]({f.name})" in summary
     assert "simulated" in summary and "qwen3-30b-a3b" in summary and "trace x not found" in summary
-    assert "| other [qwen3-30b-a3b, 3x a100-80g] |" in summary  # sets differ in setting: each is named
-    sjf_row = next(line for line in summary.splitlines() if line.startswith("| sjf ["))
-    other_row = next(line for line in summary.splitlines() if line.startswith("| other ["))
+    # each setting has its own tables, titled with its cluster; a row compares with its own table's baseline
+    assert "qwen3-30b-a3b, 3 instances x 2 a100-80g (TP2)" in summary
+    sjf_row = next(line for line in summary.splitlines() if line.startswith("| sjf |"))
+    other_row = next(line for line in summary.splitlines() if line.startswith("| other |"))
     assert "%)" in sjf_row  # change against the baseline row of its setting
     assert "%)" not in other_row  # the only set of its setting is its own baseline
     data = json.loads((out / "results.json").read_text())
+    assert data["mode"] is None and data["llmsched_version"]
     assert len(data["runs"]) == 9 and data["skipped"][0]["workload"] == "azure"  # 3 sets x 3 loads
     run = data["runs"][0]
     assert {"scenario", "workload", "label", "load", "policies", "result"} <= set(run)

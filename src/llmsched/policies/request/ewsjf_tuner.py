@@ -27,9 +27,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import optuna
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
 
 RANGES: dict[str, tuple[float, float]] = {
     "a_u": (-0.001, 0.01),
@@ -65,6 +62,9 @@ class MetaOptimizer:
             raise ValueError(
                 f"need window >= 2, max_trials >= 1, burst_ratio > 1; got {window}, {max_trials}, {burst_ratio}"
             )
+        import optuna  # here, not at module level: listing the policies (`llmsched presets`) stays fast
+        from optuna.distributions import FloatDistribution
+
         self.ranges = dict(ranges or RANGES)
         self.dists = {k: FloatDistribution(lo, hi) for k, (lo, hi) in self.ranges.items()}
         self.window = window
@@ -118,6 +118,8 @@ class MetaOptimizer:
         self._warmup -= 1
         if burst or warm:
             # Same parameters on the next window; the surrogate does not see this one.
+            from optuna.trial import TrialState
+
             self.study.tell(self.trial, state=TrialState.FAIL)
             self.failed += 1
             self.study.enqueue_trial(self.current)
@@ -135,6 +137,8 @@ class MetaOptimizer:
 
     @property
     def best(self) -> tuple[dict[str, float], float] | None:
+        from optuna.trial import TrialState
+
         done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
         if not done:
             return None

@@ -1,4 +1,4 @@
-"""Trace files: format detection, the `builtin:` samples, and mixing several files into one workload.
+"""Trace files: format detection, the `builtin:` traces shipped in the package, and mixing several files into one workload.
 
 A trace path may list several files separated by commas; each file is one source with its own class label
 (from `params["classes"]`, else derived from the file name, see `default_label`). Each source is shifted so
@@ -10,7 +10,6 @@ block ids get disjoint hash namespaces: ids of different files never alias.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 from llmsched.core.hashing import ROOT
@@ -18,10 +17,18 @@ from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.traces.azure import is_azure_header, load_azure
 from llmsched.workload.traces.burstgpt import is_burstgpt_header, load_burstgpt
+from llmsched.workload.traces.files import (
+    BUILTIN_PREFIX,
+    BUILTIN_TRACES,
+    builtin_names,
+    open_text,
+    plain_stem,
+    plain_suffix,
+    resolve_path,
+)
 from llmsched.workload.traces.mooncake import load_mooncake
 
 FORMATS = ("azure", "mooncake", "burstgpt")
-BUILTIN_PREFIX = "builtin:"
 
 Loader = Callable[[Path, int, int], Columns]
 _LOADERS: dict[str, Loader] = {
@@ -31,33 +38,11 @@ _LOADERS: dict[str, Loader] = {
 }
 
 
-def builtin_names() -> list[str]:
-    base = resources.files("llmsched").joinpath("data/traces")
-    return sorted(p.name.rsplit(".", 1)[0] for p in base.iterdir() if p.name.endswith((".jsonl", ".csv")))
-
-
-def resolve_path(path: str) -> Path:
-    """A file path, or `builtin:NAME` for a trace shipped in the package (`src/llmsched/data/traces`)."""
-    path = path.strip()
-    if path.startswith(BUILTIN_PREFIX):
-        name = path[len(BUILTIN_PREFIX) :]
-        base = resources.files("llmsched").joinpath("data/traces")
-        for ext in (".jsonl", ".csv"):
-            p = base.joinpath(name + ext)
-            if p.is_file():
-                return Path(str(p))
-        raise WorkloadError(f"unknown built-in trace {path!r}; known: {', '.join(builtin_names())}")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise WorkloadError(f"trace file not found: {p}")
-    return p
-
-
 def detect_format(path: Path) -> str:
-    """By extension (`.jsonl` -> mooncake), else by the CSV header."""
-    if path.suffix.lower() in (".jsonl", ".json"):
+    """By extension (`.jsonl` -> mooncake, also under .gz/.xz), else by the CSV header."""
+    if plain_suffix(path) in (".jsonl", ".json"):
         return "mooncake"
-    with path.open(encoding="utf-8") as f:
+    with open_text(path) as f:
         first = f.readline().strip()
     if is_azure_header(first):
         return "azure"
@@ -65,12 +50,16 @@ def detect_format(path: Path) -> str:
         return "burstgpt"
     if first.startswith("{"):
         return "mooncake"
-    raise WorkloadError.at(path, 1, f"cannot tell the trace format from header {first[:120]!r}; set name")
+    if not first:
+        raise WorkloadError.at(path, 1, "the trace file is empty")
+    raise WorkloadError.at(path, 1, f"cannot tell the trace format from header {first[:120]!r}; expected an "
+                           "Azure 2023 (TIMESTAMP,ContextTokens,GeneratedTokens) or BurstGPT header, or JSON "
+                           "lines (set the format: --trace-format / name)")
 
 
 def default_label(path: Path) -> str:
     """`AzureLLMInferenceTrace_conv.csv` -> `conv`, `conversation_trace.jsonl` -> `conversation`."""
-    stem = path.stem
+    stem = plain_stem(path)
     if stem.startswith("AzureLLMInferenceTrace_"):
         return stem[len("AzureLLMInferenceTrace_") :]
     for suffix in ("_trace", "-trace"):
@@ -116,3 +105,7 @@ def load_traces(
             cols.session = [None if s is None else f"{k}:{s}" for s in cols.session]
         out.append(cols)
     return out[0] if len(out) == 1 else Columns.concat(out)
+
+
+__all__ = ["BUILTIN_PREFIX", "BUILTIN_TRACES", "FORMATS", "builtin_names", "default_label", "detect_format",
+           "load_traces", "resolve_path"]
