@@ -89,7 +89,10 @@ def compare_cmd(
             out_console.print(t)
             out_console.print()
     files = write_report(out, comp.records, comp.scenarios, comp.skipped, quick=quick)
-    err_console.print(f"{len(comp.records)} simulated runs in {time.perf_counter() - t0:.1f} s; report: "
+    import os
+
+    err_console.print(f"{len(comp.records)} simulated runs in {time.perf_counter() - t0:.1f} s (simulations: "
+                      f"{comp.cpu_s:.1f} CPU s on {jobs} worker(s), this process {time.process_time():.1f} CPU s; load average {os.getloadavg()[0]:.2f}); report: "
                       f"{out}/ ({len(files)} files: summary.md, results.json, {len(files) - 2} plots)", highlight=False)
     _exit_if_skipped(comp.skipped)
 

@@ -44,7 +44,7 @@ def make_plots(out: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
     """Plots per scenario / workload and simulated setting: one model and one cluster per figure."""
     written = []
     groups = _by_setting(records)
-    for (scenario, workload, clu), recs in groups.items():
+    for (scenario, workload, _), recs in groups.items():
         several = sum(1 for k in groups if k[:2] == (scenario, workload)) > 1
         stem = plots.slug(scenario, workload, short_cluster(recs[0]) if several else None)
         mid = middle_load([r["load"] for r in recs])

@@ -129,7 +129,7 @@ def run_sweep(plan: SweepPlan, log: RunLog, executor: Executor, *, simulate: Sim
 
 
 # Wall-clock figures of the simulate result: the only part that differs between executors and repeats.
-WALL_KEYS = frozenset({"wall_s", "workload_wall_s", "sim_requests_per_wall_s"})
+WALL_KEYS = frozenset({"wall_s", "workload_wall_s", "cpu_s", "sim_requests_per_wall_s"})
 
 
 def comparable(result: Any) -> Any:

@@ -9,8 +9,11 @@ block ids get disjoint hash namespaces: ids of different files never alias.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
@@ -36,6 +39,30 @@ _LOADERS: dict[str, Loader] = {
     "mooncake": load_mooncake,
     "burstgpt": lambda p, bs, root: load_burstgpt(p),
 }
+
+
+_CACHE: OrderedDict[tuple[Any, ...], Columns] = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _load_file(path: Path, fmt: str, block_size: int, root: int) -> Columns:
+    """A parsed trace file, cached per process by (file identity, format, block size, namespace): a scenario
+    replays one trace under many policy sets, and a worker process would otherwise parse it for each (the
+    Mooncake trace takes over a second). Callers get a copy whose fields they may reassign."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, fmt, block_size, root)
+    cols = _CACHE.get(key)
+    if cols is None:
+        cols = _LOADERS[fmt](path, block_size, root)
+        _CACHE[key] = cols
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return replace(cols, cls_names=list(cols.cls_names), notes=dict(cols.notes),
+                   session=None if cols.session is None else list(cols.session),
+                   hashes=None if cols.hashes is None else list(cols.hashes),
+                   out_hashes=None if cols.out_hashes is None else list(cols.out_hashes))
 
 
 def detect_format(path: Path) -> str:
@@ -93,7 +120,7 @@ def load_traces(
         path = resolve_path(raw)
         f = detect_format(path) if fmt == "auto" else fmt
         root = ROOT if k == 0 else hash((ROOT, -1, k))
-        cols = _LOADERS[f](path, block_size, root)
+        cols = _load_file(path, f, block_size, root)
         explicit = classes[k] if classes is not None else None
         if explicit is not None:
             cols.relabel(explicit)
