@@ -78,7 +78,7 @@ REQUEST_POLICY_NAMES = "ewsjf, fcfs, priority, sjf, sjf-aging"
 ROUTER_NAMES = ("dynamo-cost, gimbal, least-kv, least-requests, linear, llmd-weighted, lmetric, power-of-two, "
                 "prefix, random, round-robin, session, sglang-cache-aware")
 EXPERT_PLACER_NAMES = "affinity, eplb, eplb-online, hotspot, static"
-TRACE_NAMES = "builtin:azure-conv, builtin:azure-code, builtin:mooncake-conv, builtin:sample"
+TRACE_NAMES = "builtin:azure-code, builtin:azure-conv, builtin:mooncake-conv, builtin:sample"
 
 
 @app.command()

@@ -63,10 +63,16 @@ def coincide(series: Mapping[str, Any]) -> dict[str, str]:
     return same
 
 
-def _plain_log_ticks(axis: Any) -> None:
-    """Major ticks as plain numbers (0.05, 1, 20), minor ticks unlabelled: no colliding `3x10^-2` labels."""
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+def _plain(v: float, _: Any = None) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:g}"
+
+
+def _plain_log_ticks(axis: Any, decades: float) -> None:
+    """Major ticks as plain numbers (0.05, 1, 20, 1,000), minor ticks unlabelled: no colliding `3x10^-2`
+    labels; 1-2-5 steps over a short span, powers of ten over a long one."""
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(ticker.FuncFormatter(_plain))
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
@@ -74,7 +80,7 @@ def _log_if_spread(ax: Any, values: Sequence[float], axis: str) -> bool:
     pos = [v for v in values if v is not None and v > 0]
     if pos and max(pos) / min(pos) > LOG_SPREAD:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        _plain_log_ticks(ax.xaxis if axis == "x" else ax.yaxis)
+        _plain_log_ticks(ax.xaxis if axis == "x" else ax.yaxis, float(np.log10(max(pos) / min(pos))))
         return True
     return False
 

@@ -4,10 +4,10 @@ The public traces ship in the package (`builtin:azure-conv`, `builtin:azure-code
 `builtin:sample`; `llmsched traces` lists them), so the built-in scenarios need no file outside the
 repository. A folder given by `--traces DIR` or `$LLMSCHED_TRACES` overrides them: a `builtin:NAME` whose
 file exists there under the public release's layout (e.g. `azure-2023/AzureLLMInferenceTrace_conv.csv`)
-is read from there. Other paths are relative to a trace folder; one in the release's layout that no folder
-holds falls back to its packaged copy. A workload whose file is absent still is skipped with a note that the
-report repeats (and `compare`/`sweep` exit with status 1): never silently, so nobody mistakes a shorter table
-for a complete one.
+is read from there; a scenario naming that public path means the same trace under the same rules. Other
+paths are looked up in the trace folders (also ../shared/traces). A workload whose file is absent is skipped
+with a note that the report repeats (and `compare`/`sweep` exit with status 1): never silently, so nobody
+mistakes a shorter table for a complete one.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def find_trace(path: str, traces: Path | None = None) -> Path | None:
 def resolve_one(path: str, traces: Path | None = None) -> str | None:
     """The file (or `builtin:NAME`) a scenario's trace path reads, or None when it is nowhere."""
     path = path.strip()
+    packaged = next((t for t in BUILTIN_TRACES.values() if t.original and t.original == path), None)
+    if packaged is not None:
+        path = BUILTIN_PREFIX + packaged.name  # a packaged trace named by its public path: the same rules
     if path.startswith(BUILTIN_PREFIX):
         t = BUILTIN_TRACES.get(path[len(BUILTIN_PREFIX):])
         if t is not None and t.original:
@@ -80,10 +83,7 @@ def resolve_one(path: str, traces: Path | None = None) -> str | None:
                     return str((d / t.original).resolve())
         return path  # an unknown name fails when loaded, with the list of known ones
     found = find_trace(path, traces)
-    if found is not None:
-        return str(found)
-    packaged = next((t for t in BUILTIN_TRACES.values() if t.original and t.original == path), None)
-    return BUILTIN_PREFIX + packaged.name if packaged is not None else None
+    return None if found is None else str(found)
 
 
 def resolve_traces(sc: Scenario, traces: Path | None = None) -> tuple[Scenario, list[Skipped]]:

@@ -86,6 +86,9 @@ def detect_format(path: Path) -> str:
 
 def default_label(path: Path) -> str:
     """`AzureLLMInferenceTrace_conv.csv` -> `conv`, `conversation_trace.jsonl` -> `conversation`."""
+    packaged = next((t for t in BUILTIN_TRACES.values() if t.label and t.file == path.name), None)
+    if packaged is not None:
+        return packaged.label
     stem = plain_stem(path)
     if stem.startswith("AzureLLMInferenceTrace_"):
         return stem[len("AzureLLMInferenceTrace_") :]

@@ -29,6 +29,7 @@ class BuiltinTrace:
     source: str
     licence: str
     description: str
+    label: str = ""  # the request class of its rows (as named from the original file name)
 
 
 BUILTIN_TRACES: dict[str, BuiltinTrace] = {
@@ -36,14 +37,16 @@ BUILTIN_TRACES: dict[str, BuiltinTrace] = {
     for t in (
         BuiltinTrace("azure-conv", "azure-conv.csv.gz", "azure-2023/AzureLLMInferenceTrace_conv.csv",
                      "Azure/AzurePublicDataset, Azure LLM inference trace 2023", "CC-BY-4.0",
-                     "conversation service, 19,366 requests over ~58 min; prompt mean ~1,155, output ~211 tokens"),
+                     "conversation service, 19,366 requests over ~58 min; prompt mean ~1,155, output ~211 tokens",
+                     "conv"),
         BuiltinTrace("azure-code", "azure-code.csv.gz", "azure-2023/AzureLLMInferenceTrace_code.csv",
                      "Azure/AzurePublicDataset, Azure LLM inference trace 2023", "CC-BY-4.0",
-                     "code completion, 8,819 requests over ~57 min; prompt mean ~2,048, output ~28 tokens"),
+                     "code completion, 8,819 requests over ~57 min; prompt mean ~2,048, output ~28 tokens",
+                     "code"),
         BuiltinTrace("mooncake-conv", "mooncake-conv.jsonl.xz", "mooncake/conversation_trace.jsonl",
                      "kvcache-ai/Mooncake (FAST'25), conversation trace", "Apache-2.0",
                      "12,031 requests over ~59 min with 512-token block ids (~37% prefix reuse); prompt mean "
-                     "~12k, output ~343 tokens"),
+                     "~12k, output ~343 tokens", "conversation"),
         BuiltinTrace("sample", "sample.jsonl", "",
                      "synthesized by llmsched (`prefix-heavy` generator, scripts/make_sample_trace.py)",
                      "Apache-2.0 (this project)",
