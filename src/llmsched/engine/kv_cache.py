@@ -1,16 +1,21 @@
 """Paged KV cache with automatic prefix caching, in the manner of vLLM v1's KVCacheManager.
 
-Blocks of `block_size` tokens. A full prompt block whose content is known (a chained hash from
-`Request.block_hashes`) is *cacheable*: once allocated it is registered under its hash, and when no request
-references it any more it stays in the cache, evictable in LRU order, until its space is needed. Every other
-block (partial tail, generated tokens, prompts that share nothing) is *anonymous*: only its count matters, so
-the simulator tracks it as an integer and never touches per-block objects for it. That is what keeps
-1M-request runs fast while prefix hits stay exact at block granularity.
+Blocks of `block_size` tokens. A full block whose content is known (a chained hash) is *cacheable*: once
+allocated it is registered under its hash, and when no request references it any more it stays in the
+cache, evictable in LRU order, until its space is needed. Known hashes are the prompt's
+(`Request.block_hashes`) and, through `promote(req, num_tokens, hashes)`, the engine's extensions of them:
+generated blocks of a finished request whose answer the workload names (`Request.output_hashes`, so a
+follow-up turn sending prompt + answer hits them, as in vLLM) and a preempted request's full generated
+blocks (request-private hashes, so its recompute hits them). Every other block (partial tail, blocks with no
+known hash) is *anonymous*: only its count matters, so the simulator tracks it as an integer and never
+touches per-block objects for it. That is what keeps 1M-request runs fast while prefix hits stay exact at
+block granularity.
 
-Deliberate simplifications (documented in docs/architecture.md): generated tokens are not registered in the
-prefix cache (vLLM also caches full output blocks, which helps multi-turn follow-ups); a cacheable block whose
-hash is already registered by another in-flight request when it is allocated is kept anonymous (vLLM likewise
-keeps the first registration).
+Deliberate simplifications (documented in docs/architecture.md): generated blocks of a *running* request
+stay anonymous until it finishes or is preempted (vLLM registers them as they fill; only a concurrent
+request with the very same answer could tell); a cacheable block whose hash is already registered by
+another in-flight request when it is allocated is kept anonymous (vLLM likewise keeps the first
+registration).
 """
 
 from __future__ import annotations
