@@ -124,11 +124,13 @@ def sweep_cmd(
 ) -> None:
     """Run a grid of scenarios x policy sets x loads x seeds; resumable; report with 95% CIs across seeds."""
     from llmsched.bench.executors import Executor, LocalPool, RayPool, RunFailed
+    from llmsched.bench.report import check_out_dir
     from llmsched.bench.runlog import RunLog
     from llmsched.bench.sweep import load_sweep, plan_sweep, run_sweep
     from llmsched.bench.sweep_report import write_sweep_report
 
     t0 = time.perf_counter()
+    check_out_dir(out, keep=("runs.jsonl",))
     spec, scenarios = load_sweep(file)
     plan = plan_sweep(spec, scenarios, traces)
     log = RunLog(out / "runs.jsonl")

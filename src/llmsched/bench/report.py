@@ -86,22 +86,23 @@ MANIFEST = ".llmsched-report.json"
 _OURS = ("summary.md", "results.json")
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse a report folder that holds files llmsched did not write (they would be mixed with the report)."""
+def check_out_dir(out: Path, keep: tuple[str, ...] = ()) -> None:
+    """Refuse a report folder that holds files llmsched did not write (they would be mixed with the report);
+    `keep` names other files of ours that may be there (a sweep's runs.jsonl)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     if not out.is_dir() or (out / MANIFEST).is_file():
         return
-    foreign = [p.name for p in out.iterdir() if p.name not in _OURS and p.suffix != ".png"]
+    foreign = [p.name for p in out.iterdir() if p.name not in (*_OURS, *keep) and p.suffix != ".png"]
     if foreign:
         raise ValueError(f"--out {out}: the folder holds files that are not an llmsched report "
                          f"({', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}); "
                          "choose another --out or empty it")
 
 
-def clear_previous(out: Path) -> list[str]:
+def clear_previous(out: Path, keep: tuple[str, ...] = ()) -> list[str]:
     """Remove what an earlier report wrote into `out` (listed in its manifest), so no stale plot stays."""
-    check_out_dir(out)
+    check_out_dir(out, keep)
     if not out.is_dir():
         return []
     man = out / MANIFEST
@@ -121,7 +122,7 @@ def clear_previous(out: Path) -> list[str]:
     return removed
 
 
-def _version() -> str:
+def version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -143,7 +144,7 @@ def write_report(out: Path, records: Sequence[dict[str, Any]], scenarios: Sequen
     pngs = make_plots(out, records)
     mode = None if quick is None else ("quick" if quick else "full")
     results = out / "results.json"
-    results.write_text(json.dumps({"llmsched_version": _version(), "mode": mode,
+    results.write_text(json.dumps({"llmsched_version": version(), "mode": mode,
                                    "runs": [{**r, "result": strip_bulky(r["result"])} for r in records],
                                    "skipped": [_skip(s) for s in skipped]},
                                   indent=1, default=str))
@@ -154,7 +155,7 @@ def write_report(out: Path, records: Sequence[dict[str, Any]], scenarios: Sequen
              "Every figure here is **simulated** (llmsched's cluster simulator and cost model), not measured on "
              "GPUs. The first policy set of each table is its baseline; other rows show their change against it."
              + (f" This report ran {what}." if what else "")
-             + f" llmsched {_version()}.", ""]
+             + f" llmsched {version()}.", ""]
     gains = headline_table(records, scenarios)
     if gains:
         lines += ["## What each layer gained vs the vLLM default (simulated)", "", gains, ""]
@@ -179,8 +180,12 @@ def write_report(out: Path, records: Sequence[dict[str, Any]], scenarios: Sequen
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     files = [summary, results, *pngs]
-    (out / MANIFEST).write_text(json.dumps({"files": [f.name for f in files]}))
+    write_manifest(out, files)
     return files
+
+
+def write_manifest(out: Path, files: Sequence[Path]) -> None:
+    (out / MANIFEST).write_text(json.dumps({"files": [f.name for f in files]}))
 
 
 def _size(w: Any) -> str:
