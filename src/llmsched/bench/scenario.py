@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +39,15 @@ def check_loads(v: list[float] | None) -> list[float] | None:
     if v is not None and any(x <= 0 for x in v):
         raise ValueError("every load must be > 0 (a fraction of the simulated capacity)")
     return v
+
+def _check_columns(v: list[str]) -> list[str]:
+    for c in v:
+        parse_column(c)  # raises naming the column and the accepted forms
+    return v
+
+
+ColumnList = Annotated[list[str], AfterValidator(_check_columns)]
+
 
 class ScenarioError(ValueError):
     """A scenario (or sweep) file that cannot be used; the message names the file and the field."""
@@ -87,14 +97,7 @@ class Headline(BaseModel):
     layer: str = Field(description="request, instance, expert, or all three")
     workload: str = Field(description="label of the workload")
     policy: str = Field(description="label of the policy set")
-    columns: list[str] = Field(min_length=1, description="the figures to show, as table columns")
-
-    @field_validator("columns")
-    @classmethod
-    def _known_columns(cls, v: list[str]) -> list[str]:
-        for c in v:
-            parse_column(c)
-        return v
+    columns: ColumnList = Field(min_length=1, description="the figures to show, as table columns")
 
 
 class Scenario(BaseModel):
@@ -106,7 +109,7 @@ class Scenario(BaseModel):
     workloads: list[WorkloadEntry] = Field(min_length=1)
     loads: list[float] | None = Field(None, min_length=1)
     policies: list[PolicySet] = Field(min_length=1)
-    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
+    columns: ColumnList = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
     quick: Quick | None = None
     headline: list[Headline] = Field(default_factory=list)
     _source: str = PrivateAttr("")
@@ -115,13 +118,6 @@ class Scenario(BaseModel):
     @classmethod
     def _positive_loads(cls, v: list[float] | None) -> list[float] | None:
         return check_loads(v)
-
-    @field_validator("columns")
-    @classmethod
-    def _known_columns(cls, v: list[str]) -> list[str]:
-        for c in v:
-            parse_column(c)
-        return v
 
     @field_validator("base")
     @classmethod
