@@ -5,8 +5,9 @@ names the one model and cluster it shows (callers plot each setting apart), beca
 its report. What a reader can rely on:
 - each series has its own colour *and* line style (20 colours x 4 styles, so 13 routers stay apart);
 - the baseline (the first series) is black, thicker and drawn on top;
-- series that coincide with another are named in the legend ("= baseline") and in a note under the axes,
-  since a hidden curve otherwise looks like a missing one;
+- series that coincide with another, exactly ("= baseline") or nearly ("≈ sjf": every decile and the p99
+  within 3%), are named in the legend and in a note under the axes, since a hidden curve otherwise looks
+  like a missing one;
 - latencies are in milliseconds, as in the tables; log axes carry plain numbers (0.05, 0.1, 1, 10);
 - the TTFT figure pairs the CDF with a log-scale survival curve (fraction of requests slower than x), where
   the p90-p99.9 tail that scheduling changes is as wide as the median.
@@ -48,18 +49,27 @@ def style(i: int) -> dict[str, Any]:
             "linewidth": 1.5, "zorder": 5}
 
 
+NEAR = 0.03  # curves whose deciles and p99 all agree within 3% are drawn over each other at this size
+_QS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
+
+
 def coincide(series: Mapping[str, Any]) -> dict[str, str]:
-    """label -> the earlier label it is identical to (same values), for series that would hide each other."""
-    seen: list[tuple[str, np.ndarray]] = []
+    """label -> `= other` (identical values) or `≈ other` (every decile and the p99 within 3%), naming the
+    first earlier series it matches, for series that would hide behind another."""
+    seen: list[tuple[str, np.ndarray, np.ndarray]] = []
     same: dict[str, str] = {}
     for label, xs in series.items():
         a = np.asarray(xs, dtype=float)
-        for other, b in seen:
+        qa = np.nanquantile(a, _QS) if a.size else a
+        for other, b, qb in seen:
             if a.shape == b.shape and np.allclose(a, b, rtol=1e-9, atol=0.0, equal_nan=True):
-                same[label] = other
+                same[label] = f"= {other}"
+                break
+            if a.size and b.size and np.all(np.abs(qa - qb) <= NEAR * np.maximum(np.abs(qb), 1e-12)):
+                same[label] = f"≈ {other}"
                 break
         else:
-            seen.append((label, a))
+            seen.append((label, a, qa))
     return same
 
 
@@ -88,7 +98,8 @@ def _log_if_spread(ax: Any, values: Sequence[float], axis: str) -> bool:
 def _label(label: str, i: int, same: Mapping[str, str], baseline: str, extra: str = "") -> str:
     tag = " (baseline)" if i == 0 else ""
     if label in same:
-        tag += " = baseline" if same[label] == baseline else f" = {same[label]}"
+        rel, other = same[label].split(" ", 1)
+        tag += f" {rel} {'baseline' if other == baseline else other}"
     return f"{label}{tag}{extra}"
 
 
@@ -105,9 +116,9 @@ def _legend(ax: Any, n: int, source: Any = None) -> None:
 
 def _note_same(fig: Any, same: Mapping[str, str]) -> None:
     if same:
-        txt = "; ".join(f"{a} = {b}" for a, b in same.items())
-        fig.text(0.01, 0.005, f"Identical results (curves drawn over each other): {txt}", fontsize=7,
-                 ha="left", va="bottom", wrap=True)
+        txt = "; ".join(f"{a} {b}" for a, b in same.items())
+        fig.text(0.01, 0.005, f"Curves drawn over each other (= identical, ≈ within {NEAR:.0%} at every decile "
+                 f"and p99): {txt}", fontsize=7, ha="left", va="bottom", wrap=True)
 
 
 def ttft_cdf(series: Mapping[str, Sequence[float]], title: str, path: Path) -> Path:
