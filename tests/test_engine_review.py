@@ -101,7 +101,9 @@ def check_invariants(eng: Engine, reqs: Sequence[Request]) -> None:
     assert eng.snapshot(0.0).pending_prefill_tokens == pending
     for r in reqs:
         assert 0 <= r.num_output <= r.output_len
-    assert len(eng.policy) >= 0 and eng.stats.preemptions >= 0
+    # The request policy's queue holds exactly the requests that wait (new or preempted), none running.
+    queued = [r for r in reqs if id(r) not in ids and r.status in (Status.WAITING, Status.PREEMPTED)]
+    assert len(eng.policy) == len(queued)
 
 
 # -- random interleavings ----------------------------------------------------------------------------------

@@ -125,12 +125,21 @@ def test_affinity_cuts_all_to_all_bytes(ds) -> None:  # noqa: ANN001
 def test_recorded_loads_drive_the_model(qwen, tmp_path) -> None:  # noqa: ANN001
     import json
 
-    rng = np.random.default_rng(0)
-    hist = [{"logical_expert_load": rng.integers(0, 50, size=(48, 128)).tolist()} for _ in range(3)]
-    path = tmp_path / "eplb_loads.json"
-    path.write_text(json.dumps({"load_history": hist}))
-    m = build_moe_cost(qwen, "eplb", {"loads_file": str(path)}, seed=0)
-    assert m.step_time(prefill(1024), 0.0) > 0
+    def loads_file(name: str, load: np.ndarray) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"load_history": [{"logical_expert_load": load.tolist()}] * 3}))
+        return str(path)
+
+    uniform = np.ones((48, 128), dtype=int)
+    skewed = np.zeros((48, 128), dtype=int)
+    skewed[:, :64] = 1  # every token to the experts that static EP2 keeps on GPU 0
+    path = loads_file("uniform.json", uniform)
+    static = {n: build_moe_cost(qwen, "static", {"loads_file": loads_file(f"{n}.json", a)}, seed=0)
+              for n, a in (("uniform", uniform), ("skewed", skewed))}
+    t = {n: m.step_time(prefill(4096), 0.0) for n, m in static.items()}
+    assert t["skewed"] > 1.05 * t["uniform"]  # the recorded loads, not a routing model, set the step time
+    b = {n: m.moe_stats()["expert_balancedness"] for n, m in static.items()}
+    assert b["uniform"] > 0.95 and b["skewed"] < 0.6
     with pytest.raises(ValueError, match="is 48 x 128"):
         build_moe_cost(build_cost_model("deepseek-v3-like", "h100"), "static", {"loads_file": str(path)}, seed=0)
 
@@ -156,15 +165,14 @@ def test_simulator_reports_expert_figures() -> None:
     from llmsched.sim import run as sim
     from llmsched.sim.config import SimConfig
 
-    cfg = SimConfig(model="qwen3-30b-a3b", gpu="a100-80g", expert_policy="hotspot",
-                    workload={"kind": "synthetic", "name": "chat", "num_requests": 40, "rate": 5.0})
-    res = sim.simulate(cfg)
-    assert res["completed"] == 40
-    assert 0 < res["expert_balancedness"] <= 1
-    assert res["a2a_bytes_per_token"] == 0.0  # TP2 attention: the expert output rides the all-reduce
-    # hotspot checks every 100 steps and acts on skewed layers: it made moves, and their stall was charged
-    assert res["expert_rebalances"] >= 1 and res["expert_migrations"] >= res["expert_rebalances"]
-    assert res["migration_stall_s"] > 0
+    wl = {"kind": "synthetic", "name": "chat", "num_requests": 40, "rate": 5.0}
+    res = {p: sim.simulate(SimConfig(model="qwen3-30b-a3b", gpu="a100-80g", expert_policy=p, workload=wl))
+           for p in ("hotspot", "static")}
+    assert res["hotspot"]["completed"] == 40
+    assert 0 < res["static"]["expert_balancedness"] < res["hotspot"]["expert_balancedness"] <= 1
+    assert res["hotspot"]["a2a_bytes_per_token"] == 0.0  # TP2 attention over EP2 experts: no all-to-all
+    assert res["hotspot"]["expert_migrations"] > 0 and res["hotspot"]["expert_rebalances"] > 0
+    assert res["hotspot"]["migration_stall_s"] > 0 and res["static"]["expert_migrations"] == 0
 
 
 def test_expert_parallelism_that_does_not_divide_the_experts() -> None:

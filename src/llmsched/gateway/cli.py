@@ -1,4 +1,4 @@
-"""`llmsched serve`: the gateway as a command (the lead mounts `serve_cmd` on the typer app)."""
+"""`llmsched serve`: the gateway as a command (cli.py mounts `serve_cmd` lazily)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llmsched.yamlfile import read_yaml
 
 
 class _Model(BaseModel):
@@ -87,14 +88,7 @@ class ConfigError(ValueError):
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Read a YAML file into a `GatewayConfig`; `overrides` (from CLI flags) win over the file."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(p, ConfigError) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping of options, got {type(raw).__name__}")
     return build_config(raw, overrides, source=str(p))

@@ -29,5 +29,5 @@ class SimConfig(BaseModel):
     expert_policy: str | None = Field(None, description="MoE models only; default 'static'")
     expert_params: dict[str, Any] = Field(default_factory=dict)
     metrics_interval_s: float = Field(0.0, ge=0, description="router snapshot refresh interval; 0 = live")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="same seed, same numbers")
     record_token_times: bool = False

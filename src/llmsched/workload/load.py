@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from llmsched.core.names import unknown
 from llmsched.core.types import Request
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
@@ -24,8 +25,14 @@ def load_columns(spec: WorkloadSpec, block_size: int = 16, seed: int = 0) -> Col
         raise WorkloadError(f"block_size must be >= 1, got {block_size}")
     if spec.kind == "synthetic":
         cols = _synthetic(spec, block_size, seed)
-        return shape(cols, window=spec.window, rate_scale=spec.rate_scale, limit=spec.limit)
-    return _trace(spec, block_size)
+        cols = shape(cols, window=spec.window, rate_scale=spec.rate_scale, limit=spec.limit)
+    else:
+        cols = _trace(spec, block_size)
+    if len(cols) == 0:  # never report 0/0 requests with zero latencies as if something ran
+        what = f"trace {spec.path}" if spec.kind == "trace" else f"generator {spec.name!r}"
+        why = " after the window" if spec.window is not None else " (no data rows)" if spec.kind == "trace" else ""
+        raise WorkloadError(f"the workload is empty: {what} gives no requests{why}")
+    return cols
 
 
 def load_workload(spec: WorkloadSpec, block_size: int = 16, seed: int = 0) -> list[Request]:
@@ -52,7 +59,7 @@ def _synthetic(spec: WorkloadSpec, block_size: int, seed: int) -> Columns:
             f"path {spec.path!r} given for a synthetic workload; set kind: trace to replay it"
         )
     if spec.name not in GENERATORS:
-        raise WorkloadError(f"unknown generator {spec.name!r}; known: {', '.join(GENERATORS.names())}")
+        raise WorkloadError(unknown("generator", spec.name, GENERATORS.names()))
     try:
         gen = GENERATORS.create(spec.name, spec.params)
     except ValueError as e:

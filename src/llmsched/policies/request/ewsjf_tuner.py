@@ -38,8 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import optuna
-from optuna.distributions import FloatDistribution
 
 from llmsched.core.types import Request
 from llmsched.policies.request.base import RequestPolicy
@@ -156,6 +154,9 @@ class TwinTuner:
                 f"{per_window}, {max_trials}, {tail_limit}, {margin}"
             )
         self.ranges = dict(ranges or RANGES)
+        import optuna  # here, not at module level: listing the policies (`llmsched presets`) stays fast
+        from optuna.distributions import FloatDistribution
+
         self.dists = {k: FloatDistribution(lo, hi) for k, (lo, hi) in self.ranges.items()}
         self.make = make
         self.cost = cost

@@ -20,6 +20,7 @@ from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.prefix import BlockIdExpander, BlockRef
+from llmsched.workload.traces.files import open_text
 
 SRC_BLOCK = 512
 FIELDS = ("timestamp", "input_length", "output_length")
@@ -33,7 +34,7 @@ def load_mooncake(path: Path, block_size: int, root: int = ROOT) -> Columns:
     sessions: list[str | None] = []
     codes: list[int] = []
     classes: dict[str | None, int] = {}
-    with path.open(encoding="utf-8") as f:
+    with open_text(path) as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
