@@ -27,7 +27,7 @@ def _close(a: float, b: float) -> bool:
 def test_exact_engine_times_every_request_as_our_engine_on_a_chat_workload() -> None:
     cfg = SimConfig(workload=WorkloadSpec(kind="synthetic", name="chat", num_requests=60, rate=20.0), seed=3)
     ours, theirs = _both(cfg)
-    assert theirs["simulated"]["engine"] == "vllm" and ours["simulated"]["engine"] == "llmsched"
+    assert theirs["simulated"]["engine_kind"] == "vllm" and ours["simulated"]["engine_kind"] == "llmsched"
     assert theirs["completed"] == ours["completed"] == 60
     for key in ("ttft", "tpot", "e2e"):
         a, b = ours["samples"][key], theirs["samples"][key]

@@ -117,7 +117,7 @@ def report(
                 "expert_parallel": base_cost.num_gpus if getattr(getattr(base_cost, "llm", None), "is_moe", False) else None,
                 "instances": cfg.instances,
                 "request_policy": cfg.request_policy,
-                "engine": cfg.engine_kind,
+                "engine_kind": cfg.engine_kind,
                 "router": cfg.router,
                 "expert_policy": cfg.expert_policy,
                 "metrics_interval_s": cfg.metrics_interval_s,
