@@ -10,6 +10,7 @@ Prints median of `--repeats` timings, and balancedness / cross-GPU traffic of ea
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -29,6 +30,7 @@ def timed(fn, repeats: int) -> float:  # noqa: ANN001
 
 
 def main() -> None:
+    print(f"load average {os.getloadavg()}")
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
@@ -63,3 +65,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"load average {os.getloadavg()}")

@@ -90,13 +90,17 @@ def place_layer(
     if load.max() > cap:
         relieve_layer(w, row, num_gpus, max_moves=2 * slots, min_gain=0.0)
         # Still over the cap: EPLB's balance-only packing of the same replicas, when the flow-driven row is
-        # worse than that packing by more than the tolerated imbalance (1 / target).
-        reps = np.repeat(np.arange(E), cnt)
-        pack, rank = balanced_packing(per[reps][None, :], num_gpus)
-        packed = np.empty_like(reps)
-        packed[pack[0] * slots + rank[0]] = reps
-        if _peak(w, row, num_gpus) > _peak(w, packed, num_gpus) * cap * num_gpus / w.sum():
-            row = packed
+        # worse than that packing by more than the tolerated imbalance (1 / target). The packing's peak is at
+        # least max(mean, heaviest replica), so most rows are kept without computing it.
+        tol = cap * num_gpus / w.sum()
+        peak = _peak(w, row, num_gpus)
+        if peak > max(w.sum() / num_gpus, float(per.max())) * tol:
+            reps = np.repeat(np.arange(E), cnt)
+            pack, rank = balanced_packing(per[reps][None, :], num_gpus)
+            packed = np.empty_like(reps)
+            packed[pack[0] * slots + rank[0]] = reps
+            if peak > _peak(w, packed, num_gpus) * tol:
+                row = packed
     return row
 
 
