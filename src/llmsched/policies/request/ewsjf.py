@@ -9,7 +9,7 @@ The policy composes the four components, each a module of its own:
    queue's longest waiter), with C_prefill fitted online from `on_prefill`;
 4. `ewsjf_tuner.TwinTuner`: Bayesian trials of {a_u, b_u, a_f, b_f, alpha}, each judged by replaying a window
    of real arrivals (closed once `on_finish` reported all their first tokens) through a twin of this policy;
-   live traffic only runs the incumbent, which changes only for a challenger confirmed on a fresh window.
+   live traffic only runs the incumbent, which changes only for a challenger confirmed on fresh windows.
 
 Batch fill: the engine pops repeatedly at one `now` to fill one iteration. The first pop of a new `now` scores
 the queue heads and picks the best queue; later pops at the same `now` keep taking that queue's requests, and
