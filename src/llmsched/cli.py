@@ -8,7 +8,6 @@ command, without code here: `clikit.LazyGroup.invoke` turns them into that line.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -61,6 +60,8 @@ def _main(
 
 
 def _json_arg(value: str | None, what: str) -> dict[str, Any]:
+    import json
+
     if not value:
         return {}
     try:
@@ -153,6 +154,8 @@ def simulate(
     )
     res = run_sim(cfg, progress=not as_json and sys.stderr.isatty())
     if as_json:
+        import json
+
         print(json.dumps(res, indent=2))
         return
     print_result(res)
@@ -200,20 +203,16 @@ def print_result(res: dict[str, Any]) -> None:
 @app.command()
 def presets() -> None:
     """List the GPU and LLM presets and the registered policies of each layer."""
-    from rich.console import Console
-
     from llmsched.model import list_gpus, list_llms
     from llmsched.policies.expert import EXPERT_PLACERS
     from llmsched.policies.instance import ROUTERS
     from llmsched.policies.request import REQUEST_POLICIES
 
-    out = Console()
-    out.print("[bold]GPUs:[/] " + ", ".join(list_gpus()))
-    out.print("[bold]models:[/] " + ", ".join(list_llms()))
-    out.print("[bold]request policies:[/] " + ", ".join(REQUEST_POLICIES.names()))
-    out.print("[bold]routers:[/] " + ", ".join(ROUTERS.names()))
-    out.print("[bold]expert placers:[/] " + ", ".join(EXPERT_PLACERS.names()))
-    out.print("[bold]built-in traces:[/] " + TRACE_NAMES + " (`llmsched traces`)")
+    for what, names in (("GPUs", list_gpus()), ("models", list_llms()),
+                        ("request policies", REQUEST_POLICIES.names()), ("routers", ROUTERS.names()),
+                        ("expert placers", EXPERT_PLACERS.names())):
+        typer.echo(typer.style(f"{what}:", bold=True) + " " + ", ".join(names))  # plain echo: no rich import
+    typer.echo(typer.style("built-in traces:", bold=True) + " " + TRACE_NAMES + " (`llmsched traces`)")
 
 
 @app.command()
