@@ -163,3 +163,11 @@ def test_help_and_presets_import_no_heavy_module(args: list[str], heavy: tuple[s
             f"print('HEAVY', [m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
+
+
+def test_simulate_table_fits_80_columns() -> None:
+    r = runner.invoke(app, ["simulate", "--synthetic", "mixed", "--rate", "1", "--num-requests", "120",
+                            "--model", "llama-2-13b", "--gpu", "a100-80g"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "short" in r.stdout and "latencies in ms" in r.stdout

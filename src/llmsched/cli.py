@@ -161,24 +161,24 @@ def simulate(
     print_result(res)
 
 
-def _dur(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
-
-
 def print_result(res: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from llmsched.bench.tables import cluster, fmt
+
     s = res["simulated"]
     out = Console()
-    title = (f"simulated: {s['instances']} x {s['model']} on {s['gpu']} (tp {s['tp']}), request={s['request_policy']}"
-             f" router={s['router']}" + (f" expert={s['expert_policy']}" if s.get("expert_policy") else ""))
-    t = Table(title=title)
-    for col in ("class", "count", "TTFT mean", "TTFT p99", "TPOT mean", "TPOT p99", "E2E mean", "E2E p99"):
-        t.add_column(col, justify="right", no_wrap=True)
+    title = (f"simulated: {cluster(res)}; request={s['request_policy']} router={s['router']}"
+             + (f" expert={s['expert_policy']}" if s.get("expert_policy") else ""))
+    t = Table(title=title, caption="latencies in ms, as in `compare`'s tables")
+    t.add_column("class", no_wrap=True)
+    for col in ("count", "TTFT mean", "TTFT p99", "TPOT mean", "TPOT p99", "E2E mean", "E2E p99"):
+        t.add_column(col, justify="right")  # short numbers, no unit in the cells: 80 columns fit
 
     def row(name: str, d: dict[str, Any], count: int) -> None:
-        t.add_row(name, str(count), *(_dur(d[k][q]) for k in ("ttft_s", "tpot_s", "e2e_s") for q in ("mean", "p99")))
+        t.add_row(name, str(count), *(fmt(d[k][q] * 1000) for k in ("ttft_s", "tpot_s", "e2e_s")
+                                      for q in ("mean", "p99")))
 
     row("all", res, res["completed"])
     for c, d in res["by_class"].items():
