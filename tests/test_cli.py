@@ -81,6 +81,7 @@ BAD_INPUTS = [
     (["simulate", "--rat", "3"], "No such option: --rat"),
     (["compare", "--jobs", "0"], "'--jobs': must be greater than or equal to 1"),
     (["compare", "--scenario", "defualt"], "unknown scenario 'defualt' (did you mean 'default'?)"),
+    (["compare", "--scenario", "prefix", "--traces", "/no/such/traces"], "'--traces': dir '/no/such/traces' does not"),
     (["sweep", "nope.yaml", "--jobs", "0"], "'--jobs': must be greater than or equal to 1"),
     (["sweep", "nope.yaml"], "nope.yaml: cannot read"),
     (["emulate", "--model", "llama3x", "--port", "0"], "unknown model preset 'llama3x'"),
