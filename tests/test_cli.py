@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from llmsched.cli import app
@@ -89,6 +90,7 @@ BAD_INPUTS = [
     (["simulate", "--rat", "3"], "No such option: --rat"),
     (["compare", "--jobs", "0"], "'--jobs': must be greater than or equal to 1"),
     (["compare", "--scenario", "defualt"], "unknown scenario 'defualt' (did you mean 'default'?)"),
+    (["compare", "--scenario", "prefix", "--traces", "/no/such/traces"], "'--traces': dir '/no/such/traces' does not"),
     (["sweep", "nope.yaml", "--jobs", "0"], "'--jobs': must be greater than or equal to 1"),
     (["sweep", "nope.yaml"], "nope.yaml: cannot read"),
     (["emulate", "--model", "llama3x", "--port", "0"], "unknown model preset 'llama3x'"),
@@ -158,13 +160,24 @@ def test_help_lists_match_the_registries() -> None:
     assert "--no-prefix-caching" in text and "--no-no-prefix" not in text and "<bool>" not in text
 
 
-def test_help_imports_no_heavy_module() -> None:
+@pytest.mark.parametrize(("args", "heavy"), [
+    (["--help"], ("numpy", "pydantic", "matplotlib", "aiohttp", "llmsched.sim.run", "optuna",
+                  "scipy")),
+    (["presets"], ("matplotlib", "aiohttp", "llmsched.sim.run", "llmsched.bench.report", "optuna", "scipy")),
+])
+def test_help_and_presets_import_no_heavy_module(args: list[str], heavy: tuple[str, ...]) -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from llmsched.cli import app\n"
-            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('matplotlib', 'aiohttp', 'llmsched.sim.run', 'llmsched.bench.report', 'optuna',"
-            " 'scipy') if m in sys.modules]\nprint('HEAVY', heavy)")
+    code = (f"import sys; from llmsched.cli import app\ntry:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', [m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
+
+
+def test_simulate_table_fits_80_columns() -> None:
+    r = runner.invoke(app, ["simulate", "--synthetic", "mixed", "--rate", "1", "--num-requests", "120",
+                            "--model", "llama-2-13b", "--gpu", "a100-80g"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "short" in r.stdout and "latencies in ms" in r.stdout

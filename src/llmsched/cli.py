@@ -8,7 +8,6 @@ command, without code here: `clikit.LazyGroup.invoke` turns them into that line.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -61,6 +60,8 @@ def _main(
 
 
 def _json_arg(value: str | None, what: str) -> dict[str, Any]:
+    import json
+
     if not value:
         return {}
     try:
@@ -166,29 +167,31 @@ def simulate(
     except VllmMissing as e:
         fail(str(e))
     if as_json:
+        import json
+
         print(json.dumps(res, indent=2))
         return
     print_result(res)
-
-
-def _dur(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
 def print_result(res: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from llmsched.bench.tables import cluster, fmt
+
     s = res["simulated"]
     out = Console()
-    title = (f"simulated: {s['instances']} x {s['model']} on {s['gpu']} (tp {s['tp']}), request={s['request_policy']}"
-             f" router={s['router']}" + (f" expert={s['expert_policy']}" if s.get("expert_policy") else ""))
-    t = Table(title=title)
-    for col in ("class", "count", "TTFT mean", "TTFT p99", "TPOT mean", "TPOT p99", "E2E mean", "E2E p99"):
-        t.add_column(col, justify="right", no_wrap=True)
+    title = (f"simulated: {cluster(res)}; request={s['request_policy']} router={s['router']}"
+             + (f" expert={s['expert_policy']}" if s.get("expert_policy") else ""))
+    t = Table(title=title, caption="latencies in ms, as in `compare`'s tables")
+    t.add_column("class", no_wrap=True)
+    for col in ("count", "TTFT mean", "TTFT p99", "TPOT mean", "TPOT p99", "E2E mean", "E2E p99"):
+        t.add_column(col, justify="right")  # short numbers, no unit in the cells: 80 columns fit
 
     def row(name: str, d: dict[str, Any], count: int) -> None:
-        t.add_row(name, str(count), *(_dur(d[k][q]) for k in ("ttft_s", "tpot_s", "e2e_s") for q in ("mean", "p99")))
+        t.add_row(name, str(count), *(fmt(d[k][q] * 1000) for k in ("ttft_s", "tpot_s", "e2e_s")
+                                      for q in ("mean", "p99")))
 
     row("all", res, res["completed"])
     for c, d in res["by_class"].items():
@@ -213,20 +216,16 @@ def print_result(res: dict[str, Any]) -> None:
 @app.command()
 def presets() -> None:
     """List the GPU and LLM presets and the registered policies of each layer."""
-    from rich.console import Console
-
     from llmsched.model import list_gpus, list_llms
     from llmsched.policies.expert import EXPERT_PLACERS
     from llmsched.policies.instance import ROUTERS
     from llmsched.policies.request import REQUEST_POLICIES
 
-    out = Console()
-    out.print("[bold]GPUs:[/] " + ", ".join(list_gpus()))
-    out.print("[bold]models:[/] " + ", ".join(list_llms()))
-    out.print("[bold]request policies:[/] " + ", ".join(REQUEST_POLICIES.names()))
-    out.print("[bold]routers:[/] " + ", ".join(ROUTERS.names()))
-    out.print("[bold]expert placers:[/] " + ", ".join(EXPERT_PLACERS.names()))
-    out.print("[bold]built-in traces:[/] " + TRACE_NAMES + " (`llmsched traces`)")
+    for what, names in (("GPUs", list_gpus()), ("models", list_llms()),
+                        ("request policies", REQUEST_POLICIES.names()), ("routers", ROUTERS.names()),
+                        ("expert placers", EXPERT_PLACERS.names())):
+        typer.echo(typer.style(f"{what}:", bold=True) + " " + ", ".join(names))  # plain echo: no rich import
+    typer.echo(typer.style("built-in traces:", bold=True) + " " + TRACE_NAMES + " (`llmsched traces`)")
 
 
 @app.command()

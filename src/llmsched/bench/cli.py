@@ -56,8 +56,8 @@ def compare_cmd(
     json: Annotated[bool, typer.Option("--json", help="print {\"runs\": [...]} instead of tables")] = False,
     out: Annotated[Path, typer.Option(help="report folder (its files from an earlier report are replaced)")] = Path(
         "llmsched-report"),
-    traces: Annotated[Path | None, typer.Option(help="trace folder overriding the packaged traces (else "
-                                                "$LLMSCHED_TRACES)")] = None,
+    traces: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trace folder overriding the "
+                                                "packaged traces (else $LLMSCHED_TRACES)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="local worker processes")] = 2,
     seed: Annotated[int | None, typer.Option(min=0, help="override every scenario's seed")] = None,
 ) -> None:
@@ -119,8 +119,8 @@ def sweep_cmd(
     out: Annotated[Path, typer.Option(help="folder for runs.jsonl and the report")] = Path("llmsched-sweep"),
     resume: Annotated[bool, typer.Option("--resume/--no-resume",
                                          help="keep the runs already in OUT/runs.jsonl")] = True,
-    traces: Annotated[Path | None, typer.Option(help="trace folder overriding the packaged traces (else "
-                                                "$LLMSCHED_TRACES)")] = None,
+    traces: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trace folder overriding the "
+                                                "packaged traces (else $LLMSCHED_TRACES)")] = None,
 ) -> None:
     """Run a grid of scenarios x policy sets x loads x seeds; resumable; report with 95% CIs across seeds."""
     from llmsched.bench.executors import Executor, LocalPool, RayPool, RunFailed
