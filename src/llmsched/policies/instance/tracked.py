@@ -197,14 +197,6 @@ class TrackedRouter(Router):
             return list(range(len(snapshots))) if rows is None else rows.tolist()
         return Router.healthy(snapshots)
 
-    def candidates(self, tab: SnapshotTable) -> np.ndarray | None:
-        """Healthy rows, or None when every row is a candidate (all healthy, or none is)."""
-        return tab.healthy_rows()
-
-    def delta(self, i: int) -> int:
-        """Requests dispatched minus finished at `i` since its snapshot was taken."""
-        return int(self.in_flight_[i] - self.base_in_flight_[i])
-
     def queue(self) -> np.ndarray:
         """Running + waiting per instance: snapshot corrected by own dispatches and finishes since."""
         return np.maximum(self.q_est_, 0)
