@@ -3,8 +3,11 @@
 Snapshots are stale by up to the metrics interval. Between two refreshes the router knows exactly what it
 itself changed: requests it dispatched, finished, or saw prefill. So each load signal is estimated as
 `snapshot value + (router's count now - router's count when that snapshot was taken)`; with a single router
-the estimate is exact for queue length whatever the interval, and stays a good estimate for running and
-pending prefill. Routers that mirror a peer which does not do this (llm-d, least-kv) read raw snapshots.
+the estimate is exact for queue length whatever the interval, and stays a good estimate for the running
+batch. The queued uncached prefill is the snapshot's only where the source exports it (the simulator's live
+snapshots); vLLM's /metrics does not, so there it is the router's own outstanding account, charged at
+dispatch and released at the first token, which no scrape resets. Routers that mirror a peer which does not
+correct (llm-d, least-kv) read raw snapshots.
 
 The prefix index (`prefix_index.PrefixIndex`) is updated at dispatch, aged out after `index_ttl_s`, and
 optionally corrected by the engine's reported hits (`hit_feedback`: shrink an instance's remembered capacity
