@@ -26,15 +26,19 @@ def main() -> None:
     print(f"simulated; median over seeds {a.seeds}; TTFT/TPOT in ms; wall {time.perf_counter() - t0:.0f} s, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| detector | workload (model/GPU, instances, load) | fired (median) | mean TTFT on / off | p99 TTFT on / off "
-          "| mean TPOT on / off | outcome changed |")
-    print("|---|---|---|---|---|---|---|")
+          "| mean TPOT on / off | on/off per seed, median: mean / p99 TTFT | outcome changed |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         on, off = r["on"], r["off"]
         print(f"| {r['detector']} | {r['workload']} ({r['model']}, {r['instances']}, {r['load']}) | "
               f"{r['fired'][r['detector']]:.0f} of {r['decisions']:.0f} | "
               f"{on['ttft_mean'] * 1e3:.1f} / {off['ttft_mean'] * 1e3:.1f} | "
               f"{on['ttft_p99'] * 1e3:.0f} / {off['ttft_p99'] * 1e3:.0f} | "
-              f"{on['tpot_mean'] * 1e3:.2f} / {off['tpot_mean'] * 1e3:.2f} | {'yes' if r['changed'] else 'no'} |")
+              f"{on['tpot_mean'] * 1e3:.2f} / {off['tpot_mean'] * 1e3:.2f} | "
+              f"{r['ratio']['ttft_mean']:.3f} / {r['ratio']['ttft_p99']:.3f} | {'yes' if r['changed'] else 'no'} |")
+    print("\nmean TTFT per seed, on / off (ms):")
+    for r in rows:
+        print(f"  {r['detector']:14s}", ", ".join(f"{a:.1f} / {b:.1f}" for a, b in r["per_seed_mean_ms"]))
     print("\nfirings of every detector per workload (all on):")
     for r in rows:
         print(f"  {r['detector']:14s}", {k: int(v) for k, v in r["fired"].items()})

@@ -29,7 +29,8 @@ from llmsched.core.types import InstanceSnapshot
 NOT_EXPORTED = -1
 
 
-_INTS = ("running", "waiting", "_free", "total", "pending", "queries", "hits")
+_INTS = ("running", "waiting", "_free", "total", "pending", "queries", "hits", "free_lower")
+UNKNOWN_FREE = 1 << 62  # free_lower of a row whose block count is unknown (never "short of blocks")
 _FLOATS = ("time", "_kv", "kv_upper")
 
 
@@ -50,6 +51,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
     queries: np.ndarray
     hits: np.ndarray
     kv_upper: np.ndarray  # usage no row exceeds before its next write (== kv_usage unless lazy)
+    free_lower: np.ndarray  # free blocks no row goes below before its next write (UNKNOWN_FREE: no count)
     _free: np.ndarray
     _kv: np.ndarray
 
@@ -82,6 +84,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         extra = n - self.n
         self._ints = np.concatenate([self._ints, np.zeros((len(_INTS), extra), np.int64)], axis=1)
         self._ints[_INTS.index("pending"), self.n :] = NOT_EXPORTED
+        self._ints[_INTS.index("free_lower"), self.n :] = UNKNOWN_FREE
         self._flts = np.concatenate([self._flts, np.zeros((len(_FLOATS), extra))], axis=1)
         self.healthy = np.concatenate([self.healthy, np.ones(extra, bool)])
         self.version = np.concatenate([self.version, np.zeros(extra, np.int64)])
@@ -124,6 +127,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self.time[i] = time
         self._kv[i] = used / total
         self.kv_upper[i] = upper_used / total
+        self.free_lower[i] = total - upper_used
         self._written(i)
 
     def set_row(
@@ -143,8 +147,11 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
     ) -> None:
         if i >= self.n:
             self.resize(i + 1)
-        self._ints[:, i] = (running, waiting, free_blocks, total_blocks, pending, queries, hits)
-        self._flts[:, i] = (time, kv_usage, kv_usage if kv_upper is None else kv_upper)
+        upper = kv_usage if kv_upper is None else kv_upper
+        lower = free_blocks if kv_upper is None else int(total_blocks * (1.0 - upper))
+        self._ints[:, i] = (running, waiting, free_blocks, total_blocks, pending, queries, hits,
+                            lower if total_blocks > 0 else UNKNOWN_FREE)
+        self._flts[:, i] = (time, kv_usage, upper)
         if bool(self.healthy[i]) != healthy:
             self.num_unhealthy += -1 if healthy else 1
             self.healthy[i] = healthy

@@ -207,10 +207,13 @@ class Engine:
             prefix_hits=hits,
         )
 
-    def gauges(self, now: float) -> tuple[int, int, int, int, int, int, int]:
+    def gauges(self, now: float | None) -> tuple[int, int, int, int, int, int, int]:
         """`snapshot`'s numbers as a tuple (running, waiting, KV blocks used, total, pending prefill, prefix
-        queries, prefix hits): what a shell keeping its own table needs, without building the object."""
-        self._catch_up(now)
+        queries, prefix hits): what a shell keeping its own table needs, without building the object.
+        `now=None`: the KV blocks as last allocated, not caught up with a decode run in flight (for a shell
+        that computes that growth itself, see `lazy_kv`)."""
+        if now is not None:
+            self._catch_up(now)
         kv = self.kv
         return (len(self.decoding) + len(self.prefilling), len(self.policy), kv.num_used, kv.num_blocks,
                 self._pending_prefill, kv.queries, kv.hits)

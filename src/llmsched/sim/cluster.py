@@ -83,8 +83,9 @@ class Cluster:
             runs = self._runs
             for i in self._dirty:
                 e = engines[i]
-                running, waiting, used, total, pending, queries, hits = e.gauges(now)
                 end = e.run_end_blocks()
+                # Inside a closed-form run the KV columns are recomputed when read (`_refresh_kv`).
+                running, waiting, used, total, pending, queries, hits = e.gauges(None if end and end > 0 else now)
                 runs[i] = None
                 if end is None:
                     in_run.discard(i)

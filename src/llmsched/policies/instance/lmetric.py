@@ -83,9 +83,8 @@ class LMetric(TrackedRouter):
             # Blocks the request waits for: its own and the queued prefill's, one more per running decode.
             work = P if p.prefill == "request+pending" else P + self.pending()
             need = -(-work // bs) + B
-            total = tab.total
-            if ((total * (1.0 - tab.kv_upper) < need) & (total > 0)).any():  # a lower bound of free blocks first
-                short = (tab.free_blocks < need) & (total > 0)
+            if (tab.free_lower < need).any():  # a lower bound of the free blocks first: exact usage only then
+                short = (tab.free_blocks < need) & (tab.total > 0)
                 ok = np.flatnonzero(~short) if c is None else c[~short[c]]
                 n_c = self.num_instances_ if c is None else len(c)
                 if len(ok) and len(ok) < n_c:
@@ -125,7 +124,8 @@ class LMetric(TrackedRouter):
                 dec["near-tie"] += 1
                 return self._pick(fastest, score, P, B)
             near = near[score[near] == score[best]]
-        return self._pick(near, score, P, B)
+        # `near` now ties in score: the lower (P, B) decides (no dominated pick), then a seeded draw.
+        return self._pick(near if len(near) == 1 else lexmin(near, P, B), score, P, B, final=True)
 
     def _pick(
         self, near: np.ndarray, score: np.ndarray, P: np.ndarray, B: np.ndarray, final: bool = False

@@ -22,7 +22,7 @@ see it).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -82,13 +82,11 @@ class PrefixIndex:
         return len(self.stamps_[instance])
 
     # ---- lookups -----------------------------------------------------------------------------------------
-    def match(self, hashes: Sequence[int]) -> list[int]:
-        """Leading blocks of `hashes` each instance holds (longest prefix match, per instance)."""
-        n = len(self.stamps_)
-        out = [0] * n
+    def _levels(self, hashes: Sequence[int]) -> Iterator[tuple[int, int]]:
+        """(bitmask of instances whose match ends here, depth) along the chain, deepest last."""
         total = len(hashes)
         if not total:
-            return out
+            return
         get = self.owners_.get
         mask = get(hashes[0], 0)
         lo = 0
@@ -103,14 +101,18 @@ class PrefixIndex:
                 else:
                     b = mid - 1
             nxt = get(hashes[a + 1], 0) & mask if a + 1 < total else 0
-            gone = mask & ~nxt
-            depth = a + 1
+            yield mask & ~nxt, a + 1
+            mask = nxt
+            lo = a + 1
+
+    def match(self, hashes: Sequence[int]) -> list[int]:
+        """Leading blocks of `hashes` each instance holds (longest prefix match, per instance)."""
+        out = [0] * len(self.stamps_)
+        for gone, depth in self._levels(hashes):
             while gone:
                 low = gone & -gone
                 out[low.bit_length() - 1] = depth
                 gone ^= low
-            mask = nxt
-            lo = depth
         return out
 
     def match_array(self, hashes: Sequence[int], n: int | None = None) -> np.ndarray:
@@ -118,24 +120,8 @@ class PrefixIndex:
         instances whose match ends at the same depth form one bitmask, unpacked at C speed when large."""
         n = len(self.stamps_) if n is None else n
         out = np.zeros(n, np.int64)
-        total = len(hashes)
-        if not total:
-            return out
-        get = self.owners_.get
-        mask = get(hashes[0], 0)
-        lo = 0
         nbytes = (max(n, len(self.stamps_)) + 7) // 8
-        while mask:
-            a, b = lo, total - 1
-            while a < b:
-                mid = (a + b + 1) >> 1
-                if get(hashes[mid], 0) == mask:
-                    a = mid
-                else:
-                    b = mid - 1
-            nxt = get(hashes[a + 1], 0) & mask if a + 1 < total else 0
-            gone = mask & ~nxt
-            depth = a + 1
+        for gone, depth in self._levels(hashes):
             if gone.bit_count() > 8:
                 bits = np.unpackbits(np.frombuffer(gone.to_bytes(nbytes, "little"), np.uint8), bitorder="little")
                 out[bits[:n].astype(bool)] = depth
@@ -144,8 +130,6 @@ class PrefixIndex:
                     low = gone & -gone
                     out[low.bit_length() - 1] = depth
                     gone ^= low
-            mask = nxt
-            lo = depth
         return out
 
     def match_instance(self, instance: int, hashes: Sequence[int]) -> int:

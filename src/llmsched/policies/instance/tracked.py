@@ -3,8 +3,11 @@
 Snapshots are stale by up to the metrics interval. Between two refreshes the router knows exactly what it
 itself changed: requests it dispatched, finished, or saw prefill. So each load signal is estimated as
 `snapshot value + (router's count now - router's count when that snapshot was taken)`; with a single router
-the estimate is exact for queue length whatever the interval, and stays a good estimate for running and
-pending prefill. Routers that mirror a peer which does not do this (llm-d, least-kv) read raw snapshots.
+the estimate is exact for queue length whatever the interval, and stays a good estimate for the running
+batch. The queued uncached prefill is the snapshot's only where the source exports it (the simulator's live
+snapshots); vLLM's /metrics does not, so there it is the router's own outstanding account, charged at
+dispatch and released at the first token, which no scrape resets. Routers that mirror a peer which does not
+correct (llm-d, least-kv) read raw snapshots.
 
 The prefix index (`prefix_index.PrefixIndex`) is updated at dispatch, aged out after `index_ttl_s`, and
 optionally corrected by the engine's reported hits (`hit_feedback`: shrink an instance's remembered capacity
@@ -196,14 +199,6 @@ class TrackedRouter(Router):
             rows = snapshots.healthy_rows()
             return list(range(len(snapshots))) if rows is None else rows.tolist()
         return Router.healthy(snapshots)
-
-    def candidates(self, tab: SnapshotTable) -> np.ndarray | None:
-        """Healthy rows, or None when every row is a candidate (all healthy, or none is)."""
-        return tab.healthy_rows()
-
-    def delta(self, i: int) -> int:
-        """Requests dispatched minus finished at `i` since its snapshot was taken."""
-        return int(self.in_flight_[i] - self.base_in_flight_[i])
 
     def queue(self) -> np.ndarray:
         """Running + waiting per instance: snapshot corrected by own dispatches and finishes since."""
