@@ -27,7 +27,7 @@ from llmsched.engine.config import EngineConfig
 from llmsched.engine.engine import Engine
 from llmsched.model.base import BatchStats
 from llmsched.policies.request import REQUEST_POLICIES
-from llmsched.vllm.harness import FakeRunnerLoop, Limits, build_scheduler, make_request
+from llmsched.vllm.harness import FakeRunnerLoop, Limits, build_scheduler, make_request, request_id
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,12 @@ class DiffRequest:
     priority: int = 0
     prefix_group: int = -1  # requests of one group share their first `prefix_len` prompt tokens; -1: none
     prefix_len: int = 0
+    tie: bool = False  # arrive at the step's exact time (ties with the step's other arrivals)
 
     @property
     def arrival_time(self) -> float:
-        # Distinct and in rid order within a step, so neither side ever breaks an arrival tie.
-        return self.arrival_step + self.rid * 1e-6
+        # Distinct and in rid order within a step unless `tie`.
+        return float(self.arrival_step) if self.tie else self.arrival_step + self.rid * 1e-6
 
     def token_ids(self) -> list[int]:
         """Prompt token ids: the group's shared prefix, then tokens private to this request."""
@@ -192,7 +193,7 @@ def run_vllm(
         for d in arrivals.get(step, ()):
             loop.add(
                 make_request(
-                    str(d.rid),
+                    request_id(d.rid),
                     d.token_ids(),
                     d.output_len,
                     bs,
@@ -293,6 +294,7 @@ def random_workload(
     arrival_span: int = 30,
     num_groups: int = 3,
     priorities: int = 1,
+    ties: bool = False,
 ) -> list[DiffRequest]:
     """A random stream: uniform lengths and arrival steps, about half the prompts sharing a group prefix."""
     rng = random.Random(seed)
@@ -309,6 +311,7 @@ def random_workload(
                 priority=rng.randrange(priorities),
                 prefix_group=g,
                 prefix_len=rng.randint(0, p) if g >= 0 else 0,
+                tie=ties,
             )
         )
     return reqs
@@ -332,18 +335,24 @@ def run_cli(
         pol = ("fcfs", "priority")[i % 2] if policy == "both" else policy
         lim = replace(limits, policy=pol)  # type: ignore[arg-type]
         reqs = random_workload(
-            seed + i, num_requests=num_requests, priorities=3 if pol == "priority" else 1,
+            seed + i,
+            num_requests=num_requests,
+            priorities=3 if pol == "priority" else 1,
             max_prompt=lim.max_num_batched_tokens // 2 if not lim.enable_chunked_prefill else 200,
             max_output=lim.max_num_batched_tokens // 2 if not lim.enable_chunked_prefill else 40,
         )
         need = max(-(-(r.prompt_len + r.output_len) // lim.block_size) for r in reqs)
         if need > lim.num_blocks:
-            raise ValueError(f"--num-blocks {lim.num_blocks} cannot hold a {need}-block request of the workload")
+            raise ValueError(
+                f"--num-blocks {lim.num_blocks} cannot hold a {need}-block request of the workload"
+            )
         res = compare(reqs, lim, context=context)
         steps += res.steps
         if not res.identical:
             echo(f"case {i} (seed {seed + i}, policy {pol}): {len(reqs)} requests")
             echo(res.divergence)
             return 1
-    echo(f"identical: {cases} workloads, {steps} steps compared (vLLM scheduler vs llmsched engine, {limits})")
+    echo(
+        f"identical: {cases} workloads, {steps} steps compared (vLLM scheduler vs llmsched engine, {limits})"
+    )
     return 0

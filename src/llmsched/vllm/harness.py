@@ -177,6 +177,12 @@ def _hasher(block_size: int) -> Any:
     return get_request_block_hasher(block_size, sha256)
 
 
+def request_id(rid: int) -> str:
+    """vLLM's request id of our request `rid`: zero-padded, so that vLLM's priority queue, which breaks a tie of
+    (priority, arrival) by comparing the id strings, orders ties as our queues do (by rid)."""
+    return f"{rid:012d}"
+
+
 def make_request(
     request_id: str,
     prompt_token_ids: Sequence[int],

@@ -34,6 +34,7 @@ from llmsched.vllm.harness import (
     build_scheduler,
     fake_runner_output,
     make_request,
+    request_id,
 )
 
 
@@ -124,7 +125,7 @@ class VllmEngine:
             if r.status in (Status.WAITING, Status.PREEMPTED):
                 pending += r.prompt_len - r.est_cached
             elif r.status == Status.RUNNING:
-                v = s.requests.get(str(r.rid))
+                v = s.requests.get(request_id(r.rid))
                 if v is not None and v.num_computed_tokens < r.prompt_len:
                     pending += r.prompt_len - v.num_computed_tokens
         free = pool.get_num_free_blocks()
@@ -151,7 +152,7 @@ class VllmEngine:
             block_tokens(np.array(hashes[:n_full], dtype=np.int64), bs).ravel().tolist() if n_full else []
         )
         start = n_full * bs
-        rid = str(req.rid)
+        rid = request_id(req.rid)
         if req.output_hashes and n_full == req.prompt_len // bs:
             # The answer's blocks continue the prompt's: the tail of the prompt and the answer are their tokens.
             ans = block_tokens(np.array(req.output_hashes, dtype=np.int64), bs).ravel()
@@ -181,7 +182,7 @@ class VllmEngine:
                 f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed max_model_len ({lim.model_len})"
                 + ("; chunked prefill is off" if not lim.enable_chunked_prefill else "")
             )
-        rid = str(req.rid)
+        rid = request_id(req.rid)
         if rid in self._reqs:
             raise ValueError(f"request {req.rid} was added twice")
         vreq = make_request(
