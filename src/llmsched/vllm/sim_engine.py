@@ -121,13 +121,17 @@ class VllmEngine:
         s = self.sched
         pool = s.kv_cache_manager.block_pool
         pending = 0
+        # schedule() advanced num_computed_tokens by the step in flight; those tokens are not computed yet.
+        inflight = self._plan[0].num_scheduled_tokens if self._plan is not None else {}
         for r in self._reqs.values():
             if r.status in (Status.WAITING, Status.PREEMPTED):
                 pending += r.prompt_len - r.est_cached
             elif r.status == Status.RUNNING:
-                v = s.requests.get(request_id(r.rid))
-                if v is not None and v.num_computed_tokens < r.prompt_len:
-                    pending += r.prompt_len - v.num_computed_tokens
+                vid = request_id(r.rid)
+                v = s.requests.get(vid)
+                if v is not None:
+                    done = v.num_computed_tokens - inflight.get(vid, 0)
+                    pending += max(0, r.prompt_len - done)
         free = pool.get_num_free_blocks()
         total = self.limits.num_blocks
         return InstanceSnapshot(
