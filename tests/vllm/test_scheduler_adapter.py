@@ -16,7 +16,13 @@ from llmsched.vllm.scheduler import PARAMS_ENV, POLICY_ENV, Scheduler, SyncSched
 CASES = [
     (seed, Limits(max_num_batched_tokens=bt, max_num_seqs=seqs, num_blocks=blocks, enable_prefix_caching=pc))
     for seed, (bt, seqs, blocks, pc) in enumerate(
-        [(128, 4, 48, False), (256, 8, 64, True), (512, 16, 80, True), (96, 6, 40, False), (256, 3, 200, True)]
+        [
+            (128, 4, 48, False),
+            (256, 8, 64, True),
+            (512, 16, 80, True),
+            (96, 6, 40, False),
+            (256, 3, 200, True),
+        ]
     )
 ]
 
@@ -36,7 +42,10 @@ def test_fcfs_schedules_step_for_step_as_stock(seed: int, limits: Limits, monkey
 
 def test_the_random_cases_preempt() -> None:
     """The step-for-step comparisons above only mean something if preemption happens in them."""
-    preempted = [_preemptions(run(None, lim, random_stream(seed, shared=lim.enable_prefix_caching))) for seed, lim in CASES[:2]]
+    preempted = [
+        _preemptions(run(None, lim, random_stream(seed, shared=lim.enable_prefix_caching)))
+        for seed, lim in CASES[:2]
+    ]
     assert all(n > 0 for n in preempted), preempted
 
 
@@ -158,7 +167,10 @@ def test_feedback_cost_model_estimate(monkeypatch) -> None:
         ({POLICY_ENV: "nope"}, "LLMSCHED_REQUEST_POLICY='nope' is not a request policy; valid: "),
         ({POLICY_ENV: "sjf", PARAMS_ENV: "{bad"}, "LLMSCHED_REQUEST_PARAMS is not valid JSON"),
         ({POLICY_ENV: "sjf", PARAMS_ENV: "[1]"}, "LLMSCHED_REQUEST_PARAMS must be a JSON object"),
-        ({POLICY_ENV: "sjf", PARAMS_ENV: '{"no_such": 1}'}, "LLMSCHED_REQUEST_PARAMS: invalid parameters for sjf"),
+        (
+            {POLICY_ENV: "sjf", PARAMS_ENV: '{"no_such": 1}'},
+            "LLMSCHED_REQUEST_PARAMS: invalid parameters for sjf",
+        ),
         ({"LLMSCHED_COST_MODEL": "gpt@x"}, "LLMSCHED_COST_MODEL='gpt@x' must be MODEL@GPU"),
     ],
 )

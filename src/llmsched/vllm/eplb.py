@@ -144,7 +144,9 @@ def _flows() -> np.ndarray | None:
     try:
         return np.load(path)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{FLOWS_ENV}={path!r}: cannot read a .npy array of flows [L-1, E, E] ({e})") from None
+        raise ValueError(
+            f"{FLOWS_ENV}={path!r}: cannot read a .npy array of flows [L-1, E, E] ({e})"
+        ) from None
 
 
 POLICIES: dict[str, type[LlmschedEplbPolicy]] = {
@@ -163,7 +165,9 @@ def install() -> type[AbstractEplbPolicy] | None:
         return None
     cls = POLICIES.get(name)
     if cls is None:
-        raise ValueError(f"{EXPERT_ENV}={name!r} is not an EPLB policy of llmsched; valid: {', '.join(POLICIES)}")
+        raise ValueError(
+            f"{EXPERT_ENV}={name!r} is not an EPLB policy of llmsched; valid: {', '.join(POLICIES)}"
+        )
     _placer(name)  # validate LLMSCHED_EXPERT_PARAMS now, not at the first rebalance
     if cls.placer_name == "affinity":
         _flows()

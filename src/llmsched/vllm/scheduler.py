@@ -110,7 +110,9 @@ class _PolicyQueueMixin:
         if want != self.policy:  # type: ignore[has-type]
             logger.warning(
                 "llmsched: %s=%s overrides --scheduling-policy %s (waiting order and preemption victim)",
-                POLICY_ENV, policy.name, vllm_policy,
+                POLICY_ENV,
+                policy.name,
+                vllm_policy,
             )
             self.policy = want
             self.kv_holding_waiting = create_request_queue(want)
