@@ -15,7 +15,7 @@ with both sides' batches and queue states.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,11 +112,18 @@ def engine_config(limits: Limits) -> EngineConfig:
     )
 
 
-def _by_arrival(reqs: Sequence[DiffRequest]) -> dict[int, list[DiffRequest]]:
-    out: dict[int, list[DiffRequest]] = {}
+def _steps(
+    reqs: Sequence[DiffRequest], has_work: Callable[[], bool]
+) -> Iterator[tuple[int, list[DiffRequest]]]:
+    """(step, requests arriving before it) until every request has arrived and `has_work()` is false."""
+    arrivals: dict[int, list[DiffRequest]] = {}
     for r in sorted(reqs, key=lambda r: (r.arrival_step, r.rid)):
-        out.setdefault(r.arrival_step, []).append(r)
-    return out
+        arrivals.setdefault(r.arrival_step, []).append(r)
+    last = max(arrivals) if arrivals else 0
+    step = 0
+    while step <= last or has_work():
+        yield step, arrivals.get(step, [])
+        step += 1
 
 
 def run_ours(
@@ -131,12 +138,9 @@ def run_ours(
     eng = Engine(_UnitCost(), policy, config or engine_config(limits), num_blocks=limits.num_blocks)
     if state is not None:
         state["engine"] = eng
-    arrivals = _by_arrival(reqs)
-    last = max(arrivals) if arrivals else 0
     bs = limits.block_size
-    step = 0
-    while step <= last or eng.has_work:
-        for d in arrivals.get(step, ()):
+    for step, arriving in _steps(reqs, lambda: eng.has_work):
+        for d in arriving:
             toks = d.token_ids()
             r = Request(
                 rid=d.rid,
@@ -165,7 +169,6 @@ def run_ours(
         rec.free_blocks = eng.kv.num_free
         rec.waiting = _queue_order(policy, float(step))
         yield rec
-        step += 1
 
 
 def _queue_order(policy: Any, now: float) -> list[int]:
@@ -185,12 +188,9 @@ def run_vllm(
     if state is not None:
         state["scheduler"] = sched
     loop = FakeRunnerLoop(sched)
-    arrivals = _by_arrival(reqs)
-    last = max(arrivals) if arrivals else 0
     bs = limits.block_size
-    step = 0
-    while step <= last or loop.has_work:
-        for d in arrivals.get(step, ()):
+    for step, arriving in _steps(reqs, lambda: loop.has_work):
+        for d in arriving:
             loop.add(
                 make_request(
                     request_id(d.rid),
@@ -215,9 +215,6 @@ def run_vllm(
         rec.finished = sorted(int(r) for r in res.finished)
         rec.free_blocks = sched.kv_cache_manager.block_pool.get_num_free_blocks()
         yield rec
-        step += 1
-        if not loop.has_work and step > last:
-            break
 
 
 def _vllm_waiting(sched: Any) -> list[Any]:

@@ -31,6 +31,7 @@ from llmsched.vllm.harness import (
     FakeRunnerLoop,
     KVCacheTooSmall,
     Limits,
+    account,
     build_scheduler,
     fake_runner_output,
     make_request,
@@ -229,13 +230,7 @@ class VllmEngine:
             c = v.num_computed_tokens - n  # computed before this step (schedule() advanced it)
             if rid not in before:  # admitted in this step: c is its prefix-cache hit
                 self._on_admit(req, c, now)
-            if rid in self._decoding:
-                b.decode_tokens += 1
-                b.kv_tokens += c + 1
-            else:
-                b.prefill_tokens += n
-                b.prefill_seqs += 1
-                b.prefill_pairs += n * (c + (n + 1) / 2)
+            account(b, n, c, rid in self._decoding)
             if classes is not None:
                 k = req.cls or ""
                 classes[k] = classes.get(k, 0) + (1 if rid in self._decoding else n)
