@@ -103,3 +103,15 @@ def test_priority_ties_of_arrival_are_broken_as_vllm_breaks_them() -> None:
         limits = Limits(max_num_batched_tokens=64, max_num_seqs=8, num_blocks=40, policy="priority")
         res = compare(random_workload(seed, priorities=2, ties=True, arrival_span=6), limits)
         assert res.identical, res.divergence
+
+
+def test_vllm_diff_command_reports_identical_workloads_and_refuses_a_cache_too_small() -> None:
+    from typer.testing import CliRunner
+
+    from llmsched.cli import app
+
+    ok = CliRunner().invoke(app, ["vllm-diff", "--cases", "2", "--num-requests", "6"])
+    assert ok.exit_code == 0, ok.output
+    assert "identical: 2 workloads" in ok.output
+    small = CliRunner().invoke(app, ["vllm-diff", "--cases", "1", "--num-blocks", "2"])
+    assert small.exit_code == 2 and "cannot hold" in small.output
