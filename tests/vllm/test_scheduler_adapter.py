@@ -190,3 +190,31 @@ def test_scheduler_cls_resolves_as_engine_core_does() -> None:
     assert llmsched.vllm.Scheduler is Scheduler
     cfg = SchedulerConfig.default_factory(scheduler_cls="llmsched.vllm.Scheduler")
     assert cfg.get_scheduler_cls() is Scheduler
+
+
+def test_serve_command_line_selects_our_class(monkeypatch) -> None:
+    """The flags of docs/vllm.md, parsed by vLLM's own argument parser into the config EngineCore reads."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from llmsched.vllm.harness import model_dir
+
+    if not current_platform.device_type:  # no GPU here: vLLM cannot infer a device type
+        monkeypatch.setattr(current_platform, "device_type", "cpu")
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(
+        ["--model", model_dir(), "--skip-tokenizer-init", "--scheduler-cls", "llmsched.vllm.Scheduler"]
+    )
+    cfg = EngineArgs.from_cli_args(args).create_engine_config()
+    assert cfg.scheduler_config.get_scheduler_cls() is Scheduler
+    assert cfg.scheduler_config.async_scheduling  # vLLM keeps async scheduling on: our class does both
+    eplb = parser.parse_args(
+        [
+            "--model", model_dir(), "--enable-expert-parallel", "--enable-eplb",
+            "--eplb-config", '{"window_size": 100, "step_interval": 100, "num_redundant_experts": 32}',
+        ]
+    )  # fmt: skip
+    ea = EngineArgs.from_cli_args(eplb)
+    assert ea.enable_eplb and ea.enable_expert_parallel
+    assert (ea.eplb_config.window_size, ea.eplb_config.step_interval) == (100, 100)
