@@ -24,7 +24,6 @@ come from `LLMSCHED_EXPERT_PARAMS` (JSON). Unset: vLLM is left alone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import ClassVar
@@ -36,6 +35,7 @@ from vllm.distributed.eplb.policy.abstract import AbstractEplbPolicy
 
 from llmsched.policies.expert import EXPERT_PLACERS, ExpertPlacer, Placement, Topology
 from llmsched.policies.expert.eplb import eplb_placement, keep_in_place
+from llmsched.vllm._env import create_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +48,8 @@ VLLM_DEFAULT_POLICY = EPLB_POLICIES["default"]
 
 def _placer(name: str) -> ExpertPlacer:
     """Our placer `name`, with LLMSCHED_EXPERT_PARAMS when LLMSCHED_EXPERT_POLICY selects this one."""
-    params: dict = {}
-    if os.environ.get(EXPERT_ENV, "").strip() == name:
-        raw = os.environ.get(EXPERT_PARAMS_ENV) or "{}"
-        try:
-            params = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{EXPERT_PARAMS_ENV} is not valid JSON ({e.msg}): {raw!r}") from None
-        if not isinstance(params, dict):
-            raise ValueError(f"{EXPERT_PARAMS_ENV} must be a JSON object of parameters, got {raw!r}")
-    try:
-        return EXPERT_PLACERS.create(name, params)
-    except ValueError as e:
-        raise ValueError(f"{EXPERT_PARAMS_ENV}: {e}") from None
+    selected = os.environ.get(EXPERT_ENV, "").strip() == name
+    return create_from_env(EXPERT_PLACERS, name, EXPERT_PARAMS_ENV, os.environ if selected else {})
 
 
 def _layout(old: torch.Tensor | None, shape: tuple[int, int], num_experts: int) -> Placement | None:

@@ -24,7 +24,6 @@ picked. `SyncScheduler` is the same on vLLM's plain `Scheduler`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -39,6 +38,8 @@ from vllm.v1.request import RequestStatus
 from llmsched.core.types import Status
 from llmsched.model.base import BatchStats
 from llmsched.policies.request import REQUEST_POLICIES, RequestPolicy
+from llmsched.vllm._env import create_from_env
+from llmsched.vllm.harness import account
 from llmsched.vllm.queue import PolicyQueue
 
 logger = logging.getLogger(__name__)
@@ -62,17 +63,7 @@ def policy_from_env(default: str = "fcfs", env: dict[str, str] | None = None) ->
         raise ValueError(
             f"{POLICY_ENV}={name!r} is not a request policy; valid: {', '.join(REQUEST_POLICIES.names())}"
         )
-    raw = env.get(PARAMS_ENV) or "{}"
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{PARAMS_ENV} is not valid JSON ({e.msg} at char {e.pos}): {raw!r}") from None
-    if not isinstance(params, dict):
-        raise ValueError(f"{PARAMS_ENV} must be a JSON object of parameters, got {raw!r}")
-    try:
-        return REQUEST_POLICIES.create(name, params)
-    except ValueError as e:
-        raise ValueError(f"{PARAMS_ENV}: {e}") from None
+    return create_from_env(REQUEST_POLICIES, name, PARAMS_ENV, env)
 
 
 def cost_model_from_env(env: dict[str, str] | None = None) -> Any | None:
@@ -148,13 +139,7 @@ class _PolicyQueueMixin:
             if r is None:
                 continue
             before = r.num_computed_tokens - n  # schedule() already advanced it
-            if before >= r.num_tokens - 1:  # a decode (plus any speculative tokens)
-                b.decode_tokens += 1
-                b.kv_tokens += before + 1
-            else:
-                b.prefill_tokens += n
-                b.prefill_seqs += 1
-                b.prefill_pairs += n * (before + (n + 1) / 2)
+            account(b, n, before, decode=before >= r.num_tokens - 1)  # decode: plus any speculative tokens
         return b
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
