@@ -87,7 +87,9 @@ class _PolicyQueueMixin:
     """The part shared by `Scheduler` and `SyncScheduler` (mixed in before vLLM's class)."""
 
     llmsched_policy: RequestPolicy
-    waiting: PolicyQueue
+    # None when an instance was made without __init__ (vLLM's tests do `object.__new__(Scheduler)`): then
+    # every override below is vLLM's method unchanged.
+    llmsched_queue: PolicyQueue | None = None
     clock: Callable[[], float] = staticmethod(time.time)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -96,7 +98,9 @@ class _PolicyQueueMixin:
         policy = policy_from_env(default=str(vllm_policy))
         self.llmsched_policy = policy
         self.llmsched_cost_model = cost_model_from_env()
-        self.waiting = PolicyQueue(policy, clock=lambda: self.clock())
+        # Our own handle on the queue: the feedback below must not depend on what `self.waiting` is later.
+        self.llmsched_queue = PolicyQueue(policy, clock=lambda: self.clock())
+        self.waiting = self.llmsched_queue
         want = SchedulingPolicy.PRIORITY if policy.preempt_by_priority else SchedulingPolicy.FCFS
         if want != self.policy:  # type: ignore[has-type]
             logger.warning(
@@ -113,14 +117,17 @@ class _PolicyQueueMixin:
 
     # -- one step --------------------------------------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        q = self.llmsched_queue
+        if q is None:
+            return super().schedule(*args, **kwargs)  # type: ignore[misc]
         now = self.clock()
-        self.waiting.begin_step(now)
+        q.begin_step(now)
         try:
             out = super().schedule(*args, **kwargs)  # type: ignore[misc]
         finally:
-            self.waiting.end_step()
+            q.end_step()
         for data in out.scheduled_new_reqs:
-            m = self.waiting.get_mirror(data.req_id)
+            m = q.get_mirror(data.req_id)
             if m is not None:
                 if m.first_scheduled < 0:
                     m.first_scheduled = now
@@ -143,11 +150,18 @@ class _PolicyQueueMixin:
         return b
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        q = self.llmsched_queue
+        if q is not None:
+            self._llmsched_feedback(q, scheduler_output, model_runner_output)
+        return super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
+
+    def _llmsched_feedback(self, q: PolicyQueue, scheduler_output: Any, model_runner_output: Any) -> None:
+        """First-token times of the mirrors, and on_prefill for a step with prompt work."""
         now = self.clock()
         idx = model_runner_output.req_id_to_index
         sampled = model_runner_output.sampled_token_ids
         for rid in scheduler_output.num_scheduled_tokens:
-            m = self.waiting.get_mirror(rid)
+            m = q.get_mirror(rid)
             i = idx.get(rid)
             if m is None or i is None or i >= len(sampled) or len(sampled[i]) == 0:
                 continue
@@ -161,10 +175,10 @@ class _PolicyQueueMixin:
             cm = self.llmsched_cost_model
             seconds = cm.step_time(b, start) if cm is not None else now - start
             self.llmsched_policy.on_prefill(b.prefill_tokens, seconds, now)
-        return super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
 
     def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        m = self.waiting.forget(request.request_id)
+        q = self.llmsched_queue
+        m = q.forget(request.request_id) if q is not None else None
         if m is not None and request.status in _DONE:
             now = self.clock()
             m.finish = now
