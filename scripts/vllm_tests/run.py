@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -36,14 +37,22 @@ EPLB_TESTS = "tests/distributed/test_eplb_algo.py"
 GUARD = "llmsched-run:"
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def step(title: str):
+    """Prints the step's wall time and its subprocesses' CPU time (comparable across machine loads)."""
+
     class _Timer:
         def __enter__(self):
-            self.t = time.monotonic()
-            print(f"== {title}", flush=True)
+            self.t, self.c = time.monotonic(), _cpu()
+            print(f"== {title} (load {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
 
         def __exit__(self, *exc):
-            print(f"== {title}: {time.monotonic() - self.t:.1f} s", flush=True)
+            wall, cpu = time.monotonic() - self.t, _cpu() - self.c
+            print(f"== {title}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
 
     return _Timer()
 
