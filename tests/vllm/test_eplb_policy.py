@@ -87,6 +87,19 @@ def test_hotspot_relieves_the_layout_in_force_and_leaves_balanced_layers_alone()
     assert torch.equal(HotspotPolicy.rebalance_experts(even, R, 4, 1, G, new), new)
 
 
+def test_hotspot_cold_start_replicates_the_hot_experts() -> None:
+    """With no layout in force hotspot starts from EPLB's placement: the hot expert gets EPLB's replicas
+    (starting from the static layout, its spare slots hold whatever expert they hold)."""
+    w = torch.tensor([[300, 20, 40, 60, 80, 100], [10, 30, 50, 70, 90, 400]])
+    hot = w.argmax(1)
+
+    def replicas(policy) -> np.ndarray:
+        out = policy.rebalance_experts(w, 10, 1, 1, 2).numpy()
+        return np.stack([np.bincount(row, minlength=6) for row in out])[np.arange(2), hot]
+
+    assert (replicas(HotspotPolicy) >= replicas(EplbPolicy)).all() and (replicas(HotspotPolicy) >= 3).all()
+
+
 def test_affinity_uses_a_flow_profile(tmp_path, monkeypatch) -> None:
     """With LLMSCHED_EXPERT_FLOWS, affinity cuts cross-GPU traffic below eplb's; without it, it is eplb."""
     w = _skewed(4)

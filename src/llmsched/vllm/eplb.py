@@ -11,8 +11,7 @@ physical_to_logical_map).
   that experts already on a GPU keep their slot (`keep_in_place`: fewer weights to move);
 - `HotspotPolicy` (`hotspot`): a few cheap moves on the layout in force, only in layers whose balancedness is
   below the threshold (meant for a short window and interval: `--eplb-config '{"window_size": 100,
-  "step_interval": 100}'`); with no layout in force it starts from the static one, or from EPLB when the
-  experts do not split evenly over the ranks;
+  "step_interval": 100}'`); with no layout in force (a cold start) it starts from EPLB's;
 - `AffinityPolicy` (`affinity`): EPLB's replica counts, placed layer by layer next to the previous layer's
   senders. vLLM records no inter-layer flows, so they come from a profile: `LLMSCHED_EXPERT_FLOWS` = a `.npy`
   file of shape [L-1, E, E]; without it the layout is EPLB's.
@@ -111,10 +110,8 @@ class HotspotPolicy(LlmschedEplbPolicy):
     @classmethod
     def place(cls, w: np.ndarray, topo: Topology, old: Placement | None) -> Placement:
         placer = _placer(cls.placer_name)
-        if old is None:
-            if topo.num_experts % topo.num_gpus == 0:
-                return placer.place(w, topo)
-            old = eplb_placement(w, topo)  # no static layout to start from
+        if old is None:  # a cold start: a full placement first, replicas where the load is
+            old = eplb_placement(w, topo)
         return placer._relieve(w, old, topo) or old  # type: ignore[attr-defined]
 
 
