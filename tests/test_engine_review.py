@@ -86,7 +86,7 @@ def check_invariants(eng: Engine, reqs: Sequence[Request]) -> None:
         assert c == refs.get(h, 0), "refcount disagrees with the requests holding the block"
         assert (c == 0) == (h in kv._queue)
     assert set(refs) <= set(kv._refs)
-    assert sum(v or 1 for v in kv._queue.values()) == kv.num_blocks - kv.num_used
+    assert kv._front + sum(v or 1 for v in kv._queue.values()) == kv.num_blocks - kv.num_used
     # Pending prefill: estimate for queued requests, exact uncached remainder for running ones.
     ids = {id(r) for r in running}
     pending = 0

@@ -7,7 +7,9 @@ _NO_VLLM = "import sys; sys.modules['vllm'] = None  # makes `import vllm` fail a
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _NO_VLLM + code], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _NO_VLLM + code], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_llmsched_imports_without_vllm() -> None:
@@ -17,11 +19,15 @@ def test_llmsched_imports_without_vllm() -> None:
 
 
 def test_vllm_scheduler_without_vllm_names_the_extra() -> None:
-    r = _run("import llmsched.vllm\ntry:\n    llmsched.vllm.Scheduler\nexcept ImportError as e:\n    print(e)\n")
+    r = _run(
+        "import llmsched.vllm\ntry:\n    llmsched.vllm.Scheduler\nexcept ImportError as e:\n    print(e)\n"
+    )
     assert r.returncode == 0, r.stderr
     assert "pip install 'llmsched[vllm]'" in r.stdout
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
-    r = _run("import llmsched.vllm\ntry:\n    llmsched.vllm.Nope\nexcept AttributeError as e:\n    print(e)\n")
+    r = _run(
+        "import llmsched.vllm\ntry:\n    llmsched.vllm.Nope\nexcept AttributeError as e:\n    print(e)\n"
+    )
     assert "has no attribute 'Nope'" in r.stdout, r.stderr

@@ -95,3 +95,23 @@ def test_loop_guard_raises_instead_of_spinning_on_a_too_small_cache() -> None:
     loop.add(make_request("big", list(range(100, 300)), 4, BS))
     with pytest.raises(KVCacheTooSmall, match="cannot hold"):
         loop.run(max_steps=50)
+
+
+def test_priority_ties_of_arrival_are_broken_as_vllm_breaks_them() -> None:
+    """Requests of one step arrive at the same instant: queue order and preemption victims fall to tie-breaks."""
+    for seed in range(8):
+        limits = Limits(max_num_batched_tokens=64, max_num_seqs=8, num_blocks=40, policy="priority")
+        res = compare(random_workload(seed, priorities=2, ties=True, arrival_span=6), limits)
+        assert res.identical, res.divergence
+
+
+def test_vllm_diff_command_reports_identical_workloads_and_refuses_a_cache_too_small() -> None:
+    from typer.testing import CliRunner
+
+    from llmsched.cli import app
+
+    ok = CliRunner().invoke(app, ["vllm-diff", "--cases", "2", "--num-requests", "6"])
+    assert ok.exit_code == 0, ok.output
+    assert "identical: 2 workloads" in ok.output
+    small = CliRunner().invoke(app, ["vllm-diff", "--cases", "1", "--num-blocks", "2"])
+    assert small.exit_code == 2 and "cannot hold" in small.output

@@ -16,7 +16,13 @@ from llmsched.vllm.scheduler import PARAMS_ENV, POLICY_ENV, Scheduler, SyncSched
 CASES = [
     (seed, Limits(max_num_batched_tokens=bt, max_num_seqs=seqs, num_blocks=blocks, enable_prefix_caching=pc))
     for seed, (bt, seqs, blocks, pc) in enumerate(
-        [(128, 4, 48, False), (256, 8, 64, True), (512, 16, 80, True), (96, 6, 40, False), (256, 3, 200, True)]
+        [
+            (128, 4, 48, False),
+            (256, 8, 64, True),
+            (512, 16, 80, True),
+            (96, 6, 40, False),
+            (256, 3, 200, True),
+        ]
     )
 ]
 
@@ -36,7 +42,10 @@ def test_fcfs_schedules_step_for_step_as_stock(seed: int, limits: Limits, monkey
 
 def test_the_random_cases_preempt() -> None:
     """The step-for-step comparisons above only mean something if preemption happens in them."""
-    preempted = [_preemptions(run(None, lim, random_stream(seed, shared=lim.enable_prefix_caching))) for seed, lim in CASES[:2]]
+    preempted = [
+        _preemptions(run(None, lim, random_stream(seed, shared=lim.enable_prefix_caching)))
+        for seed, lim in CASES[:2]
+    ]
     assert all(n > 0 for n in preempted), preempted
 
 
@@ -158,7 +167,10 @@ def test_feedback_cost_model_estimate(monkeypatch) -> None:
         ({POLICY_ENV: "nope"}, "LLMSCHED_REQUEST_POLICY='nope' is not a request policy; valid: "),
         ({POLICY_ENV: "sjf", PARAMS_ENV: "{bad"}, "LLMSCHED_REQUEST_PARAMS is not valid JSON"),
         ({POLICY_ENV: "sjf", PARAMS_ENV: "[1]"}, "LLMSCHED_REQUEST_PARAMS must be a JSON object"),
-        ({POLICY_ENV: "sjf", PARAMS_ENV: '{"no_such": 1}'}, "LLMSCHED_REQUEST_PARAMS: invalid parameters for sjf"),
+        (
+            {POLICY_ENV: "sjf", PARAMS_ENV: '{"no_such": 1}'},
+            "LLMSCHED_REQUEST_PARAMS: invalid parameters for sjf",
+        ),
         ({"LLMSCHED_COST_MODEL": "gpt@x"}, "LLMSCHED_COST_MODEL='gpt@x' must be MODEL@GPU"),
     ],
 )
@@ -178,3 +190,31 @@ def test_scheduler_cls_resolves_as_engine_core_does() -> None:
     assert llmsched.vllm.Scheduler is Scheduler
     cfg = SchedulerConfig.default_factory(scheduler_cls="llmsched.vllm.Scheduler")
     assert cfg.get_scheduler_cls() is Scheduler
+
+
+def test_serve_command_line_selects_our_class(monkeypatch) -> None:
+    """The flags of docs/vllm.md, parsed by vLLM's own argument parser into the config EngineCore reads."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from llmsched.vllm.harness import model_dir
+
+    if not current_platform.device_type:  # no GPU here: vLLM cannot infer a device type
+        monkeypatch.setattr(current_platform, "device_type", "cpu")
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(
+        ["--model", model_dir(), "--skip-tokenizer-init", "--scheduler-cls", "llmsched.vllm.Scheduler"]
+    )
+    cfg = EngineArgs.from_cli_args(args).create_engine_config()
+    assert cfg.scheduler_config.get_scheduler_cls() is Scheduler
+    assert cfg.scheduler_config.async_scheduling  # vLLM keeps async scheduling on: our class does both
+    eplb = parser.parse_args(
+        [
+            "--model", model_dir(), "--enable-expert-parallel", "--enable-eplb",
+            "--eplb-config", '{"window_size": 100, "step_interval": 100, "num_redundant_experts": 32}',
+        ]
+    )  # fmt: skip
+    ea = EngineArgs.from_cli_args(eplb)
+    assert ea.enable_eplb and ea.enable_expert_parallel
+    assert (ea.eplb_config.window_size, ea.eplb_config.step_interval) == (100, 100)

@@ -31,7 +31,9 @@ def random_stream(seed: int, n: int = 40, block_size: int = 16, shared: bool = F
     return out
 
 
-def run(scheduler_cls: type | None, limits: Limits, stream: list[Spec], clock_step: float = 0.01) -> list[tuple]:
+def run(
+    scheduler_cls: type | None, limits: Limits, stream: list[Spec], clock_step: float = 0.01
+) -> list[tuple]:
     """Drive a scheduler through `stream`; one (scheduled tokens per request, preempted ids) per step."""
     sched = build_scheduler(limits, scheduler_cls=scheduler_cls)
     t = [0.0]

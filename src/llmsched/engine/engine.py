@@ -386,10 +386,11 @@ class Engine:
 
     def _last_admitted(self) -> Request:
         """The preemption victim: the last admitted (vLLM FCFS), or for a priority queue the request of
-        lowest priority, latest arrival (vLLM's priority scheduling)."""
+        lowest priority, latest arrival (vLLM's priority scheduling; ties: the earliest admitted)."""
         if self.policy.preempt_by_priority:
+            # vLLM: max over running of (priority, arrival); a tie goes to the earliest in running order.
             return max(
-                (*self.decoding.values(), *self.prefilling), key=lambda r: (r.priority, r.arrival, r.admit_seq)
+                (*self.decoding.values(), *self.prefilling), key=lambda r: (r.priority, r.arrival, -r.admit_seq)
             )
         best: Request | None = None
         for r in self.decoding.values():

@@ -44,8 +44,10 @@ class KVCache:
         self._refs: dict[Key, int] = {}  # cached block -> reference count
         self._dups: dict[int, list[tuple[int, int]]] = {}  # hash -> later copies (the first is keyed by the hash)
         self._serial = count()
-        # The free queue, front first: cached keys (value None) and anonymous runs (value = length).
-        self._queue: OrderedDict[Key | _Run, int | None] = OrderedDict({_Run(): num_blocks})
+        # The free queue, front first: `_front` anonymous blocks, then cached keys (value None) and anonymous
+        # runs (value = length). The front run is a plain counter: the common allocation is one subtraction.
+        self._front = num_blocks
+        self._queue: OrderedDict[Key | _Run, int | None] = OrderedDict()
         self.num_used = 0  # blocks referenced by requests (anonymous + cached with refs)
         self.queries = 0  # prompt tokens looked up (vllm:prefix_cache_queries_total)
         self.hits = 0  # prompt tokens found (vllm:prefix_cache_hits_total)
@@ -104,11 +106,15 @@ class KVCache:
         total_blocks = self.blocks_for(want)
         hashes = req.block_hashes
         refs = self._refs
-        keys = [self._key(hashes[i]) for i in range(hit_blocks)]  # type: ignore[index]
-        # Hit blocks that are evictable now stop being free; referenced ones cost nothing.
-        revived = sum(1 for k in keys if refs[k] == 0)  # type: ignore[index]
-        check = self.blocks_for(tokens_so_far) if full_sequence_must_fit else total_blocks
-        if check - hit_blocks + revived > self.num_free:
+        if hit_blocks:
+            keys = [self._key(hashes[i]) for i in range(hit_blocks)]  # type: ignore[index]
+            # Hit blocks that are evictable now stop being free; referenced ones cost nothing.
+            revived = sum(1 for k in keys if refs[k] == 0)  # type: ignore[index]
+        else:
+            keys = []
+            revived = 0
+        check = -(-tokens_so_far // self.block_size) if full_sequence_must_fit else total_blocks
+        if check - hit_blocks + revived > self.num_blocks - self.num_used:
             return None
         queue = self._queue
         for k in keys:
@@ -136,7 +142,10 @@ class KVCache:
         """Take n anonymous blocks in bulk (the engine's decode set keeps their per-request split)."""
         if n <= 0:
             return
-        self._take(n)
+        if self._front >= n:
+            self._front -= n
+        else:
+            self._take(n)
         self.num_used += n
 
     def _grow(self, req: Request, n: int, num_tokens: int) -> None:
@@ -146,7 +155,10 @@ class KVCache:
         caches full blocks only (at allocation, so a request admitted later in the same step hits it).
         """
         if n > 0:
-            self._take(n)
+            if self._front >= n:
+                self._front -= n
+            else:
+                self._take(n)
             self.num_used += n
             req.kv_anon += n
         self.promote(req, num_tokens)
@@ -186,6 +198,9 @@ class KVCache:
     def _take(self, n: int) -> None:
         """Take n blocks from the front of the free queue, evicting the cached ones among them (callers
         checked num_free >= n)."""
+        f = min(self._front, n)
+        self._front -= f
+        n -= f
         q = self._queue
         while n > 0:
             k = next(iter(q))
@@ -204,23 +219,17 @@ class KVCache:
 
     def _append_anon(self, n: int) -> None:
         q = self._queue
-        if q:
-            last = next(reversed(q))
-            if type(last) is _Run:
-                q[last] += n  # type: ignore[operator]
-                return
-        q[_Run()] = n
+        if not q:
+            self._front += n  # nothing behind the front run: it is the back too
+            return
+        last = next(reversed(q))
+        if type(last) is _Run:
+            q[last] += n  # type: ignore[operator]
+        else:
+            q[_Run()] = n
 
     def _prepend_anon(self, n: int) -> None:
-        q = self._queue
-        if q:
-            first = next(iter(q))
-            if type(first) is _Run:
-                q[first] += n  # type: ignore[operator]
-                return
-        r = _Run()
-        q[r] = n
-        q.move_to_end(r, last=False)
+        self._front += n
 
     def free(self, req: Request, computed: int = 0) -> None:
         """Release all of req's blocks, as vLLM's block pool does: blocks without a hash go to the front of the

@@ -37,8 +37,6 @@ def __getattr__(name: str) -> Any:
         mod = importlib.import_module(module)
     except ImportError as e:
         if "vllm" in str(e) and not str(e).startswith("No module named 'llmsched"):
-            raise ImportError(
-                f"llmsched.vllm.{name} needs vLLM: pip install 'llmsched[vllm]' ({e})"
-            ) from e
+            raise ImportError(f"llmsched.vllm.{name} needs vLLM: pip install 'llmsched[vllm]' ({e})") from e
         raise
     return getattr(mod, name)

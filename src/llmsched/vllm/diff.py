@@ -15,7 +15,7 @@ with both sides' batches and queue states.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from llmsched.engine.config import EngineConfig
 from llmsched.engine.engine import Engine
 from llmsched.model.base import BatchStats
 from llmsched.policies.request import REQUEST_POLICIES
-from llmsched.vllm.harness import FakeRunnerLoop, Limits, build_scheduler, make_request
+from llmsched.vllm.harness import FakeRunnerLoop, Limits, build_scheduler, make_request, request_id
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,12 @@ class DiffRequest:
     priority: int = 0
     prefix_group: int = -1  # requests of one group share their first `prefix_len` prompt tokens; -1: none
     prefix_len: int = 0
+    tie: bool = False  # arrive at the step's exact time (ties with the step's other arrivals)
 
     @property
     def arrival_time(self) -> float:
-        # Distinct and in rid order within a step, so neither side ever breaks an arrival tie.
-        return self.arrival_step + self.rid * 1e-6
+        # Distinct and in rid order within a step unless `tie`.
+        return float(self.arrival_step) if self.tie else self.arrival_step + self.rid * 1e-6
 
     def token_ids(self) -> list[int]:
         """Prompt token ids: the group's shared prefix, then tokens private to this request."""
@@ -111,11 +112,18 @@ def engine_config(limits: Limits) -> EngineConfig:
     )
 
 
-def _by_arrival(reqs: Sequence[DiffRequest]) -> dict[int, list[DiffRequest]]:
-    out: dict[int, list[DiffRequest]] = {}
+def _steps(
+    reqs: Sequence[DiffRequest], has_work: Callable[[], bool]
+) -> Iterator[tuple[int, list[DiffRequest]]]:
+    """(step, requests arriving before it) until every request has arrived and `has_work()` is false."""
+    arrivals: dict[int, list[DiffRequest]] = {}
     for r in sorted(reqs, key=lambda r: (r.arrival_step, r.rid)):
-        out.setdefault(r.arrival_step, []).append(r)
-    return out
+        arrivals.setdefault(r.arrival_step, []).append(r)
+    last = max(arrivals) if arrivals else 0
+    step = 0
+    while step <= last or has_work():
+        yield step, arrivals.get(step, [])
+        step += 1
 
 
 def run_ours(
@@ -130,12 +138,9 @@ def run_ours(
     eng = Engine(_UnitCost(), policy, config or engine_config(limits), num_blocks=limits.num_blocks)
     if state is not None:
         state["engine"] = eng
-    arrivals = _by_arrival(reqs)
-    last = max(arrivals) if arrivals else 0
     bs = limits.block_size
-    step = 0
-    while step <= last or eng.has_work:
-        for d in arrivals.get(step, ()):
+    for step, arriving in _steps(reqs, lambda: eng.has_work):
+        for d in arriving:
             toks = d.token_ids()
             r = Request(
                 rid=d.rid,
@@ -164,7 +169,6 @@ def run_ours(
         rec.free_blocks = eng.kv.num_free
         rec.waiting = _queue_order(policy, float(step))
         yield rec
-        step += 1
 
 
 def _queue_order(policy: Any, now: float) -> list[int]:
@@ -184,15 +188,12 @@ def run_vllm(
     if state is not None:
         state["scheduler"] = sched
     loop = FakeRunnerLoop(sched)
-    arrivals = _by_arrival(reqs)
-    last = max(arrivals) if arrivals else 0
     bs = limits.block_size
-    step = 0
-    while step <= last or loop.has_work:
-        for d in arrivals.get(step, ()):
+    for step, arriving in _steps(reqs, lambda: loop.has_work):
+        for d in arriving:
             loop.add(
                 make_request(
-                    str(d.rid),
+                    request_id(d.rid),
                     d.token_ids(),
                     d.output_len,
                     bs,
@@ -214,9 +215,6 @@ def run_vllm(
         rec.finished = sorted(int(r) for r in res.finished)
         rec.free_blocks = sched.kv_cache_manager.block_pool.get_num_free_blocks()
         yield rec
-        step += 1
-        if not loop.has_work and step > last:
-            break
 
 
 def _vllm_waiting(sched: Any) -> list[Any]:
@@ -293,6 +291,7 @@ def random_workload(
     arrival_span: int = 30,
     num_groups: int = 3,
     priorities: int = 1,
+    ties: bool = False,
 ) -> list[DiffRequest]:
     """A random stream: uniform lengths and arrival steps, about half the prompts sharing a group prefix."""
     rng = random.Random(seed)
@@ -309,6 +308,7 @@ def random_workload(
                 priority=rng.randrange(priorities),
                 prefix_group=g,
                 prefix_len=rng.randint(0, p) if g >= 0 else 0,
+                tie=ties,
             )
         )
     return reqs
@@ -332,18 +332,24 @@ def run_cli(
         pol = ("fcfs", "priority")[i % 2] if policy == "both" else policy
         lim = replace(limits, policy=pol)  # type: ignore[arg-type]
         reqs = random_workload(
-            seed + i, num_requests=num_requests, priorities=3 if pol == "priority" else 1,
+            seed + i,
+            num_requests=num_requests,
+            priorities=3 if pol == "priority" else 1,
             max_prompt=lim.max_num_batched_tokens // 2 if not lim.enable_chunked_prefill else 200,
             max_output=lim.max_num_batched_tokens // 2 if not lim.enable_chunked_prefill else 40,
         )
         need = max(-(-(r.prompt_len + r.output_len) // lim.block_size) for r in reqs)
         if need > lim.num_blocks:
-            raise ValueError(f"--num-blocks {lim.num_blocks} cannot hold a {need}-block request of the workload")
+            raise ValueError(
+                f"--num-blocks {lim.num_blocks} cannot hold a {need}-block request of the workload"
+            )
         res = compare(reqs, lim, context=context)
         steps += res.steps
         if not res.identical:
             echo(f"case {i} (seed {seed + i}, policy {pol}): {len(reqs)} requests")
             echo(res.divergence)
             return 1
-    echo(f"identical: {cases} workloads, {steps} steps compared (vLLM scheduler vs llmsched engine, {limits})")
+    echo(
+        f"identical: {cases} workloads, {steps} steps compared (vLLM scheduler vs llmsched engine, {limits})"
+    )
     return 0

@@ -11,8 +11,7 @@ physical_to_logical_map).
   that experts already on a GPU keep their slot (`keep_in_place`: fewer weights to move);
 - `HotspotPolicy` (`hotspot`): a few cheap moves on the layout in force, only in layers whose balancedness is
   below the threshold (meant for a short window and interval: `--eplb-config '{"window_size": 100,
-  "step_interval": 100}'`); with no layout in force it starts from the static one, or from EPLB when the
-  experts do not split evenly over the ranks;
+  "step_interval": 100}'`); with no layout in force (a cold start) it starts from EPLB's;
 - `AffinityPolicy` (`affinity`): EPLB's replica counts, placed layer by layer next to the previous layer's
   senders. vLLM records no inter-layer flows, so they come from a profile: `LLMSCHED_EXPERT_FLOWS` = a `.npy`
   file of shape [L-1, E, E]; without it the layout is EPLB's.
@@ -24,7 +23,6 @@ come from `LLMSCHED_EXPERT_PARAMS` (JSON). Unset: vLLM is left alone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import ClassVar
@@ -36,6 +34,7 @@ from vllm.distributed.eplb.policy.abstract import AbstractEplbPolicy
 
 from llmsched.policies.expert import EXPERT_PLACERS, ExpertPlacer, Placement, Topology
 from llmsched.policies.expert.eplb import eplb_placement, keep_in_place
+from llmsched.vllm._env import create_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +47,8 @@ VLLM_DEFAULT_POLICY = EPLB_POLICIES["default"]
 
 def _placer(name: str) -> ExpertPlacer:
     """Our placer `name`, with LLMSCHED_EXPERT_PARAMS when LLMSCHED_EXPERT_POLICY selects this one."""
-    params: dict = {}
-    if os.environ.get(EXPERT_ENV, "").strip() == name:
-        raw = os.environ.get(EXPERT_PARAMS_ENV) or "{}"
-        try:
-            params = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{EXPERT_PARAMS_ENV} is not valid JSON ({e.msg}): {raw!r}") from None
-        if not isinstance(params, dict):
-            raise ValueError(f"{EXPERT_PARAMS_ENV} must be a JSON object of parameters, got {raw!r}")
-    try:
-        return EXPERT_PLACERS.create(name, params)
-    except ValueError as e:
-        raise ValueError(f"{EXPERT_PARAMS_ENV}: {e}") from None
+    selected = os.environ.get(EXPERT_ENV, "").strip() == name
+    return create_from_env(EXPERT_PLACERS, name, EXPERT_PARAMS_ENV, os.environ if selected else {})
 
 
 def _layout(old: torch.Tensor | None, shape: tuple[int, int], num_experts: int) -> Placement | None:
@@ -122,10 +110,8 @@ class HotspotPolicy(LlmschedEplbPolicy):
     @classmethod
     def place(cls, w: np.ndarray, topo: Topology, old: Placement | None) -> Placement:
         placer = _placer(cls.placer_name)
-        if old is None:
-            if topo.num_experts % topo.num_gpus == 0:
-                return placer.place(w, topo)
-            old = eplb_placement(w, topo)  # no static layout to start from
+        if old is None:  # a cold start: a full placement first, replicas where the load is
+            old = eplb_placement(w, topo)
         return placer._relieve(w, old, topo) or old  # type: ignore[attr-defined]
 
 
@@ -144,7 +130,9 @@ def _flows() -> np.ndarray | None:
     try:
         return np.load(path)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{FLOWS_ENV}={path!r}: cannot read a .npy array of flows [L-1, E, E] ({e})") from None
+        raise ValueError(
+            f"{FLOWS_ENV}={path!r}: cannot read a .npy array of flows [L-1, E, E] ({e})"
+        ) from None
 
 
 POLICIES: dict[str, type[LlmschedEplbPolicy]] = {
@@ -163,7 +151,9 @@ def install() -> type[AbstractEplbPolicy] | None:
         return None
     cls = POLICIES.get(name)
     if cls is None:
-        raise ValueError(f"{EXPERT_ENV}={name!r} is not an EPLB policy of llmsched; valid: {', '.join(POLICIES)}")
+        raise ValueError(
+            f"{EXPERT_ENV}={name!r} is not an EPLB policy of llmsched; valid: {', '.join(POLICIES)}"
+        )
     _placer(name)  # validate LLMSCHED_EXPERT_PARAMS now, not at the first rebalance
     if cls.placer_name == "affinity":
         _flows()

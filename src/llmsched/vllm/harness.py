@@ -23,6 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from llmsched.model.base import BatchStats
+
 if TYPE_CHECKING:  # pragma: no cover
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.core.sched.scheduler import Scheduler
@@ -46,6 +48,18 @@ _MODEL_CONFIG: dict[str, Any] = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+
+
+def account(b: BatchStats, n: int, before: int, decode: bool) -> None:
+    """Add one scheduled request of a vLLM step to the batch our cost model prices: a decode with its KV length,
+    or a prefill chunk of n tokens after `before` computed ones (its causal attention pairs)."""
+    if decode:
+        b.decode_tokens += 1
+        b.kv_tokens += before + 1
+    else:
+        b.prefill_tokens += n
+        b.prefill_seqs += 1
+        b.prefill_pairs += n * (before + (n + 1) / 2)
 
 
 class VllmMissing(ImportError):
@@ -175,6 +189,12 @@ def _hasher(block_size: int) -> Any:
 
     init_none_hash(sha256)
     return get_request_block_hasher(block_size, sha256)
+
+
+def request_id(rid: int) -> str:
+    """vLLM's request id of our request `rid`: zero-padded, so that vLLM's priority queue, which breaks a tie of
+    (priority, arrival) by comparing the id strings, orders ties as our queues do (by rid)."""
+    return f"{rid:012d}"
 
 
 def make_request(

@@ -24,7 +24,6 @@ picked. `SyncScheduler` is the same on vLLM's plain `Scheduler`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -39,6 +38,8 @@ from vllm.v1.request import RequestStatus
 from llmsched.core.types import Status
 from llmsched.model.base import BatchStats
 from llmsched.policies.request import REQUEST_POLICIES, RequestPolicy
+from llmsched.vllm._env import create_from_env
+from llmsched.vllm.harness import account
 from llmsched.vllm.queue import PolicyQueue
 
 logger = logging.getLogger(__name__)
@@ -62,17 +63,7 @@ def policy_from_env(default: str = "fcfs", env: dict[str, str] | None = None) ->
         raise ValueError(
             f"{POLICY_ENV}={name!r} is not a request policy; valid: {', '.join(REQUEST_POLICIES.names())}"
         )
-    raw = env.get(PARAMS_ENV) or "{}"
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{PARAMS_ENV} is not valid JSON ({e.msg} at char {e.pos}): {raw!r}") from None
-    if not isinstance(params, dict):
-        raise ValueError(f"{PARAMS_ENV} must be a JSON object of parameters, got {raw!r}")
-    try:
-        return REQUEST_POLICIES.create(name, params)
-    except ValueError as e:
-        raise ValueError(f"{PARAMS_ENV}: {e}") from None
+    return create_from_env(REQUEST_POLICIES, name, PARAMS_ENV, env)
 
 
 def cost_model_from_env(env: dict[str, str] | None = None) -> Any | None:
@@ -96,7 +87,9 @@ class _PolicyQueueMixin:
     """The part shared by `Scheduler` and `SyncScheduler` (mixed in before vLLM's class)."""
 
     llmsched_policy: RequestPolicy
-    waiting: PolicyQueue
+    # None when an instance was made without __init__ (vLLM's tests do `object.__new__(Scheduler)`): then
+    # every override below is vLLM's method unchanged.
+    llmsched_queue: PolicyQueue | None = None
     clock: Callable[[], float] = staticmethod(time.time)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -105,12 +98,16 @@ class _PolicyQueueMixin:
         policy = policy_from_env(default=str(vllm_policy))
         self.llmsched_policy = policy
         self.llmsched_cost_model = cost_model_from_env()
-        self.waiting = PolicyQueue(policy, clock=lambda: self.clock())
+        # Our own handle on the queue: the feedback below must not depend on what `self.waiting` is later.
+        self.llmsched_queue = PolicyQueue(policy, clock=lambda: self.clock())
+        self.waiting = self.llmsched_queue
         want = SchedulingPolicy.PRIORITY if policy.preempt_by_priority else SchedulingPolicy.FCFS
         if want != self.policy:  # type: ignore[has-type]
             logger.warning(
                 "llmsched: %s=%s overrides --scheduling-policy %s (waiting order and preemption victim)",
-                POLICY_ENV, policy.name, vllm_policy,
+                POLICY_ENV,
+                policy.name,
+                vllm_policy,
             )
             self.policy = want
             self.kv_holding_waiting = create_request_queue(want)
@@ -120,14 +117,17 @@ class _PolicyQueueMixin:
 
     # -- one step --------------------------------------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        q = self.llmsched_queue
+        if q is None:
+            return super().schedule(*args, **kwargs)  # type: ignore[misc]
         now = self.clock()
-        self.waiting.begin_step(now)
+        q.begin_step(now)
         try:
             out = super().schedule(*args, **kwargs)  # type: ignore[misc]
         finally:
-            self.waiting.end_step()
+            q.end_step()
         for data in out.scheduled_new_reqs:
-            m = self.waiting.get_mirror(data.req_id)
+            m = q.get_mirror(data.req_id)
             if m is not None:
                 if m.first_scheduled < 0:
                     m.first_scheduled = now
@@ -146,21 +146,22 @@ class _PolicyQueueMixin:
             if r is None:
                 continue
             before = r.num_computed_tokens - n  # schedule() already advanced it
-            if before >= r.num_tokens - 1:  # a decode (plus any speculative tokens)
-                b.decode_tokens += 1
-                b.kv_tokens += before + 1
-            else:
-                b.prefill_tokens += n
-                b.prefill_seqs += 1
-                b.prefill_pairs += n * (before + (n + 1) / 2)
+            account(b, n, before, decode=before >= r.num_tokens - 1)  # decode: plus any speculative tokens
         return b
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        q = self.llmsched_queue
+        if q is not None:
+            self._llmsched_feedback(q, scheduler_output, model_runner_output)
+        return super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
+
+    def _llmsched_feedback(self, q: PolicyQueue, scheduler_output: Any, model_runner_output: Any) -> None:
+        """First-token times of the mirrors, and on_prefill for a step with prompt work."""
         now = self.clock()
         idx = model_runner_output.req_id_to_index
         sampled = model_runner_output.sampled_token_ids
         for rid in scheduler_output.num_scheduled_tokens:
-            m = self.waiting.get_mirror(rid)
+            m = q.get_mirror(rid)
             i = idx.get(rid)
             if m is None or i is None or i >= len(sampled) or len(sampled[i]) == 0:
                 continue
@@ -174,10 +175,10 @@ class _PolicyQueueMixin:
             cm = self.llmsched_cost_model
             seconds = cm.step_time(b, start) if cm is not None else now - start
             self.llmsched_policy.on_prefill(b.prefill_tokens, seconds, now)
-        return super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
 
     def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        m = self.waiting.forget(request.request_id)
+        q = self.llmsched_queue
+        m = q.forget(request.request_id) if q is not None else None
         if m is not None and request.status in _DONE:
             now = self.clock()
             m.finish = now

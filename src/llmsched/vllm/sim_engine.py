@@ -31,9 +31,11 @@ from llmsched.vllm.harness import (
     FakeRunnerLoop,
     KVCacheTooSmall,
     Limits,
+    account,
     build_scheduler,
     fake_runner_output,
     make_request,
+    request_id,
 )
 
 
@@ -120,13 +122,17 @@ class VllmEngine:
         s = self.sched
         pool = s.kv_cache_manager.block_pool
         pending = 0
+        # schedule() advanced num_computed_tokens by the step in flight; those tokens are not computed yet.
+        inflight = self._plan[0].num_scheduled_tokens if self._plan is not None else {}
         for r in self._reqs.values():
             if r.status in (Status.WAITING, Status.PREEMPTED):
                 pending += r.prompt_len - r.est_cached
             elif r.status == Status.RUNNING:
-                v = s.requests.get(str(r.rid))
-                if v is not None and v.num_computed_tokens < r.prompt_len:
-                    pending += r.prompt_len - v.num_computed_tokens
+                vid = request_id(r.rid)
+                v = s.requests.get(vid)
+                if v is not None:
+                    done = v.num_computed_tokens - inflight.get(vid, 0)
+                    pending += max(0, r.prompt_len - done)
         free = pool.get_num_free_blocks()
         total = self.limits.num_blocks
         return InstanceSnapshot(
@@ -151,7 +157,7 @@ class VllmEngine:
             block_tokens(np.array(hashes[:n_full], dtype=np.int64), bs).ravel().tolist() if n_full else []
         )
         start = n_full * bs
-        rid = str(req.rid)
+        rid = request_id(req.rid)
         if req.output_hashes and n_full == req.prompt_len // bs:
             # The answer's blocks continue the prompt's: the tail of the prompt and the answer are their tokens.
             ans = block_tokens(np.array(req.output_hashes, dtype=np.int64), bs).ravel()
@@ -181,7 +187,7 @@ class VllmEngine:
                 f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed max_model_len ({lim.model_len})"
                 + ("; chunked prefill is off" if not lim.enable_chunked_prefill else "")
             )
-        rid = str(req.rid)
+        rid = request_id(req.rid)
         if rid in self._reqs:
             raise ValueError(f"request {req.rid} was added twice")
         vreq = make_request(
@@ -224,13 +230,7 @@ class VllmEngine:
             c = v.num_computed_tokens - n  # computed before this step (schedule() advanced it)
             if rid not in before:  # admitted in this step: c is its prefix-cache hit
                 self._on_admit(req, c, now)
-            if rid in self._decoding:
-                b.decode_tokens += 1
-                b.kv_tokens += c + 1
-            else:
-                b.prefill_tokens += n
-                b.prefill_seqs += 1
-                b.prefill_pairs += n * (c + (n + 1) / 2)
+            account(b, n, c, rid in self._decoding)
             if classes is not None:
                 k = req.cls or ""
                 classes[k] = classes.get(k, 0) + (1 if rid in self._decoding else n)
