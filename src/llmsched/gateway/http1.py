@@ -77,6 +77,7 @@ class HttpRequest:
 
 
 Handler = Callable[["ServerConnection", HttpRequest], Awaitable[None]]
+_MAX_PIPELINED = 32  # complete requests waiting on one connection before it stops reading
 
 
 class ServerConnection(asyncio.Protocol):
@@ -182,11 +183,15 @@ class ServerConnection(asyncio.Protocol):
         self.ready.append(r)
         if self.task is None:
             self._next()
+        elif len(self.ready) >= _MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()  # a client pipelining without reading answers: stop taking more
 
     # -- request handling ------------------------------------------------------------------------------
     def _next(self) -> None:
         if self.ready and not self.closed:
             r = self.ready.popleft()
+            if len(self.ready) == _MAX_PIPELINED - 1 and self.transport is not None:
+                self.transport.resume_reading()
             self.task = asyncio.get_running_loop().create_task(self._run(r))
         else:
             self.task = None
