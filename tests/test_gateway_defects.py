@@ -16,7 +16,7 @@ from llmsched.gateway.config import GatewayConfig
 from llmsched.gateway.scrape import parse_vllm_metrics, snapshot_from_metrics
 from llmsched.gateway.server import Gateway
 from llmsched.gateway.testing import FakeBackend
-from tests.test_gateway_review import _Custom, _until
+from tests.test_gateway_review import _Custom, _until, first_token_spy
 
 
 async def _gateway(urls: list[str], **kw: Any) -> Gateway:
@@ -93,14 +93,7 @@ async def test_non_streamed_request_fires_first_token_at_the_first_token() -> No
     be = FakeBackend(token_delay=0.1, max_tokens_cap=8)  # first token at ~0.1 s, answer at ~0.8 s
     await be.start()
     gw = await _gateway([be.url])
-    seen: list[float] = []
-    orig = gw.dispatcher.first_token
-
-    def spy(req, i, now):  # type: ignore[no-untyped-def]
-        seen.append(time.monotonic())
-        orig(req, i, now)
-
-    gw.dispatcher.first_token = spy  # type: ignore[method-assign]
+    seen = first_token_spy(gw)
     try:
         async with aiohttp.ClientSession() as http:
             t0 = time.monotonic()
