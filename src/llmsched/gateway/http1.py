@@ -486,20 +486,16 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: list[Upstream] = []
         self.all: set[Upstream] = set()
-        self._heads: dict[tuple[str, int], bytes] = {}
+        self._heads: dict[str, bytes] = {}  # per path (two OpenAI endpoints): the head up to Content-Length
         self._host_line = b"Host: " + host_hdr.encode() + b"\r\n"
 
     def head(self, path: str, length: int) -> bytes:
-        key = (path, length)
-        h = self._heads.get(key)
-        if h is None:
-            h = (b"POST " + (self.prefix + path).encode() + b" HTTP/1.1\r\n" + self._host_line
-                 + b"Content-Type: application/json\r\nAccept-Encoding: identity\r\nContent-Length: %d\r\n\r\n"
-                 % length)
-            if len(self._heads) > 4096:
-                self._heads.clear()
-            self._heads[key] = h
-        return h
+        start = self._heads.get(path)
+        if start is None:
+            start = self._heads[path] = (b"POST " + (self.prefix + path).encode() + b" HTTP/1.1\r\n" + self._host_line
+                                         + b"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
+                                         b"Content-Length: ")
+        return start + b"%d\r\n\r\n" % length
 
     async def acquire(self, fresh: bool = False) -> Upstream:
         while self.idle and not fresh:

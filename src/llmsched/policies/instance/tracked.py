@@ -85,7 +85,8 @@ class TrackedRouter(Router):
             if self.index_ is None:
                 p = self.params
                 cap = p.index_capacity_blocks or max((s.num_total_blocks for s in snapshots), default=1)
-                self.index_ = PrefixIndex(self.num_instances_, max(1, cap // p.index_stride))
+                self.index_ = PrefixIndex(self.num_instances_, max(1, cap // p.index_stride),
+                                          track_age=p.index_ttl_s is not None)
             ttl = self.params.index_ttl_s
             if ttl is not None and now - self._last_age >= ttl / 8:
                 self._last_age = now
