@@ -40,8 +40,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -362,6 +363,30 @@ def _span(xs: Sequence[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
             + fmt.format(max(xs) * scale) + "]")
 
 
+def _each_run(proxies: list[Proxy], reps: int, backends: list[str]) -> Iterator[tuple[int, str, int, str]]:
+    """(rep, label, pid, completions URL) for every repetition and proxy, interleaved, each proxy fresh."""
+    for rep in range(reps):
+        for label, kind, router, policy, src in proxies:
+            port = _free_ports(1)[0]
+            proc = _start_proxy(kind, port, backends, router or "round-robin", policy or "fcfs", src=src)
+            if proc is None:
+                continue
+            try:
+                yield rep, label, proc.pid, f"http://127.0.0.1:{port}/v1/completions"
+            finally:
+                _stop(proc)
+
+
+def _table(header: str, res: dict[str, list[Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """Print the header, then yield each proxy's results (and say which were skipped)."""
+    print(header)
+    for label, rs in res.items():
+        if rs:
+            yield label, rs
+        else:
+            print(f"{label:38s} skipped (not installed)")
+
+
 def section_throughput(quick: bool, reps: int, baseline: str | None, out: dict[str, object]) -> None:
     n = 4000 if quick else 12000
     conc = 64
@@ -381,26 +406,13 @@ def section_throughput(quick: bool, reps: int, baseline: str | None, out: dict[s
         direct = statistics.median(asyncio.run(_closed_loop([b + "/v1/completions" for b in backends], n, conc,
                                                             body))[0] for _ in range(2))
         print(f"direct (load generator's ceiling): {direct:.0f} req/s [load {_load()}]")
-        for _rep in range(reps):
-            for label, kind, router, policy, src in proxies:
-                port = _free_ports(1)[0]
-                proc = _start_proxy(kind, port, backends, router or "round-robin", policy or "fcfs", src=src)
-                if proc is None:
-                    continue
-                try:
-                    url = f"http://127.0.0.1:{port}/v1/completions"
-                    asyncio.run(_closed_loop([url], 500, conc, body))  # warm-up: connections, caches
-                    c0 = _tree_cpu(proc.pid)
-                    rps, lat = asyncio.run(_closed_loop([url], n, conc, body))
-                    res[label].append((rps, _pct(lat, 50), _pct(lat, 99), (_tree_cpu(proc.pid) - c0) / n))
-                finally:
-                    _stop(proc)
-        print(f"{'proxy':38s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'CPU us/req [min-max]':>22s} "
-              f"{'1-core req/s':>12s} {'load':>5s}")
-        for label, rs in res.items():
-            if not rs:
-                print(f"{label:38s} skipped (not installed)")
-                continue
+        for _rep, label, pid, url in _each_run(proxies, reps, backends):
+            asyncio.run(_closed_loop([url], 500, conc, body))  # warm-up: connections, caches
+            c0 = _tree_cpu(pid)
+            rps, lat = asyncio.run(_closed_loop([url], n, conc, body))
+            res[label].append((rps, _pct(lat, 50), _pct(lat, 99), (_tree_cpu(pid) - c0) / n))
+        for label, rs in _table(f"{'proxy':38s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
+                                f"{'CPU us/req [min-max]':>22s} {'1-core req/s':>12s} {'load':>5s}", res):
             cpu = [r[3] for r in rs]
             print(f"{label:38s} {statistics.median(r[0] for r in rs):8.0f} "
                   f"{statistics.median(r[1] for r in rs) * 1e3:7.2f} {statistics.median(r[2] for r in rs) * 1e3:7.2f} "
@@ -440,29 +452,15 @@ def section_latency(quick: bool, reps: int, baseline: str | None, out: dict[str,
             _wait_port(p)
         print(f"\n== added latency: {n} Mooncake request bodies (mean {mean_kb:.0f} KiB, max_tokens 1), Poisson "
               f"{rate:.0f} req/s, 4 trivial backends; {reps} reps, each proxy's run next to a direct run")
-        for rep in range(reps):
-            for label, kind, router, policy, src in proxies:
-                port = _free_ports(1)[0]
-                proc = _start_proxy(kind, port, backends, router or "round-robin", policy or "fcfs", src=src)
-                if proc is None:
-                    continue
-                via = [f"http://127.0.0.1:{port}/v1/completions"]
-                try:
-                    asyncio.run(_open_loop(via, bodies[:300], rate, 99))  # warm-up
-                    ld = asyncio.run(_open_loop(direct, bodies, rate, rep))
-                    c0 = _tree_cpu(proc.pid)
-                    lg = asyncio.run(_open_loop(via, bodies, rate, rep))
-                    cpu = (_tree_cpu(proc.pid) - c0) / len(bodies)
-                    res[label].append((_pct(ld, 50), _pct(ld, 99), _pct(lg, 50), _pct(lg, 99), cpu,
-                                       len(lg) / len(bodies)))
-                finally:
-                    _stop(proc)
-        print(f"{'proxy':38s} {'direct p50/p99':>15s} {'via p50/p99':>15s} {'added p50 ms':>20s} "
-              f"{'added p99 ms':>20s} {'CPU us/req':>16s} {'ok':>5s} {'load':>5s}")
-        for label, rs in res.items():
-            if not rs:
-                print(f"{label:38s} skipped (not installed)")
-                continue
+        for rep, label, pid, url in _each_run(proxies, reps, backends):
+            asyncio.run(_open_loop([url], bodies[:300], rate, 99))  # warm-up
+            ld = asyncio.run(_open_loop(direct, bodies, rate, rep))
+            c0 = _tree_cpu(pid)
+            lg = asyncio.run(_open_loop([url], bodies, rate, rep))
+            cpu = (_tree_cpu(pid) - c0) / len(bodies)
+            res[label].append((_pct(ld, 50), _pct(ld, 99), _pct(lg, 50), _pct(lg, 99), cpu, len(lg) / len(bodies)))
+        for label, rs in _table(f"{'proxy':38s} {'direct p50/p99':>15s} {'via p50/p99':>15s} {'added p50 ms':>20s} "
+                                f"{'added p99 ms':>20s} {'CPU us/req':>16s} {'ok':>5s} {'load':>5s}", res):
             a50 = [r[2] - r[0] for r in rs]
             a99 = [r[3] - r[1] for r in rs]
             print(f"{label:38s} {m(r[0] for r in rs) * 1e3:7.2f}/{m(r[1] for r in rs) * 1e3:7.2f} "

@@ -117,3 +117,28 @@ async def test_chaos_under_load_every_request_completes_or_fails_clearly() -> No
         for b in backends:
             with contextlib.suppress(Exception):
                 await b.stop()
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+    be = FakeBackend(max_tokens_cap=8)
+    await be.start()
+    gw = Gateway(GatewayConfig(backends=[be.url]))
+    await gw.start()
+    u = urlsplit(gw.url)
+    try:
+        reader, writer = await asyncio.open_connection(u.hostname, u.port)
+        reqs = b""
+        for n in (1, 2, 3):
+            body = json.dumps({"prompt": "p", "max_tokens": n}).encode()
+            reqs += (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        writer.write(reqs + b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 10)  # until the server closes after the last one
+        writer.close()
+        parts = raw.split(b"HTTP/1.1 ")[1:]
+        assert [p[:3] for p in parts] == [b"200", b"200", b"200", b"404"], raw[:500]
+        texts = [json.loads(p.split(b"\r\n\r\n", 1)[1])["choices"][0]["text"] for p in parts[:3]]
+        assert texts == [" tok", " tok tok", " tok tok tok"]
+    finally:
+        await gw.stop(drain=False)
+        await be.stop()

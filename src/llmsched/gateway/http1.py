@@ -77,6 +77,7 @@ class HttpRequest:
 
 
 Handler = Callable[["ServerConnection", HttpRequest], Awaitable[None]]
+_MAX_PIPELINED = 32  # complete requests waiting on one connection before it stops reading
 
 
 class ServerConnection(asyncio.Protocol):
@@ -182,11 +183,15 @@ class ServerConnection(asyncio.Protocol):
         self.ready.append(r)
         if self.task is None:
             self._next()
+        elif len(self.ready) >= _MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()  # a client pipelining without reading answers: stop taking more
 
     # -- request handling ------------------------------------------------------------------------------
     def _next(self) -> None:
         if self.ready and not self.closed:
             r = self.ready.popleft()
+            if len(self.ready) == _MAX_PIPELINED - 1 and self.transport is not None:
+                self.transport.resume_reading()
             self.task = asyncio.get_running_loop().create_task(self._run(r))
         else:
             self.task = None
@@ -481,20 +486,16 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: list[Upstream] = []
         self.all: set[Upstream] = set()
-        self._heads: dict[tuple[str, int], bytes] = {}
+        self._heads: dict[str, bytes] = {}  # per path (two OpenAI endpoints): the head up to Content-Length
         self._host_line = b"Host: " + host_hdr.encode() + b"\r\n"
 
     def head(self, path: str, length: int) -> bytes:
-        key = (path, length)
-        h = self._heads.get(key)
-        if h is None:
-            h = (b"POST " + (self.prefix + path).encode() + b" HTTP/1.1\r\n" + self._host_line
-                 + b"Content-Type: application/json\r\nAccept-Encoding: identity\r\nContent-Length: %d\r\n\r\n"
-                 % length)
-            if len(self._heads) > 4096:
-                self._heads.clear()
-            self._heads[key] = h
-        return h
+        start = self._heads.get(path)
+        if start is None:
+            start = self._heads[path] = (b"POST " + (self.prefix + path).encode() + b" HTTP/1.1\r\n" + self._host_line
+                                         + b"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
+                                         b"Content-Length: ")
+        return start + b"%d\r\n\r\n" % length
 
     async def acquire(self, fresh: bool = False) -> Upstream:
         while self.idle and not fresh:

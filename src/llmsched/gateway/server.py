@@ -317,7 +317,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget scrapes, kept alive until done
         self._idle = asyncio.Event()
         self._scrape_timeout = aiohttp.ClientTimeout(total=cfg.timeouts.scrape)
-        self._counters: dict[tuple[str, int], Any] = {}
+        self._counters: dict[tuple[str, int], Any] = {}  # labelled children, looked up once
+        self._hists: dict[str, tuple[Any, Any, Any]] = {}
         self._routes: dict[str, dict[str, Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]]] = {
             "/v1/models": {"GET": self._models},
             "/health": {"GET": self._health},
@@ -451,13 +452,20 @@ class Gateway:
     def _complete(self, out: Outcome) -> None:
         """The one place where a request's outcome is final: backend, TTFT, E2E, tokens, status."""
         self._count(out.endpoint, out.status)
-        m = self.metrics
+        ttft, e2e, tpot = self._histograms(out.endpoint)
         if out.ttft is not None and out.stream:  # the histogram is the client-visible TTFT: streams only
-            m.ttft.labels(out.endpoint).observe(out.ttft)
+            ttft.observe(out.ttft)
         if out.e2e is not None:
-            m.e2e.labels(out.endpoint).observe(out.e2e)
+            e2e.observe(out.e2e)
         if out.tpot is not None:
-            m.tpot.labels(out.endpoint).observe(out.tpot)
+            tpot.observe(out.tpot)
+
+    def _histograms(self, endpoint: str) -> tuple[Any, Any, Any]:
+        h = self._hists.get(endpoint)
+        if h is None:
+            m = self.metrics
+            h = self._hists[endpoint] = (m.ttft.labels(endpoint), m.e2e.labels(endpoint), m.tpot.labels(endpoint))
+        return h
 
     async def _admit_and_forward(self, conn: ServerConnection, r: HttpRequest, endpoint: str, out: Outcome) -> int:
         if self.closing:

@@ -38,7 +38,7 @@ class PrefixIndex:
             blocks come in, the smoothest latency).
     """
 
-    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.0) -> None:
+    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.0, track_age: bool = True) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
         if slack < 0:
@@ -50,6 +50,9 @@ class PrefixIndex:
         self.capacity_: list[int] = []
         self.max_capacity_: list[int] = []
         self.checkpoints_: list[deque[tuple[float, int]]] = []  # per instance: (touch time, last stamp given)
+        # Without `age_out` (no TTL) nothing reads the checkpoints: one tuple per dispatch kept forever (~100 MB
+        # per million requests in a gateway). track_age=False keeps none.
+        self.track_age = track_age
         self.clock_ = 0
         self.version_ = 0  # bumped on every change, so callers can cache a lookup
         self.evicted_ = 0
@@ -190,7 +193,8 @@ class PrefixIndex:
             get = owners.get
             for h in hashes[have:]:
                 owners[h] = get(h, 0) | bit
-        self.checkpoints_[instance].append((now, self.clock_))
+        if self.track_age:
+            self.checkpoints_[instance].append((now, self.clock_))
         self.version_ += 1
         self._maybe_evict(instance)
 

@@ -144,7 +144,7 @@ class TrackedRouter(Router):
                 known = cap > 0
                 cap = max(1, cap // p.index_stride) if known else 1 << 40
                 if self.index_ is None:
-                    self.index_ = PrefixIndex(self.num_instances_, cap)
+                    self.index_ = PrefixIndex(self.num_instances_, cap, track_age=p.index_ttl_s is not None)
                 elif known:
                     for i in range(self.index_.num_instances):
                         self.index_.max_capacity_[i] = cap
