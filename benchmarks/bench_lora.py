@@ -7,7 +7,8 @@ popularity (`--popularity`), on `--instances` simulated instances of `--model` o
 `--max-loras` adapters at a time (vLLM's --max-loras; engine/lora.py models the skip rule and the load cost).
 Figures are medians over the seeds; each ratio is against round-robin measured in the same run. The load
 average of the machine is printed with the table (the figures are simulated times, not wall times, so it does
-not change them; it says how long the run took to compute).
+not change them; it says how long the run took to compute). The last row is the same requests on the base
+model alone (no adapter named), round robin: what the adapters cost.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from llmsched.sim.run import build_cluster, load_requests, report
 ROUTERS = ("round-robin", "least-requests", "lmetric", "lora-affinity")
 
 
-def run_one(args: argparse.Namespace, router: str, seed: int) -> dict[str, Any]:
+def run_one(args: argparse.Namespace, router: str, seed: int, adapters: int | None = None) -> dict[str, Any]:
     cfg = SimConfig.model_validate(
         {
             "workload": {
                 "name": "chat",
                 "rate": args.rate,
                 "num_requests": args.requests,
-                "params": {"adapters": args.adapters, "adapter_popularity": args.popularity},
+                "params": {"adapters": args.adapters if adapters is None else adapters,
+                           "adapter_popularity": args.popularity},
             },
             "model": args.model,
             "gpu": args.gpu,
@@ -79,6 +81,9 @@ def main() -> None:
     for r in routers:
         runs = [run_one(args, r, seed) for seed in range(args.seeds)]
         rows[r] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+    # Reference: the same requests on the base model alone (no adapter), round robin.
+    runs = [run_one(args, "round-robin", seed, adapters=0) for seed in range(args.seeds)]
+    rows["round-robin, no adapters"] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
     base = rows["round-robin"]
     print(
         f"simulated: {args.model} on {args.gpu}, {args.instances} instances, max_loras {args.max_loras}, rank"

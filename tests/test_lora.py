@@ -284,7 +284,8 @@ def test_same_seed_same_numbers_with_adapters() -> None:
     assert (a["ttft_s"], a["e2e_s"], a["routing_decisions"]) == (b["ttft_s"], b["e2e_s"], b["routing_decisions"])
 
 
-def test_adapter_affinity_beats_round_robin_in_simulation() -> None:
-    rr, la = lora_sim("round-robin"), lora_sim("lora-affinity")
-    assert la["completed"] == rr["completed"] == 300
-    assert la["e2e_s"]["mean"] < rr["e2e_s"]["mean"]
+def test_adapter_affinity_beats_adapter_blind_least_requests_in_simulation() -> None:
+    # lora-affinity routes a base-model request as least-requests does: the gap is the adapter awareness
+    blind, la = lora_sim("least-requests"), lora_sim("lora-affinity")
+    assert la["completed"] == blind["completed"] == 300
+    assert la["e2e_s"]["mean"] < 0.8 * blind["e2e_s"]["mean"]
