@@ -15,7 +15,7 @@ adapter is queued, admitted, and leaves the running set, asks `admissible` befor
 The load cost is weights over bandwidth: an adapter of rank r on every linear layer vLLM targets by default
 (q, k, v, o, gate, up, down) holds r x (d_in + d_out) parameters per layer and module, so
 r x L x (9 h + 2 kv + 3 ffn) parameters (kv = KV heads x head dim); Llama-3.1-8B at rank 16: 41.9 M parameters,
-84 MB in bf16. See docs/cost-model.md ("LoRA adapter loads") for the bandwidth defaults and their sources.
+84 MB in bf16. See docs/routers.md ("LoRA adapters") for the bandwidth defaults and their sources.
 """
 
 from __future__ import annotations
