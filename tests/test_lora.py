@@ -289,3 +289,9 @@ def test_adapter_affinity_beats_adapter_blind_least_requests_in_simulation() -> 
     blind, la = lora_sim("least-requests"), lora_sim("lora-affinity")
     assert la["completed"] == blind["completed"] == 300
     assert la["e2e_s"]["mean"] < 0.8 * blind["e2e_s"]["mean"]
+
+
+def test_lora_with_the_vllm_scheduler_engine_is_refused() -> None:
+    cfg = SimConfig.model_validate({"engine_kind": "vllm", "engine": {"lora": {"max_loras": 2}}})
+    with pytest.raises(ValueError, match="engine.lora needs engine_kind llmsched"):
+        simulate(cfg, requests=[Request(0, 0.0, 10, 2, adapter="a")])

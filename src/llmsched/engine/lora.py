@@ -58,6 +58,14 @@ def adapter_bytes(llm: LlmPreset, rank: int) -> int:
     return rank * llm.num_layers * per_layer * llm.dtype_bytes
 
 
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
 @dataclass(slots=True)
 class LoraStats:
     loads: int = 0  # adapters copied into a GPU slot
@@ -103,11 +111,7 @@ class AdapterSlots:
         self.waiting[adapter] = self.waiting.get(adapter, 0) + 1
 
     def on_unqueue(self, adapter: str) -> None:
-        n = self.waiting[adapter] - 1
-        if n:
-            self.waiting[adapter] = n
-        else:
-            del self.waiting[adapter]
+        _decrement(self.waiting, adapter)
 
     def on_admit(self, adapter: str) -> None:
         """A request with `adapter` is scheduled: load the adapter if no GPU slot holds it (cost: this iteration)."""
@@ -140,11 +144,7 @@ class AdapterSlots:
 
     def on_leave(self, adapter: str) -> None:
         """A running request with `adapter` finished, was preempted or aborted: it was used up to now."""
-        n = self.running[adapter] - 1
-        if n:
-            self.running[adapter] = n
-        else:
-            del self.running[adapter]
+        _decrement(self.running, adapter)
         self.gpu.move_to_end(adapter)
 
     def take_pending(self) -> float:
