@@ -39,6 +39,7 @@ def run_one(args: argparse.Namespace, router: str, seed: int, adapters: int | No
             "gpu": args.gpu,
             "instances": args.instances,
             "router": router,
+            "router_params": args.affinity if router == "lora-affinity" else {},
             "engine": {"lora": {"max_loras": args.max_loras, "lora_rank": args.rank}},
             "seed": seed,
         }
@@ -63,6 +64,7 @@ def run_one(args: argparse.Namespace, router: str, seed: int, adapters: int | No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--rate", type=float, default=24.0, help="mean arrivals per second")
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--adapters", type=int, default=16)
@@ -73,22 +75,27 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--gpu", default="h100")
     ap.add_argument("--routers", default=",".join(ROUTERS))
+    ap.add_argument("--affinity", nargs="*", default=[], metavar="K=V",
+                    help="lora-affinity parameters, e.g. tolerance=0.5 slack=4")
     args = ap.parse_args()
+    args.affinity = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.affinity)}
     routers = args.routers.split(",")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     if "round-robin" not in routers:
         routers.insert(0, "round-robin")
     rows: dict[str, dict[str, float]] = {}
     for r in routers:
-        runs = [run_one(args, r, seed) for seed in range(args.seeds)]
+        runs = [run_one(args, r, seed) for seed in seeds]
         rows[r] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
     # Reference: the same requests on the base model alone (no adapter), round robin.
-    runs = [run_one(args, "round-robin", seed, adapters=0) for seed in range(args.seeds)]
+    runs = [run_one(args, "round-robin", seed, adapters=0) for seed in seeds]
     rows["round-robin, no adapters"] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
     base = rows["round-robin"]
     print(
         f"simulated: {args.model} on {args.gpu}, {args.instances} instances, max_loras {args.max_loras}, rank"
         f" {args.rank}; chat workload, {args.adapters} adapters (Zipf {args.popularity}), {args.rate} req/s,"
-        f" {args.requests} requests; median of {args.seeds} seeds; ratios vs round-robin (same run)"
+        f" {args.requests} requests; median of seeds {args.first_seed}..{seeds[-1]}; ratios vs round-robin (same run);"
+        f" lora-affinity params {args.affinity or 'default'}"
     )
     head = ("router", "TTFT p50 s", "TTFT p99 s", "E2E mean s", "req/s", "loads", "load s", "skips", "p99 ratio",
             "E2E ratio")
