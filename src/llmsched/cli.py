@@ -76,8 +76,8 @@ def _json_arg(value: str | None, what: str) -> dict[str, Any]:
 # Kept in step with the registries by tests/test_cli.py (listing them here keeps --help free of imports).
 GENERATOR_NAMES = "burstgpt-like, chat, code, mixed, phases, prefix-heavy"
 REQUEST_POLICY_NAMES = "ewsjf, fcfs, gimbal, priority, sjf, sjf-aging"
-ROUTER_NAMES = ("dynamo-cost, gimbal, least-kv, least-requests, linear, llmd-weighted, lmetric, power-of-two, "
-                "prefix, random, round-robin, session, sglang-cache-aware")
+ROUTER_NAMES = ("dynamo-cost, gimbal, least-kv, least-requests, linear, llmd-weighted, lmetric, lora-affinity, "
+                "power-of-two, prefix, random, round-robin, session, sglang-cache-aware")
 EXPERT_PLACER_NAMES = "affinity, eplb, eplb-online, hotspot, static"
 TRACE_NAMES = "builtin:azure-code, builtin:azure-conv, builtin:mooncake-conv, builtin:sample"
 

@@ -24,7 +24,7 @@ from typing import overload
 
 import numpy as np
 
-from llmsched.core.types import InstanceSnapshot
+from llmsched.core.types import AdapterState, InstanceSnapshot
 
 NOT_EXPORTED = -1
 
@@ -61,6 +61,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self._flts = np.zeros((len(_FLOATS), 0))
         self.healthy = np.zeros(0, bool)
         self.version = np.zeros(0, np.int64)
+        self.adapters: list[AdapterState | None] = []  # LoRA adapters per row (None: not reported)
         self.num_unhealthy = 0
         self.kv_stale = False
         self.kv_refresh: Callable[[], None] | None = None
@@ -89,6 +90,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self.healthy = np.concatenate([self.healthy, np.ones(extra, bool)])
         self.version = np.concatenate([self.version, np.zeros(extra, np.int64)])
         self._rows.extend([None] * extra)
+        self.adapters.extend([None] * extra)
         self.n = n
         self._views()
         self.changes.extend(range(n - extra, n))
@@ -157,6 +159,12 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
             self.healthy[i] = healthy
         self._written(i)
 
+    def set_adapters(self, i: int, state: AdapterState | None) -> None:
+        """Row `i`'s LoRA adapters (written with its gauges; no version bump of its own)."""
+        if self.adapters[i] != state:
+            self.adapters[i] = state
+            self._rows[i] = None
+
     def put(self, snap: InstanceSnapshot) -> None:
         """Write row `snap.instance` from a snapshot (a scrape, a health flip)."""
         p = snap.pending_prefill_tokens
@@ -165,6 +173,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
             snap.num_total_blocks, NOT_EXPORTED if p is None else p, snap.prefix_queries, snap.prefix_hits,
             snap.healthy,
         )
+        self.adapters[snap.instance] = snap.adapters
         self._rows[snap.instance] = (self._stamp, -1.0, snap.time, snap)
 
     def set_healthy(self, i: int, healthy: bool) -> None:
@@ -218,7 +227,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
             instance=i, time=t, num_running=int(self.running[i]), num_waiting=int(self.waiting[i]),
             kv_usage=k, num_free_blocks=int(self._free[i]), num_total_blocks=int(self.total[i]),
             pending_prefill_tokens=None if p < 0 else p, prefix_queries=int(self.queries[i]),
-            prefix_hits=int(self.hits[i]), healthy=bool(self.healthy[i]),
+            prefix_hits=int(self.hits[i]), healthy=bool(self.healthy[i]), adapters=self.adapters[i],
         )
         self._rows[i] = (v, k, t, snap)
         return snap

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmsched.engine.lora import LoraConfig
+
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -19,6 +21,7 @@ class EngineConfig(BaseModel):
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     num_gpu_blocks: int | None = Field(None, ge=1, description="override the KV capacity (blocks)")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters (vLLM --enable-lora); None = disabled")
 
     @model_validator(mode="after")
     def _budget_covers_decodes(self) -> EngineConfig:

@@ -40,6 +40,7 @@ from llmsched.core.hashing import chain
 from llmsched.core.types import InstanceSnapshot, Request, Status
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.kv_cache import KVCache
+from llmsched.engine.lora import AdapterSlots
 from llmsched.model.base import BatchStats, StepCostModel
 from llmsched.policies.request.base import RequestPolicy
 
@@ -110,6 +111,9 @@ class Engine:
         if num_blocks is None:
             num_blocks = cfg.num_gpu_blocks or cost.kv_capacity_tokens(cfg.gpu_memory_utilization) // cfg.block_size
         self.kv = KVCache(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        # LoRA adapters (engine/lora.py); None: LoRA disabled, a request naming an adapter is refused.
+        llm = getattr(getattr(cost, "base", cost), "llm", None)
+        self.lora = None if cfg.lora is None else AdapterSlots.for_model(cfg.lora, llm)
         self.bs = cfg.block_size
         self.stats = EngineStats()
         self._plan: _Plan | None = None
@@ -205,6 +209,7 @@ class Engine:
             pending_prefill_tokens=pending,
             prefix_queries=queries,
             prefix_hits=hits,
+            adapters=None if self.lora is None else self.lora.state(),
         )
 
     def gauges(self, now: float | None) -> tuple[int, int, int, int, int, int, int]:
@@ -264,6 +269,10 @@ class Engine:
                 f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed max_num_batched_tokens"
                 f" ({self.cfg.max_num_batched_tokens}) and chunked prefill is off"
             )
+        if req.adapter is not None:
+            if self.lora is None:
+                raise ValueError(f"request {req.rid} names LoRA adapter {req.adapter!r} but LoRA is off (engine.lora)")
+            self.lora.on_queue(req.adapter)
         req.status = Status.WAITING
         req.instance = self.instance
         req.queued_at = now
@@ -285,6 +294,8 @@ class Engine:
             if not self.policy.remove(req):
                 return False
             self._pending_prefill -= req.prompt_len - req.est_cached
+            if req.adapter is not None and self.lora is not None:
+                self.lora.on_unqueue(req.adapter)
         elif st == Status.RUNNING:
             req.status = Status.ABORTED
             if self._plan is not None:
@@ -383,6 +394,8 @@ class Engine:
         if req.block_hashes:
             self.kv.promote(req, req.num_computed)
         self.kv.free(req, req.num_computed)
+        if req.adapter is not None and self.lora is not None:
+            self.lora.on_leave(req.adapter)
 
     def _last_admitted(self) -> Request:
         """The preemption victim: the last admitted (vLLM FCFS), or for a priority queue the request of
@@ -412,6 +425,8 @@ class Engine:
         req.num_preemptions += 1
         req.est_cached = 0
         self.stats.preemptions += 1
+        if req.adapter is not None and self.lora is not None:
+            self.lora.on_queue(req.adapter)
         self.policy.requeue(req, now)
 
     # -- scheduling ------------------------------------------------------------------------------------
@@ -488,12 +503,22 @@ class Engine:
             i += 1
         # 3. Admission from the waiting queue, unless this iteration had to preempt.
         blocked_by_kv = False
+        lora = self.lora
+        skipped: list[Request] = []  # (LoRA) waiting requests passed over in this iteration, in queue order
+        lora_blocked = False  # every waiting request was passed over for want of a LoRA slot
         if not preempted:
             max_seqs = cfg.max_num_seqs
             while budget > 0 and len(self.decoding) + len(prefilling) < max_seqs:
                 req = policy.peek(now)
                 if req is None:
+                    lora_blocked = bool(skipped)
                     break
+                if req.adapter is not None and lora is not None and not lora.admissible(req.adapter):
+                    # vLLM skips a request whose adapter would exceed max_loras; it keeps its place
+                    policy.pop(now)
+                    skipped.append(req)
+                    lora.stats.skipped += 1
+                    continue
                 need_tok = req.prompt_len + req.num_output
                 n = min(need_tok, budget, threshold)
                 if not cfg.enable_chunked_prefill:
@@ -519,9 +544,13 @@ class Engine:
                 req.status = Status.RUNNING
                 self._admit_seq += 1
                 req.admit_seq = self._admit_seq
+                if req.adapter is not None and lora is not None:
+                    lora.on_admit(req.adapter)
                 prefilling.append(req)
                 sched.append((req, n))
                 budget -= n
+            for req in skipped:
+                policy.requeue(req, now)
         d = len(self.decoding)
         if not sched and not d:
             self._ahead = 0
@@ -548,7 +577,7 @@ class Engine:
             max_run > 1
             and not sched
             and not preempted
-            and (not len(policy) or d >= cfg.max_num_seqs or (blocked_by_kv and policy.time_invariant))
+            and (not len(policy) or d >= cfg.max_num_seqs or lora_blocked or (blocked_by_kv and policy.time_invariant))
         ):
             steps = self._run_length(max_run)
         return self._launch(b, now, steps, sched, preempted)
@@ -568,6 +597,8 @@ class Engine:
                 end = float(ends[-1])
         else:
             end = now + self.cost.step_time(b, now)
+            if self.lora is not None:
+                end += self.lora.take_pending()  # adapters loaded for this iteration's admissions
         self._plan = _Plan(now, ends, end, sched, steps, preempted, b.prefill_tokens, affine)
         if sched and self._wants_prefill:
             self._plan.prefill_s = self._prefill_part(b, end - now, now)
@@ -742,6 +773,8 @@ class Engine:
             # the free queue's order, hence which cached blocks are evicted first, depends on it.
             finished.sort(key=lambda r: r.admit_seq)
         for req in finished:
+            if req.adapter is not None and self.lora is not None:
+                self.lora.on_leave(req.adapter)
             if req.kv_hashed is not None:
                 if req.output_hashes and kv.prefix_caching:
                     # vLLM keeps a finished request's full blocks cached, the answer's too: a follow-up

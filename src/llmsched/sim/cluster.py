@@ -71,6 +71,9 @@ class Cluster:
         for e in self.engines:
             running, waiting, used, total, _, queries, hits = e.gauges(now)
             table.set_gauges(e.instance, now, running, waiting, used, total, NOT_EXPORTED, queries, hits, used)
+            lora = getattr(e, "lora", None)  # (the vLLM-scheduler engine has no LoRA model)
+            if lora is not None:
+                table.set_adapters(e.instance, lora.state())
         table.kv_stale = False
 
     def _refresh_live(self, now: float) -> None:
@@ -99,6 +102,9 @@ class Cluster:
                     in_run.add(i)
                     slow.discard(i)
                 table.set_gauges(i, now, running, waiting, used, total, pending, queries, hits, end)
+                lora = getattr(e, "lora", None)
+                if lora is not None:
+                    table.set_adapters(i, lora.state())
             self._dirty.clear()
         table.time.fill(now)
         self._kv_now = now

@@ -36,6 +36,8 @@ def build_cluster(cfg: SimConfig) -> Cluster:
         elif cfg.expert_policy not in (None, "static"):
             raise ValueError(f"--expert-policy {cfg.expert_policy!r} needs an MoE model; {cfg.model} is dense")
         if cfg.engine_kind == "vllm":
+            if cfg.engine.lora is not None:
+                raise ValueError("engine.lora needs engine_kind llmsched: the vLLM-scheduler engine has no LoRA model")
             from llmsched.vllm.sim_engine import build_vllm_engine
 
             engines.append(build_vllm_engine(cost, cfg, i))

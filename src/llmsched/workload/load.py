@@ -13,10 +13,12 @@ from llmsched.workload.errors import WorkloadError
 from llmsched.workload.shaping import shape
 from llmsched.workload.spec import WorkloadSpec
 from llmsched.workload.synthetic import GENERATORS
+from llmsched.workload.synthetic.base import assign_adapters
 from llmsched.workload.traces import FORMATS, load_traces
 
 DEFAULT_NUM_REQUESTS = 1000
 SYNTHETIC_DEFAULT_NAME = WorkloadSpec.model_fields["name"].default
+_ADAPTER_STREAM = 0x10A  # seeds the adapter draws apart from the generator's own stream
 
 
 def load_columns(spec: WorkloadSpec, block_size: int = 16, seed: int = 0) -> Columns:
@@ -66,7 +68,9 @@ def _synthetic(spec: WorkloadSpec, block_size: int, seed: int) -> Columns:
         raise WorkloadError(str(e)) from None
     n = spec.num_requests or spec.limit or DEFAULT_NUM_REQUESTS
     rate = spec.rate or gen.default_rate
-    return gen.generate(n, rate, np.random.default_rng(seed), block_size)
+    cols = gen.generate(n, rate, np.random.default_rng(seed), block_size)
+    # Adapters from a stream of their own: the same seed gives the same requests with or without them.
+    return assign_adapters(cols, gen.params, np.random.default_rng([seed, _ADAPTER_STREAM]))
 
 
 def _trace(spec: WorkloadSpec, block_size: int) -> Columns:
