@@ -143,3 +143,20 @@ def test_same_decisions_in_simulator_and_gateway(router: str) -> None:
     diff = sum(a != b for a, b in zip(got, want, strict=True))
     assert diff == 0, f"{diff} of {len(want)} decisions differ between the shells"
     assert len(set(want)) == 4  # the workload exercises the choice
+
+
+def test_index_sized_by_the_first_scrape_that_names_the_block_count() -> None:
+    """A gateway may route before its first scrape (no block count yet): the prefix index must not be built
+    with a capacity of one block and keep it; it takes the engines' count once a scrape names it."""
+    from llmsched.core.hashing import chain
+
+    d = _dispatcher("lmetric", 2)
+    for k in range(3):  # before any scrape: three 40-block prompts on one chain family
+        blocks = chain([("p", k, b) for b in range(40)])
+        req = Request(rid=k, arrival=0.0, prompt_len=40 * 16, output_len=5, block_hashes=blocks)
+        assert d.submit(req, 0.0)
+        d.dispatch(0.0)
+    idx = d.router.index_
+    assert sum(idx.blocks(i) for i in range(2)) == 3 * 10  # every 4th of 40 blocks, none evicted
+    _scrape(d, 0, 0, 0, 0.1)  # num_gpu_blocks 1000 -> 250 indexed blocks per instance
+    assert idx.capacity_ == [250, 250]
