@@ -148,6 +148,21 @@ class VllmEngine:
             prefix_hits=self.kv.hits,
         )
 
+    def gauges(self, now: float | None) -> tuple[int, int, int, int, int, int, int]:
+        """`snapshot`'s numbers as the tuple the simulator's snapshot table takes (see `Engine.gauges`)."""
+        s = self.snapshot(0.0 if now is None else now)
+        used = s.num_total_blocks - s.num_free_blocks
+        return (s.num_running, s.num_waiting, used, s.num_total_blocks, s.pending_prefill_tokens,
+                s.prefix_queries, s.prefix_hits)
+
+    def run_end_blocks(self) -> int | None:
+        """None: vLLM's scheduler is stepped one iteration an event, so KV usage changes only at events."""
+        return None
+
+    def lazy_kv(self) -> None:
+        """None: no decode run is in flight between events (see `run_end_blocks`)."""
+        return None
+
     # -- requests in -----------------------------------------------------------------------------------
     def _prompt_tokens(self, req: Request) -> list[int]:
         bs = self.bs
