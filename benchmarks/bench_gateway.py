@@ -2,7 +2,10 @@
 latency, and a Mooncake replay where routing matters.
 
     python benchmarks/bench_gateway.py [--section throughput|latency|replay|all] [--quick] [--reps N]
-        [--baseline-src /path/to/older/checkout/src] [--json out.json]
+        [--baseline-src DIR] [--json out.json]
+
+`--baseline-src` is another tree's src/ folder, e.g. the aiohttp gateway:
+`git archive 87a92b7 src | tar -x -C /tmp/old` then `--baseline-src /tmp/old/src`.
 
 Setup on a 2-core box shared with other work (load average printed with every row): the proxy under test is
 pinned to core 0 (`taskset`), backends, emulators and this load generator to core 1. CPU per request is the
