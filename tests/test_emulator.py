@@ -523,7 +523,7 @@ async def test_engine_failure_fails_requests_and_health() -> None:
 async def test_arrival_cuts_a_decode_run_short() -> None:
     """With long decode runs (a wide token window), a new request still starts within one iteration."""
     cost = LinearCost(base=0.01, per_prefill=0.0, per_decode=0.0)  # every iteration takes 10 ms emulated
-    srv = EmulatorServer(cost=cost, speed=10.0, served_model_name=MODEL, token_window_s=1.0)
+    srv = EmulatorServer(cost=cost, speed=2.0, served_model_name=MODEL, token_window_s=1.0)
     submitted: list[Any] = []
     submit = srv.driver.submit
     srv.driver.submit = lambda req: (submitted.append(req), submit(req))[1]  # type: ignore[method-assign]
