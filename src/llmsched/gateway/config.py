@@ -41,6 +41,16 @@ class BreakerConfig(_Model):
     cooldown: float = Field(5.0, gt=0, description="seconds open before one half-open probe is allowed")
 
 
+class RecordConfig(_Model):
+    """`--record`: one JSON line per finished request (docs/calibration.md)."""
+
+    path: str = Field(min_length=1, description="file to append to; rotated to PATH.1, PATH.2, ...")
+    class_header: str = Field("x-llmsched-class", min_length=1, description="header recorded as the class")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="rotate the file at this size")
+    buffer: int = Field(65536, ge=1, description="records buffered for the writer before drops (counted)")
+    time_scale: float = Field(1.0, gt=0, description="emulated seconds per real second of the backends")
+
+
 class GatewayConfig(_Model):
     backends: list[str] = Field(default_factory=list, description="base URLs of OpenAI-compatible engines")
     request_policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(name="fcfs"))
@@ -61,6 +71,7 @@ class GatewayConfig(_Model):
     block_size: int = Field(16, ge=1, description="KV block size for the router's prefix hashes (vLLM: 16)")
     model_name: str | None = Field(None, description="model id answered by /v1/models when no backend does")
     drain_timeout: float = Field(30.0, ge=0, description="graceful shutdown: wait this long for in-flight")
+    record: RecordConfig | None = Field(None, description="record finished requests (docs/calibration.md)")
 
     @field_validator("backends")
     @classmethod

@@ -25,6 +25,7 @@ from llmsched.gateway.config import GatewayConfig
 from llmsched.gateway.dispatcher import Dispatcher
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import CHAT, COMPLETIONS, BadRequest, build_request, error_body, parse_body
+from llmsched.gateway.record import Recorder, body_output_tokens, stream_output_tokens
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.request import REQUEST_POLICIES
@@ -78,6 +79,12 @@ class Gateway:
         self._scrape_timeout = aiohttp.ClientTimeout(total=cfg.timeouts.scrape)
         self.app = self._make_app()
         self.url = ""
+        self.recorder: Recorder | None = None
+        if cfg.record is not None:
+            r = cfg.record
+            self.recorder = Recorder(r.path, cfg.block_size, r.class_header, r.max_bytes, r.buffer,
+                                     time_scale=r.time_scale, backends=list(cfg.backends), t0=self.now())
+            self.metrics.registry.register(self.recorder.collector())
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -138,6 +145,8 @@ class Gateway:
             await self._session.close()
         if self._probe:
             await self._probe.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     # -- middleware: auth, size limit, no bare 500s -----------------------------------------------------
     @web.middleware
@@ -191,6 +200,8 @@ class Gateway:
     async def _proxy(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         t_arr = self.now()
         status = 500
+        req: Request | None = None
+        parsed = None
         try:
             if self.closing:
                 status = 503
@@ -247,6 +258,9 @@ class Gateway:
             return resp
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
+            if self.recorder is not None and req is not None and parsed is not None:
+                self.recorder.record(req, status, parsed.stream, request.headers.get(self.recorder.class_header),
+                                     parsed.body.get("priority"))
 
     async def _forward(self, request: web.Request, req: Request, stream: bool, raw: bytes, endpoint: str,
                        i: int) -> tuple[web.StreamResponse, int]:
@@ -308,6 +322,7 @@ class Gateway:
                 except (aiohttp.ClientError, TimeoutError, OSError) as e:
                     raise _UpstreamFailure(f"{type(e).__name__} while reading the body: {e}") from None
                 d.first_token(req, i, self.now())  # a whole answer: its first token came with it
+                req.num_output = body_output_tokens(body)
                 self.metrics.e2e.labels(endpoint).observe(self.now() - req.arrival)
                 return web.Response(status=up.status, body=body, headers={"Content-Type": ctype}), up.status, False
             # Streaming. vLLM sends its headers before the prefill; the first chunk is the first token. Until it
@@ -328,6 +343,7 @@ class Gateway:
             chunks = first.count(b"data: ")
             t_last = t_first
             tail = first[-2:]
+            chunk = first
             try:
                 await out.write(first)
                 async for chunk in chunks_in:
@@ -349,6 +365,7 @@ class Gateway:
                 return out, 502, True
             with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
                 await out.write_eof()
+            req.num_output = stream_output_tokens(first, chunk, chunks, endpoint == CHAT)
             now = self.now()
             self.metrics.e2e.labels(endpoint).observe(now - req.arrival)
             if chunks > 2:  # the last event is [DONE]

@@ -18,7 +18,7 @@ in the same order, so both give the same floats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,6 +72,14 @@ def compute_fit(key: str) -> ComputeFit:
         raise ValueError(f"no fitted compute efficiencies for {key!r}; known: {', '.join(fitted.COMPUTE)}") from None
 
 
+def _scaled(f: ComputeFit, compute: float, bandwidth: float) -> ComputeFit:
+    """The fit with its FLOP efficiency times `compute` and its bandwidth efficiencies times `bandwidth`."""
+    if compute == 1.0 and bandwidth == 1.0:
+        return f
+    return replace(f, gemm_flops_eff=f.gemm_flops_eff * compute, gemm_bw_eff=f.gemm_bw_eff * bandwidth,
+                   elem_bw_eff=f.elem_bw_eff * bandwidth)
+
+
 def all_reduce_fit(gpu: GpuPreset, n: int) -> LinkFit:
     """All-reduce over n GPUs: the fitted profile where one exists, else a ring scaled from the nearest fit."""
     table = fitted.ALL_REDUCE[gpu.calibration]
@@ -100,6 +108,9 @@ class CostModel:
         fit: kernel efficiencies (default: the shipped fit of the GPU's calibration key).
         step_overhead_s: fixed CPU/launch cost per iteration.
         attn_flops_eff: fraction of peak FLOP/s the prefill attention kernel reaches.
+        compute_scale: multiplies every FLOP efficiency (GEMMs, attention) of the fit; a calibration knob
+            (`llmsched calibrate`), 1.0 = the shipped fit.
+        bandwidth_scale: multiplies every memory-bandwidth efficiency (GEMM, elementwise, KV reads); 1.0 = fit.
     """
 
     needs_class_tokens = False
@@ -113,6 +124,8 @@ class CostModel:
         fit: ComputeFit | None = None,
         step_overhead_s: float = STEP_OVERHEAD_S,
         attn_flops_eff: float = ATTN_FLOPS_EFF,
+        compute_scale: float = 1.0,
+        bandwidth_scale: float = 1.0,
     ) -> None:
         tp = tp or llm.default_tp
         if num_gpus is None:
@@ -127,9 +140,12 @@ class CostModel:
             raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
         if step_overhead_s < 0 or not 0 < attn_flops_eff <= 1:
             raise ValueError("step_overhead_s must be >= 0 and attn_flops_eff in (0, 1]")
+        if not (compute_scale > 0 and bandwidth_scale > 0):
+            raise ValueError(f"compute_scale and bandwidth_scale must be > 0, got {compute_scale}, {bandwidth_scale}")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
         self.dp = num_gpus // tp
-        self.fit = fit or compute_fit(gpu.calibration)
+        self.fit = _scaled(fit or compute_fit(gpu.calibration), compute_scale, bandwidth_scale)
+        self.compute_scale, self.bandwidth_scale = float(compute_scale), float(bandwidth_scale)
         self.num_moe_layers = llm.num_moe_layers
         self.num_dense_layers = llm.num_layers - llm.num_moe_layers
         self.experts_per_gpu = llm.num_experts // num_gpus if llm.is_moe else 0
@@ -152,7 +168,7 @@ class CostModel:
         heads_g = llm.num_heads / tp
         kv_elems_g = llm.kv_elems_per_token_layer / min(tp, llm.num_kv_heads)
         per = llm.num_layers / self.dp
-        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff)  # attention runs in bf16 whatever the weights
+        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff * compute_scale)  # attention runs in bf16 whatever the weights
         self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
         self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * self._inv_gemm_bw  # s per KV token read/written
         self._a_q = 2.0 * heads_g * hd * 2 * per * self._inv_gemm_bw  # s per query token (q read, out written)
@@ -398,6 +414,9 @@ class CostModel:
         return f"CostModel({self.llm.name} on {self.num_gpus} x {self.gpu.name}, tp={self.tp})"
 
 
-def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None) -> CostModel:
-    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's)."""
-    return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus)
+def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None,
+                     **knobs: float) -> CostModel:
+    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's).
+
+    `knobs`: further `CostModel` keyword arguments (a calibration: step_overhead_s, compute_scale, ...)."""
+    return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus, **knobs)

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsched.engine.config import EngineConfig
+from llmsched.model.calibration import Calibration
 from llmsched.workload.spec import WorkloadSpec
 
 
@@ -28,3 +29,4 @@ class SimConfig(BaseModel):
     metrics_interval_s: float = Field(0.0, ge=0, description="router snapshot refresh interval; 0 = live")
     seed: int = 0
     record_token_times: bool = False
+    calibration: Calibration | None = Field(None, description="cost-model knobs (docs/calibration.md)")

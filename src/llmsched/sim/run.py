@@ -27,8 +27,9 @@ def build_cluster(cfg: SimConfig) -> Cluster:
     llm = get_llm(cfg.model)
     engines = []
     req_cls = REQUEST_POLICIES.get(cfg.request_policy)
+    knobs = cfg.calibration.knobs() if cfg.calibration is not None else {}
     for i in range(cfg.instances):
-        cost = build_cost_model(cfg.model, cfg.gpu, cfg.tp)
+        cost = build_cost_model(cfg.model, cfg.gpu, cfg.tp, **knobs)
         if getattr(llm, "is_moe", False):
             from llmsched.model.moe import build_moe_cost
 
@@ -109,6 +110,7 @@ def report(
                 "expert_policy": cfg.expert_policy,
                 "metrics_interval_s": cfg.metrics_interval_s,
                 "seed": cfg.seed,
+                **({"calibration": cfg.calibration.knobs()} if cfg.calibration is not None else {}),
             },
             "per_instance": [
                 {

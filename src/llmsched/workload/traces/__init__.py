@@ -19,8 +19,9 @@ from llmsched.workload.errors import WorkloadError
 from llmsched.workload.traces.azure import is_azure_header, load_azure
 from llmsched.workload.traces.burstgpt import is_burstgpt_header, load_burstgpt
 from llmsched.workload.traces.mooncake import load_mooncake
+from llmsched.workload.traces.record import is_record_header, load_record
 
-FORMATS = ("azure", "mooncake", "burstgpt")
+FORMATS = ("azure", "mooncake", "burstgpt", "record")
 BUILTIN_PREFIX = "builtin:"
 
 Loader = Callable[[Path, int, int], Columns]
@@ -28,6 +29,7 @@ _LOADERS: dict[str, Loader] = {
     "azure": lambda p, bs, root: load_azure(p),
     "mooncake": load_mooncake,
     "burstgpt": lambda p, bs, root: load_burstgpt(p),
+    "record": load_record,
 }
 
 
@@ -54,11 +56,13 @@ def resolve_path(path: str) -> Path:
 
 
 def detect_format(path: Path) -> str:
-    """By extension (`.jsonl` -> mooncake), else by the CSV header."""
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return "mooncake"
+    """A gateway recording by its header line; else by extension (`.jsonl` -> mooncake), else by CSV header."""
     with path.open(encoding="utf-8") as f:
         first = f.readline().strip()
+    if is_record_header(first):
+        return "record"
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return "mooncake"
     if is_azure_header(first):
         return "azure"
     if is_burstgpt_header(first):

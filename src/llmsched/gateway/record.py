@@ -1,0 +1,205 @@
+"""`llmsched serve --record PATH`: one JSON line per finished request, for replay and calibration.
+
+The data path pays one `deque.append` of a tuple per request (`Recorder.record`); a writer thread wakes every
+`flush_interval` seconds, turns the tuples into JSON lines and appends them to PATH. The buffer is bounded: when
+it holds `buffer` records the new one is dropped and counted (`llmsched_gateway_record_dropped_total`), never
+silently and never blocking a request. When PATH reaches `max_bytes` it is renamed PATH.1 (then PATH.2, ...:
+numbered in order of creation) and a new PATH starts with its own header line.
+
+Format (docs/calibration.md): the first line of every file is a header object with `"llmsched_record": 1`;
+then one object per request. No prompt text is written: the prompt's chained block hashes (as the gateway's
+router computes them at `block_size`) are passed through a keyed 64-bit mix with a random per-recording salt
+that is never written, and stored as base64 of little-endian uint64. Equal prefixes within a recording keep
+equal hashes; nothing links them to the text or to another recording. Session/user keys are keyed BLAKE2b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import threading
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from llmsched.core.types import Request
+from llmsched.workload.traces.record import encode_hashes
+
+FORMAT_VERSION = 1
+HASH_SCHEME = "mix64-salted-v1"
+_USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+def salt_hashes(hashes: tuple[int, ...] | None, k0: int, k1: int) -> np.ndarray:
+    """A keyed bijective 64-bit mix (splitmix64 finaliser around salt words) of each chained hash."""
+    h = np.array(hashes or (), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = h ^ np.uint64(k0)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+        x = (x + np.uint64(k1)) * np.uint64(0x9E3779B97F4A7C15)
+        x = x ^ (x >> np.uint64(29))
+    return x
+
+
+def stream_output_tokens(first: bytes, last: bytes, events: int, chat: bool) -> int:
+    """Output tokens of a streamed answer: the usage chunk's count when the stream carries one (clients that
+    set `stream_options.include_usage`), else the SSE events less [DONE] and a chat stream's role event."""
+    m = _USAGE.search(last)
+    if m is not None:
+        return int(m.group(1))
+    return max(0, events - 1 - (1 if chat and b'"role"' in first else 0))
+
+
+def body_output_tokens(body: bytes) -> int:
+    """`usage.completion_tokens` of a whole (non-streamed) answer; -1 when it has none."""
+    m = _USAGE.search(body, max(0, len(body) - 2048))
+    return int(m.group(1)) if m is not None else -1
+
+
+class Recorder:
+    """Non-blocking JSON-lines recorder of finished requests (see the module docstring).
+
+    Args:
+        path: the file; rotated segments are PATH.1, PATH.2, ...
+        block_size: the block size of the hashes (the gateway's `block_size`).
+        class_header: request header whose value is recorded as the request's class.
+        max_bytes: rotate when the current file reaches this size.
+        buffer: records held for the writer before new ones are dropped (and counted).
+        flush_interval: seconds between writer passes.
+        time_scale: emulated seconds per recorded second (the `--emulated` engines' speed; 1 for real engines).
+        backends: the backend URLs, written into each header (rows name a backend by its stable index).
+        t0: the gateway clock's reading that is arrival 0.
+    """
+
+    def __init__(self, path: str | Path, block_size: int, class_header: str = "x-llmsched-class",
+                 max_bytes: int = 256 * 1024 * 1024, buffer: int = 65536, flush_interval: float = 0.2,
+                 time_scale: float = 1.0, backends: list[str] | None = None, t0: float = 0.0) -> None:
+        self.path = Path(path)
+        self.block_size = block_size
+        self.class_header = class_header
+        self.max_bytes = max_bytes
+        self.capacity = buffer
+        self.flush_interval = flush_interval
+        self.time_scale = time_scale
+        self.backends = list(backends or [])
+        self.t0 = t0
+        self.recording = secrets.token_hex(8)
+        self._k0, self._k1 = secrets.randbits(64), secrets.randbits(64)
+        self._key = secrets.token_bytes(16)
+        self.written = 0
+        self.dropped = 0
+        self.rotations = 0
+        self._q: deque[tuple[Any, ...]] = deque()
+        self._stop = threading.Event()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self._open()
+        self._thread = threading.Thread(target=self._run, name="llmsched-recorder", daemon=True)
+        self._thread.start()
+
+    # -- data path -------------------------------------------------------------------------------------
+    def record(self, req: Request, status: int, stream: bool, cls: str | None, priority: Any) -> None:
+        """Queue one finished request; never blocks (a full buffer drops and counts the record)."""
+        if len(self._q) >= self.capacity:
+            self.dropped += 1
+            return
+        self._q.append((req.arrival, req.prompt_len, req.num_output, req.output_len, req.block_hashes, req.session, cls,
+                        priority, req.instance, req.first_token if stream else -1.0, req.finish, status))
+
+    # -- writer ----------------------------------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        return {"llmsched_record": FORMAT_VERSION, "recording": self.recording, "segment": self.rotations,
+                "started": datetime.now(UTC).isoformat(timespec="seconds"), "block_size": self.block_size,
+                "hash": HASH_SCHEME, "class_header": self.class_header, "time_scale": self.time_scale,
+                "backends": self.backends}
+
+    def _open(self) -> Any:
+        f = self.path.open("a", encoding="utf-8")
+        if f.tell() > 0:  # an existing file from another recording: start a new one beside it
+            f.close()
+            self._rotate_name()
+            f = self.path.open("a", encoding="utf-8")
+        f.write(json.dumps(self._header()) + "\n")
+        return f
+
+    def _rotate_name(self) -> None:
+        n = 1
+        while Path(f"{self.path}.{n}").exists():
+            n += 1
+        os.replace(self.path, f"{self.path}.{n}")
+
+    def _line(self, r: tuple[Any, ...]) -> str:
+        arrival, prompt, out, max_tokens, hashes, session, cls, prio, backend, first, finish, status = r
+        ok = status == 200 and finish >= 0
+        row: dict[str, Any] = {
+            "arrival": round(arrival - self.t0, 6),
+            "prompt_tokens": prompt,
+            "output_tokens": out if ok and out >= 0 else None,
+            "max_tokens": max_tokens,
+            "block_hashes": encode_hashes(salt_hashes(hashes, self._k0, self._k1)),
+            "session": (hashlib.blake2b(session.encode(), key=self._key, digest_size=8).hexdigest()
+                        if session else None),
+            "class": cls,
+            "priority": prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
+            "backend": backend,
+            "ttft": round(first - arrival, 6) if ok and first >= 0 else None,
+            "e2e": round(finish - arrival, 6) if ok else None,
+            "status": status,
+        }
+        return json.dumps(row, separators=(",", ":"))
+
+    def _drain(self) -> None:
+        q = self._q
+        if not q:
+            return
+        lines = []
+        while q:
+            lines.append(self._line(q.popleft()))
+        self._f.write("\n".join(lines) + "\n")
+        self._f.flush()
+        self.written += len(lines)
+        if self._f.tell() >= self.max_bytes:
+            self._f.close()
+            self.rotations += 1
+            self._rotate_name()
+            self._f = self._open()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self._drain()
+        self._drain()
+
+    def close(self) -> None:
+        """Write what is buffered and close the file."""
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self._f.close()
+
+    def collector(self) -> Collector:
+        return _RecorderMetrics(self)
+
+
+class _RecorderMetrics(Collector):
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+
+    def collect(self) -> Iterator[Metric]:
+        w = CounterMetricFamily("llmsched_gateway_record_written", "request records written by --record")
+        w.add_metric([], self.rec.written)
+        yield w
+        d = CounterMetricFamily("llmsched_gateway_record_dropped",
+                                "request records dropped by --record because its buffer was full")
+        d.add_metric([], self.rec.dropped)
+        yield d
