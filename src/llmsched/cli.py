@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llmsched.bench.calibrate_cli import calibrate_cmd
 from llmsched.bench.cli import compare_cmd, scenarios_cmd, sweep_cmd
 from llmsched.emulator.cli import emulate_cmd
 from llmsched.gateway.cli import serve_cmd
@@ -44,9 +45,10 @@ def _json_arg(value: str | None, what: str) -> dict[str, Any]:
 
 @app.command()
 def simulate(
-    trace: Annotated[Path | None, typer.Option(help="trace file (Azure CSV, Mooncake JSONL, BurstGPT CSV)")] = None,
+    trace: Annotated[Path | None, typer.Option(help="trace file (Azure CSV, Mooncake JSONL, BurstGPT CSV, a "
+                                              "`serve --record` recording)")] = None,
     synthetic: Annotated[str | None, typer.Option(help="synthetic workload: chat, code, mixed, prefix-heavy, ...")] = None,
-    trace_format: Annotated[str, typer.Option(help="trace format: auto, azure, mooncake, burstgpt")] = "auto",
+    trace_format: Annotated[str, typer.Option(help="trace format: auto, azure, mooncake, burstgpt, record")] = "auto",
     rate: Annotated[float | None, typer.Option(help="synthetic arrivals per second")] = None,
     num_requests: Annotated[int | None, typer.Option(help="number of requests (synthetic) / first N (trace)")] = None,
     rate_scale: Annotated[float, typer.Option(help="speed the trace's arrivals up by this factor")] = 1.0,
@@ -67,12 +69,14 @@ def simulate(
     max_num_seqs: Annotated[int | None, typer.Option(help="engine sequences per iteration")] = None,
     no_prefix_caching: Annotated[bool, typer.Option(help="disable automatic prefix caching")] = False,
     seed: Annotated[int, typer.Option(help="seed: the same seed gives the same numbers")] = 0,
+    calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file (docs/calibration.md)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Simulate one cluster on one workload and print its latency and throughput (simulated figures)."""
     from pydantic import ValidationError
 
     from llmsched.engine.config import EngineConfig
+    from llmsched.model.calibration import load_calibration
     from llmsched.sim.config import SimConfig
     from llmsched.sim.run import simulate as run_sim
     from llmsched.workload.spec import WorkloadSpec
@@ -106,6 +110,7 @@ def simulate(
             router=router, router_params=_json_arg(router_params, "--router-params"),
             expert_policy=expert_policy, expert_params=_json_arg(expert_params, "--expert-params"),
             metrics_interval_s=metrics_interval, seed=seed,
+            calibration=load_calibration(calibration) if calibration is not None else None,
         )
         res = run_sim(cfg, progress=not as_json and sys.stderr.isatty())
     except (ValueError, ValidationError, FileNotFoundError) as e:
@@ -168,6 +173,7 @@ app.command("scenarios")(scenarios_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("serve")(serve_cmd)
 app.command("emulate")(emulate_cmd)
+app.command("calibrate")(calibrate_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,8 +71,9 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
 
 def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dict[str, float],
                     router: str = "pinned", router_params: dict[str, Any] | None = None,
-                    engine: dict[str, Any] | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Simulated (TTFT, TPOT) per replayed request (NaN where the request was rejected)."""
+                    engine: dict[str, Any] | None = None, seed: int = 0, request_policy: str = "fcfs",
+                    with_e2e: bool = False) -> Any:
+    """Simulated (TTFT, TPOT[, E2E]) per replayed request (NaN where the request was rejected)."""
     from llmsched.engine.config import EngineConfig
     from llmsched.engine.engine import Engine
     from llmsched.model import build_cost_model
@@ -81,18 +82,25 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
     from llmsched.sim.cluster import Cluster
 
     cfg = EngineConfig(**(engine or {}))
-    engines = [Engine(build_cost_model(model, gpu, tp, **knobs), REQUEST_POLICIES.create("fcfs", {}), cfg,
+    pol_cls = REQUEST_POLICIES.get(request_policy)
+    pol_params = {"seed": seed} if "seed" in pol_cls.Params.model_fields else {}
+    engines = [Engine(build_cost_model(model, gpu, tp, **knobs), pol_cls(**pol_params), cfg,
                       instance=i, collect_tokens=False) for i in range(rp.instances)]
     params = dict(router_params or {})
     if router == "pinned":
         params["assignment"] = rp.backend.tolist()
-    elif "seed" in ROUTERS.get(router).Params.model_fields:
-        params.setdefault("seed", seed)
+    else:
+        fields = ROUTERS.get(router).Params.model_fields
+        for k, v in (("seed", seed), ("block_size", cfg.block_size)):
+            if k in fields:
+                params.setdefault(k, v)
     reqs = rp.requests()
     Cluster(engines, ROUTERS.create(router, params)).run(reqs)
     ttft = np.array([r.first_token - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     tpot = np.array([(r.finish - r.first_token) / (r.num_output - 1) if r.finish >= 0 and r.num_output > 1
                      else np.nan for r in reqs])
+    if with_e2e:
+        return ttft, tpot, np.array([r.finish - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     return ttft, tpot
 
 

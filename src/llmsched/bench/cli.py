@@ -51,13 +51,39 @@ def compare_cmd(
     traces: Annotated[Path | None, typer.Option(help="trace folder (else $LLMSCHED_TRACES, ../shared/traces)")] = None,
     jobs: Annotated[int, typer.Option(help="local worker processes")] = 2,
     seed: Annotated[int | None, typer.Option(help="override every scenario's seed")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file for every run")] = None,
+    trace: Annotated[Path | None, typer.Option(help="what-if on a `serve --record` recording instead of "
+                                               "scenarios (docs/calibration.md)")] = None,
+    model: Annotated[str, typer.Option(help="--trace: LLM preset of the recorded backends")] = "llama-3.1-8b",
+    gpu: Annotated[str, typer.Option(help="--trace: GPU preset of the recorded backends")] = "h100",
+    tp: Annotated[int | None, typer.Option(help="--trace: tensor-parallel degree")] = None,
 ) -> None:
     """Compare policy sets on built-in or YAML scenarios (simulated); tables plus a report folder."""
     t0 = time.perf_counter()
+    cal = None
+    if calibration is not None:
+        from llmsched.model.calibration import load_calibration
+
+        try:
+            cal = load_calibration(calibration)
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    if trace is not None:
+        from llmsched.bench.whatif import print_what_if, what_if
+
+        try:
+            res = what_if(trace, model, gpu, tp, cal, seeds=3)
+        except (ValueError, OSError) as e:
+            raise _fail(str(e)) from None
+        if json:
+            out_console.file.write(jsonlib.dumps(res, default=str) + "\n")
+        else:
+            print_what_if(res)
+        return
     if not scenario:
         quick = True  # the README's main job: a quick pass over every built-in scenario
     try:
-        comp = cmp.prepare(scenario, quick, seed, traces)
+        comp = cmp.prepare(scenario, quick, seed, traces, cal)
     except ScenarioError as e:
         raise _fail(str(e)) from None
     for s in comp.skipped:
@@ -96,11 +122,17 @@ def sweep_cmd(
     out: Annotated[Path, typer.Option(help="folder for runs.jsonl and the report")] = Path("llmsched-sweep"),
     resume: Annotated[bool, typer.Option(help="keep the runs already in OUT/runs.jsonl")] = True,
     traces: Annotated[Path | None, typer.Option(help="trace folder")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file for every run")] = None,
 ) -> None:
     """Run a grid of scenarios x policy sets x loads x seeds; resumable; report with 95% CIs across seeds."""
     t0 = time.perf_counter()
     try:
         spec, scenarios = load_sweep(file)
+        if calibration is not None:
+            from llmsched.model.calibration import load_calibration
+
+            cal = load_calibration(calibration)
+            scenarios = [sc.with_calibration(cal) for sc in scenarios]
         plan = plan_sweep(spec, scenarios, traces)
         log = RunLog(out / "runs.jsonl")
         log.load() if resume else log.reset()

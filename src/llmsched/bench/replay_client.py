@@ -10,13 +10,13 @@ are synthetic: distinct per request, or token ids when `token_ids` is set (a vLL
 from __future__ import annotations
 
 import asyncio
-import json
-import time
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+_USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _WORDS = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore "
 
 
@@ -46,13 +46,14 @@ async def replay(url: str, rows: list[tuple[float, int, int]], time_scale: float
                  token_ids: bool = False, ignore_eos: bool = True, headers: dict[str, str] | None = None,
                  timeout: float = 600.0) -> list[Outcome]:
     """Send rows (arrival s, prompt tokens, output tokens) to `url`/v1/completions on their timeline."""
+    clock = asyncio.get_running_loop().time  # the loop's clock: real, or virtual (`bench.virtual_loop`)
     conn = aiohttp.TCPConnector(limit=0)
     out: list[Outcome] = []
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        t0 = time.perf_counter() + 0.05
+        t0 = clock() + 0.05
 
         async def one(rid: int, arrival: float, prompt: int, output: int) -> None:
-            delay = t0 + arrival / time_scale - time.perf_counter()
+            delay = t0 + arrival / time_scale - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             body: dict[str, Any] = {"prompt": prompt_ids(rid, prompt) if token_ids else prompt_text(rid, prompt),
@@ -62,26 +63,24 @@ async def replay(url: str, rows: list[tuple[float, int, int]], time_scale: float
                 body["model"] = model
             if ignore_eos:
                 body["ignore_eos"] = True
-            start = time.perf_counter()
+            start = clock()
             ttft, n = float("nan"), 0
             try:
                 async with session.post(url.rstrip("/") + "/v1/completions", json=body, headers=headers) as r:
                     if r.status != 200:
                         await r.read()
-                        out.append(Outcome(rid, r.status, ttft, time.perf_counter() - start, 0))
+                        out.append(Outcome(rid, r.status, ttft, clock() - start, 0))
                         return
-                    async for line in r.content:
-                        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                            continue
+                    tail = b""
+                    async for chunk in r.content.iter_any():  # chunks, not lines: a chunk may hold many tokens
                         if ttft != ttft:
-                            ttft = time.perf_counter() - start
-                        if b'"usage"' in line and b'"completion_tokens"' in line:
-                            with_usage = json.loads(line[6:])
-                            if with_usage.get("usage"):
-                                n = int(with_usage["usage"]["completion_tokens"])
-                out.append(Outcome(rid, 200, ttft, time.perf_counter() - start, n))
+                            ttft = clock() - start
+                        tail = (tail + chunk)[-4096:]
+                    m = _USAGE.search(tail)
+                    n = int(m.group(1)) if m is not None else 0
+                out.append(Outcome(rid, 200, ttft, clock() - start, n))
             except (aiohttp.ClientError, TimeoutError) as e:
-                out.append(Outcome(rid, 599, ttft, time.perf_counter() - start, 0))
+                out.append(Outcome(rid, 599, ttft, clock() - start, 0))
                 del e
 
         await asyncio.gather(*(one(i, a, p, o) for i, (a, p, o) in enumerate(rows)))

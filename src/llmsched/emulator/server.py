@@ -119,6 +119,7 @@ class EmulatorServer:
             lambda: self.engine.snapshot(self.driver.now() if self.driver.started else 0.0),
             cache_config,
             lambda: self.engine.stats.preemptions,
+            self.max_model_len,
         )
         self.driver = EngineDriver(self.engine, speed, self.metrics, token_window_s=token_window_s,
                                    max_lag_s=max_lag_s)
