@@ -72,7 +72,7 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
 def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dict[str, float],
                     router: str = "pinned", router_params: dict[str, Any] | None = None,
                     engine: dict[str, Any] | None = None, seed: int = 0, request_policy: str = "fcfs",
-                    with_e2e: bool = False) -> Any:
+                    with_e2e: bool = False, metrics_interval_s: float = 0.0) -> Any:
     """Simulated (TTFT, TPOT[, E2E]) per replayed request (NaN where the request was rejected)."""
     from llmsched.engine.config import EngineConfig
     from llmsched.engine.engine import Engine
@@ -95,7 +95,7 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
             if k in fields:
                 params.setdefault(k, v)
     reqs = rp.requests()
-    Cluster(engines, ROUTERS.create(router, params)).run(reqs)
+    Cluster(engines, ROUTERS.create(router, params), metrics_interval_s).run(reqs)
     ttft = np.array([r.first_token - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     tpot = np.array([(r.finish - r.first_token) / (r.num_output - 1) if r.finish >= 0 and r.num_output > 1
                      else np.nan for r in reqs])
