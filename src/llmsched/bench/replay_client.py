@@ -4,13 +4,14 @@ Each request is sent at its arrival time divided by `time_scale` (so an emulator
 S, sees the workload's own timeline), streamed, with `stream_options.include_usage` (so the gateway records
 exact output lengths) and `max_tokens` = the workload's output length (`ignore_eos` for real vLLM). Prompts
 are synthetic: distinct per request, or token ids when `token_ids` is set (a vLLM started with
-`--skip-tokenizer-init`, e.g. dummy weights without tokenizer files).
+`--skip-tokenizer-init`), or from `prompt(rid, tokens)`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,19 +45,21 @@ class Outcome:
 
 async def replay(url: str, rows: list[tuple[float, int, int]], time_scale: float = 1.0, model: str | None = None,
                  token_ids: bool = False, ignore_eos: bool = True, headers: dict[str, str] | None = None,
-                 timeout: float = 600.0) -> list[Outcome]:
+                 timeout: float = 600.0, prompt: Callable[[int, int], str] | None = None) -> list[Outcome]:
     """Send rows (arrival s, prompt tokens, output tokens) to `url`/v1/completions on their timeline."""
+    prompt_fn = prompt
     clock = asyncio.get_running_loop().time  # the loop's clock: real, or virtual (`bench.virtual_loop`)
     conn = aiohttp.TCPConnector(limit=0)
     out: list[Outcome] = []
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         t0 = clock() + 0.05
 
-        async def one(rid: int, arrival: float, prompt: int, output: int) -> None:
+        async def one(rid: int, arrival: float, n_prompt: int, output: int) -> None:
             delay = t0 + arrival / time_scale - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            body: dict[str, Any] = {"prompt": prompt_ids(rid, prompt) if token_ids else prompt_text(rid, prompt),
+            text = (prompt_fn or prompt_text)(rid, n_prompt)
+            body: dict[str, Any] = {"prompt": prompt_ids(rid, n_prompt) if token_ids else text,
                                     "max_tokens": output, "stream": True,
                                     "stream_options": {"include_usage": True}}
             if model:
