@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
 import secrets
 import threading
+from base64 import b64encode
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,16 +35,15 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
-from llmsched.workload.traces.record import encode_hashes
 
 FORMAT_VERSION = 1
 HASH_SCHEME = "mix64-salted-v1"
 _USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
-def salt_hashes(hashes: tuple[int, ...] | None, k0: int, k1: int) -> np.ndarray:
+def salt_hashes(hashes: np.ndarray | tuple[int, ...] | None, k0: int, k1: int) -> np.ndarray:
     """A keyed bijective 64-bit mix (splitmix64 finaliser around salt words) of each chained hash."""
-    h = np.array(hashes or (), dtype=np.uint64)
+    h = np.asarray(hashes if hashes is not None else (), dtype=np.uint64)
     with np.errstate(over="ignore"):
         x = h ^ np.uint64(k0)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -139,33 +140,38 @@ class Recorder:
             n += 1
         os.replace(self.path, f"{self.path}.{n}")
 
-    def _line(self, r: tuple[Any, ...]) -> str:
-        arrival, prompt, out, max_tokens, hashes, session, cls, prio, backend, first, finish, status = r
-        ok = status == 200 and finish >= 0
-        row: dict[str, Any] = {
-            "arrival": round(arrival - self.t0, 6),
-            "prompt_tokens": prompt,
-            "output_tokens": out if ok and out >= 0 else None,
-            "max_tokens": max_tokens,
-            "block_hashes": encode_hashes(salt_hashes(hashes, self._k0, self._k1)),
-            "session": (hashlib.blake2b(session.encode(), key=self._key, digest_size=8).hexdigest()
-                        if session else None),
-            "class": cls,
-            "priority": prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
-            "backend": backend,
-            "ttft": round(first - arrival, 6) if ok and first >= 0 else None,
-            "e2e": round(finish - arrival, 6) if ok else None,
-            "status": status,
-        }
-        return json.dumps(row, separators=(",", ":"))
+    def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        # All rows' hashes salted in one numpy pass: per-row numpy calls would cost more than the rest.
+        hs = [r[4] or () for r in rows]
+        flat = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.uint64, count=sum(map(len, hs)))
+        raw = salt_hashes(flat, self._k0, self._k1).astype("<u8").tobytes()
+        out, off = [], 0
+        key = self._key
+        for r, h in zip(rows, hs, strict=True):
+            arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, first, finish, status = r
+            end = off + 8 * len(h)
+            blocks = b64encode(raw[off:end]).decode("ascii")
+            off = end
+            ok = status == 200 and finish >= 0
+            sess = json.dumps(hashlib.blake2b(session.encode(), key=key, digest_size=8).hexdigest()) \
+                if session else "null"
+            out.append(
+                f'{{"arrival":{arrival - self.t0:.6f},"prompt_tokens":{prompt},'
+                f'"output_tokens":{n_out if ok and n_out >= 0 else "null"},"max_tokens":{max_tokens},'
+                f'"block_hashes":"{blocks}","session":{sess},"class":{json.dumps(cls)},'
+                f'"priority":{prio if isinstance(prio, int) and not isinstance(prio, bool) else 0},'
+                f'"backend":{backend},"ttft":{f"{first - arrival:.6f}" if ok and first >= 0 else "null"},'
+                f'"e2e":{f"{finish - arrival:.6f}" if ok else "null"},"status":{status}}}')
+        return out
 
     def _drain(self) -> None:
         q = self._q
         if not q:
             return
-        lines = []
+        rows = []
         while q:
-            lines.append(self._line(q.popleft()))
+            rows.append(q.popleft())
+        lines = self._lines(rows)
         self._f.write("\n".join(lines) + "\n")
         self._f.flush()
         self.written += len(lines)
