@@ -146,22 +146,22 @@ class Recorder:
         flat = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.uint64, count=sum(map(len, hs)))
         raw = salt_hashes(flat, self._k0, self._k1).astype("<u8").tobytes()
         out, off = [], 0
-        key = self._key
+        key, t0 = self._key, self.t0
+        fmt = ('{"arrival":%.6f,"prompt_tokens":%d,"output_tokens":%s,"max_tokens":%d,"block_hashes":"%s",'
+               '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d}')
         for r, h in zip(rows, hs, strict=True):
             arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, first, finish, status = r
             end = off + 8 * len(h)
             blocks = b64encode(raw[off:end]).decode("ascii")
             off = end
             ok = status == 200 and finish >= 0
-            sess = json.dumps(hashlib.blake2b(session.encode(), key=key, digest_size=8).hexdigest()) \
-                if session else "null"
-            out.append(
-                f'{{"arrival":{arrival - self.t0:.6f},"prompt_tokens":{prompt},'
-                f'"output_tokens":{n_out if ok and n_out >= 0 else "null"},"max_tokens":{max_tokens},'
-                f'"block_hashes":"{blocks}","session":{sess},"class":{json.dumps(cls)},'
-                f'"priority":{prio if isinstance(prio, int) and not isinstance(prio, bool) else 0},'
-                f'"backend":{backend},"ttft":{f"{first - arrival:.6f}" if ok and first >= 0 else "null"},'
-                f'"e2e":{f"{finish - arrival:.6f}" if ok else "null"},"status":{status}}}')
+            sess = ('"' + hashlib.blake2b(session.encode(), key=key, digest_size=8).hexdigest() + '"'
+                    if session else "null")
+            out.append(fmt % (
+                arrival - t0, prompt, n_out if ok and n_out >= 0 else "null", max_tokens, blocks, sess,
+                "null" if cls is None else json.dumps(cls), prio if type(prio) is int else 0, backend,
+                "%.6f" % (first - arrival) if ok and first >= 0 else "null",
+                "%.6f" % (finish - arrival) if ok else "null", status))
         return out
 
     def _drain(self) -> None:
