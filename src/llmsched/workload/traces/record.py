@@ -22,6 +22,7 @@ import numpy as np
 from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
+from llmsched.workload.traces.jsonl import json_lines
 
 MAGIC = "llmsched_record"
 
@@ -106,13 +107,7 @@ def read_recording(path: Path) -> Recording:
             elif head.get("recording") != header.get("recording"):
                 continue  # a segment of an older recording rotated beside this one
             scale = float(head.get("time_scale", 1.0))
-            for i, line in enumerate(f, start=2):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise WorkloadError.at(seg, i, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            for i, row in json_lines(f, seg, start=2):
                 if not isinstance(row, dict):
                     raise WorkloadError.at(seg, i, "expected a JSON object")
                 t = _num(seg, i, row, "arrival", float, False)
