@@ -102,9 +102,11 @@ def test_calibrate_from_record_recovers_each_perturbed_value_within_10pct(fitted
 
 def test_replay_with_fitted_calibration_reproduces_observed_latency_within_10pct(fitted: Any) -> None:
     fit, rp = fitted
+    # No `ttft_offset_s` added: it is fitted as the mean gap, so adding it would match the mean by construction
+    # (on the virtual clock the gateway-to-engine hop takes no time anyway).
     ttft, tpot = simulate_replay(rp, MODEL, GPU, None, fit.values)
-    ttft = ttft + fit.ttft_offset_s
     m = np.isfinite(rp.ttft)
+    print("ttft_offset_s", fit.ttft_offset_s)
     for name, sim, obs in (("TTFT mean", ttft[m].mean(), rp.ttft[m].mean()),
                            ("TTFT p90", np.percentile(ttft[m], 90), np.percentile(rp.ttft[m], 90)),
                            ("TPOT mean", np.nanmean(tpot), np.nanmean(rp.tpot))):

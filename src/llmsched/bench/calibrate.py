@@ -152,38 +152,45 @@ def openloop_items(rp: Replay, points: int = 16, group_tol: float = 0.003) -> li
     for b in range(rp.instances):
         idx = np.flatnonzero((rp.backend == b) & np.isfinite(rp.ttft) & np.isfinite(rp.tpot))
         fb, eb, pb, tb = first[idx], end[idx], rp.prompt[idx], rp.tpot[idx]
-        groups: list[list[float]] = []  # [time, prefill tokens, sequences]
+        groups: list[list[float]] = []  # [time, prefill tokens, sequences, query-key pairs]
         for j in np.argsort(fb, kind="stable").tolist():
+            pairs = float(pb[j]) * (pb[j] + 1) / 2
             if groups and fb[j] - groups[-1][0] < group_tol:
                 groups[-1][1] += int(pb[j])
                 groups[-1][2] += 1
+                groups[-1][3] += pairs
             else:
-                groups.append([float(fb[j]), int(pb[j]), 1])
+                groups.append([float(fb[j]), int(pb[j]), 1, pairs])
         gt = np.array([g[0] for g in groups])
         gstate = [_decode_state(fb, eb, pb, tb, g[0] - 1e-9) for g in groups]
         for j in range(len(idx)):
             a, z = fb[j], eb[j]
             if not z > a:
                 continue
-            mix = [(int(groups[k][1]), int(groups[k][2]), gstate[k])
+            mix = [(int(groups[k][1]), int(groups[k][2]), groups[k][3], gstate[k])
                    for k in np.flatnonzero((gt > a + 1e-9) & (gt < z - 1e-9)).tolist()]
             pts = [_decode_state(fb, eb, pb, tb, a + (z - a) * (q + 0.5) / points) for q in range(points)]
             items.append((float(z - a), int(rp.output[idx[j]] - 1), mix, pts))
     return items
 
 
-def openloop_steps(items: list[tuple[float, int, list, list]], cost: Any) -> np.ndarray:
+def openloop_steps(items: list[tuple[float, int, list, list]], cost: Any, budget: int = 8192) -> np.ndarray:
     """Predicted decode steps of each interval: its mixed (prefill) steps plus the decode-only time left
     divided by the step time (averaged as 1/t: steps, not seconds, are what the interval counts)."""
     from llmsched.model.base import BatchStats
 
     out = np.empty(len(items))
     for n, (dur, _, mix, pts) in enumerate(items):
-        t_mix = sum(cost.step_time(BatchStats(prefill_tokens=p, prefill_pairs=p * (p + 1) / 2, prefill_seqs=s,
-                                              decode_tokens=d, kv_tokens=kv), 0.0) for p, s, (d, kv) in mix)
+        t_mix, n_mix = 0.0, 0
+        for p, s, pairs, (d, kv) in mix:
+            # prompts beyond the token budget left by the decodes were chunked over several iterations
+            k = max(1, -(-p // max(1, budget - d)))
+            t_mix += k * cost.step_time(BatchStats(prefill_tokens=-(-p // k), prefill_pairs=pairs / k,
+                                                   prefill_seqs=s, decode_tokens=d, kv_tokens=kv), 0.0)
+            n_mix += k
         inv = np.mean([1.0 / cost.step_time(BatchStats(decode_tokens=max(d, 1), kv_tokens=kv), 0.0)
                        for d, kv in pts])
-        out[n] = len(mix) + max(dur - t_mix, 0.0) * inv
+        out[n] = n_mix + max(dur - t_mix, 0.0) * inv
     return out
 
 
@@ -197,6 +204,7 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
     m_ttft = np.isfinite(rp.ttft) & (rp.ttft > 0)
     m_tpot = np.isfinite(rp.tpot) & (rp.tpot > 0)
     items = openloop_items(rp)
+    budget = (engine or {}).get("max_num_batched_tokens", 8192)
     if len(items) < 3 * len(FREE):
         raise ValueError(f"too few streamed requests with 2+ output tokens to fit ({len(items)})")
     steps_obs = np.array([it[1] for it in items], dtype=np.float64)
@@ -212,7 +220,7 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
     # Stage 1, open loop: the step-time model on the batches reconstructed from the recorded timestamps.
     # Smooth in the knobs (no simulated schedule that could flip), so a gradient method converges.
     def steps_resid(x: np.ndarray) -> np.ndarray:
-        pred = openloop_steps(items, build_cost_model(model, gpu, tp, **unpack(x)))
+        pred = openloop_steps(items, build_cost_model(model, gpu, tp, **unpack(x)), budget)
         return np.log(np.clip(pred, 1e-9, None) / steps_obs)
 
     x0 = np.array([math.log(START[k]) for k in FREE])

@@ -57,7 +57,9 @@ def calibrate_cmd(
                 if e.get("n"):
                     typer.echo(f"  residual {metric.upper():4s}: mean |rel err| {e['mean_abs_rel_err']:.1%}, "
                                f"median {e['median_abs_rel_err']:.1%}, error of the mean {e['mean_err']:+.1%}, "
-                               f"of p90 {e['p90_err']:+.1%} (n={e['n']})")
+                               f"of p90 {e['p90_err']:+.1%} (n={e['n']})"
+                               + (" (after ttft_offset_s, whose fit zeroes the mean error)" if metric == "ttft"
+                                  and fit.ttft_offset_s > 0 else ""))
         else:
             import asyncio
 
