@@ -197,3 +197,21 @@ def test_compare_trace_what_if_ends_with_a_recommendation(tmp_path: Path) -> Non
     best = min(c["ttft_mean"] for c in res["candidates"])
     assert rec["ttft_mean"] == best and rec["gain_vs_recorded"] == pytest.approx(1 - best / res["baseline"]["ttft_mean"])
     assert "replayed exactly" in res["replayed_exactly"] and res["simulated"]["calibration"]["compute_scale"] == 0.6
+
+
+def test_compare_and_sweep_put_the_calibration_into_every_run(tmp_path: Path) -> None:
+    from llmsched.bench.compare import prepare
+    from llmsched.bench.plan import expand
+    from llmsched.bench.scenario import builtin_names, load_scenario
+
+    cal = Calibration(compute_scale=0.7)
+    comp = prepare([builtin_names()[0]], quick=True, calibration=cal)
+    assert comp.cells and all(c.config.calibration == cal for c in comp.cells)
+    sc = load_scenario(builtin_names()[0]).with_calibration(cal)  # what `sweep --calibration` applies
+    cells, caps = expand(sc)
+    assert all(c.config.calibration == cal for c in cells) and all(c.calibration == cal for c in caps.values())
+    (tmp_path / "bad.json").write_text('{"x": 1}')
+    (tmp_path / "sweep.yaml").write_text(f"scenarios: [{builtin_names()[0]}]\nquick: true\n")
+    r = runner.invoke(app, ["sweep", str(tmp_path / "sweep.yaml"), "--calibration", str(tmp_path / "bad.json"),
+                            "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "bad.json: x: unknown key" in " ".join(r.output.split())
