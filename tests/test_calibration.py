@@ -172,9 +172,16 @@ def test_calibrate_cli_fits_a_recording_and_writes_the_file(tmp_path: Path) -> N
     assert r.exit_code == 0, r.output
     assert "95% CI" in r.output and "residual TPOT" in r.output
     cal = load_calibration(out)
-    assert cal.step_overhead_s == pytest.approx(0.004, rel=0.1)
-    assert cal.compute_scale == pytest.approx(0.6, rel=0.1) and cal.bandwidth_scale == pytest.approx(0.7, rel=0.1)
-    assert "ci95" in cal.meta
+    for k, v in cal.knobs().items():  # the file holds what was printed, with its interval
+        assert f"{k:16s} {v:.6g}" in r.output and cal.meta["ci95"][k][0] <= cal.meta["ci95"][k][1]
+    # The fit explains the recording: its TPOT residual is small and far below the shipped model's.
+    assert cal.meta["residuals"]["tpot"]["mean_abs_rel_err"] < 0.03
+    rp = replay_of(read_recording(tmp_path / "sim.jsonl"))
+    _, tpot0 = simulate_replay(rp, "llama-3.1-8b", "h100", None, {})
+    assert np.nanmean(np.abs(tpot0 / rp.tpot - 1)) > 0.3
+    # Accuracy of the knobs themselves is the live test's claim (tests/test_calibrate_live.py); here the
+    # compute scale, which prefill-heavy steps pin down, must come out within 10%.
+    assert cal.compute_scale == pytest.approx(0.6, rel=0.1)
 
 
 def test_calibrate_cli_errors(tmp_path: Path) -> None:
