@@ -17,7 +17,7 @@ from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.emulator import EmulatorServer
 from llmsched.model import BatchStats, build_cost_model
 from llmsched.model.calibration import Calibration, CalibrationError, load_calibration, save_calibration
-from llmsched.policies.instance import ROUTERS
+from llmsched.policies.instance.pinned import Pinned
 from llmsched.sim.config import SimConfig
 from llmsched.sim.run import simulate
 from llmsched.workload.traces.record import read_recording
@@ -96,7 +96,7 @@ def test_emulate_rejects_a_bad_calibration_file_by_key(tmp_path: Path) -> None:
 
 def test_pinned_router_follows_the_assignment_and_avoids_unhealthy() -> None:
     snaps = [InstanceSnapshot(i, 0.0, 0, 0, 0.0, 10, 10, 0, healthy=(i != 2)) for i in range(3)]
-    r = ROUTERS.create("pinned", {"assignment": [2, 0, 1]})
+    r = Pinned(assignment=[2, 0, 1])
     assert [r.route(Request(i, 0.0, 1, 1), snaps, 0.0) for i in (1, 2)] == [0, 1]
     assert r.route(Request(0, 0.0, 1, 1), snaps, 0.0) in (0, 1)  # pinned to an unhealthy one: moved
     assert r.decisions["unpinned"] == 1

@@ -88,14 +88,17 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
                       instance=i, collect_tokens=False) for i in range(rp.instances)]
     params = dict(router_params or {})
     if router == "pinned":
-        params["assignment"] = rp.backend.tolist()
+        from llmsched.policies.instance.pinned import Pinned
+
+        route = Pinned(assignment=rp.backend.tolist(), **params)
     else:
         fields = ROUTERS.get(router).Params.model_fields
         for k, v in (("seed", seed), ("block_size", cfg.block_size)):
             if k in fields:
                 params.setdefault(k, v)
+        route = ROUTERS.create(router, params)
     reqs = rp.requests()
-    Cluster(engines, ROUTERS.create(router, params), metrics_interval_s).run(reqs)
+    Cluster(engines, route, metrics_interval_s).run(reqs)
     ttft = np.array([r.first_token - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     tpot = np.array([(r.finish - r.first_token) / (r.num_output - 1) if r.finish >= 0 and r.num_output > 1
                      else np.nan for r in reqs])

@@ -63,7 +63,7 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
 
     def runs(router: str, policy: str) -> list[dict[str, float]]:
         random = any("seed" in reg.get(n).Params.model_fields
-                     for reg, n in ((ROUTERS, router), (REQUEST_POLICIES, policy)))
+                     for reg, n in ((ROUTERS, router), (REQUEST_POLICIES, policy)) if n != "pinned")
         return [_summary(*simulate_replay(rp, model, gpu, tp, knobs, router=router, request_policy=policy,
                                           seed=s, with_e2e=True)) for s in range(seeds if random else 1)]
 

@@ -8,7 +8,6 @@ from llmsched.policies.instance import (  # noqa: F401
     linear,
     llmd_weighted,
     lmetric,
-    pinned,
     power_of_two,
     prefix,
     random_router,

@@ -2,7 +2,8 @@
 
 `llmsched calibrate` replays a gateway recording with every request on the backend it went to, so the fit
 sees the batches the real engines ran, whatever router made them. Requests without an entry (and entries
-naming an unhealthy or absent instance) fall back to round robin, counted in `decisions["unpinned"]`.
+naming an unhealthy or absent instance) fall back to round robin, counted in `decisions["unpinned"]`. Not in the `ROUTERS` registry: it is replay
+machinery, not a policy one would run (`llmsched.bench.calibrate.simulate_replay` builds it).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pydantic import Field
 
 from llmsched.core.registry import Params
 from llmsched.core.types import InstanceSnapshot, Request
-from llmsched.policies.instance.base import ROUTERS, Router
+from llmsched.policies.instance.base import Router
 
 
-@ROUTERS.register("pinned")
 class Pinned(Router):
     needs_snapshots = False
 
