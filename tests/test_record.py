@@ -132,7 +132,8 @@ def _row(t: float, **kw: object) -> dict:
 
 
 def test_trace_loader_detects_a_recording_and_replays_what_was_answered(tmp_path: Path) -> None:
-    p = _write_record(tmp_path / "rec.jsonl", [_row(1.0), _row(2.0, status=429, output_tokens=None, e2e=None),
+    p = _write_record(tmp_path / "rec.jsonl", [_row(1.0, priority=-2), _row(2.0, status=429, output_tokens=None,
+                                                                           e2e=None),
                                                 _row(0.5, output_tokens=None)], time_scale=2.0)
     assert detect_format(p) == "record"
     reqs = load_workload(WorkloadSpec(kind="trace", path=str(p)), block_size=32)
@@ -140,6 +141,7 @@ def test_trace_loader_detects_a_recording_and_replays_what_was_answered(tmp_path
     assert [r.output_len for r in reqs] == [9, 5]  # unknown output length -> max_tokens
     assert reqs[0].block_hashes == (2, 4)  # every 2nd 16-token hash at block size 32
     assert reqs[0].cls == "c" and reqs[0].session == "s1"
+    assert [r.priority for r in reqs] == [0, -2]
 
 
 def test_recording_errors_name_file_and_line(tmp_path: Path) -> None:

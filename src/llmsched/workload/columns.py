@@ -37,6 +37,7 @@ class Columns:
     notes: dict[str, int] = field(default_factory=dict)
     # Per row: hashes of the answer's blocks, continuing `hashes` (multi-turn generators know them).
     out_hashes: list[Hashes] | None = None
+    priority: np.ndarray | None = None  # per row (vLLM semantics, lower first); None: all 0
 
     @classmethod
     def single_class(
@@ -81,6 +82,7 @@ class Columns:
             None if self.hashes is None else [self.hashes[i] for i in sel],
             dict(self.notes),
             None if self.out_hashes is None else [self.out_hashes[i] for i in sel],
+            None if self.priority is None else self.priority[idx],
         )
 
     @staticmethod
@@ -98,6 +100,7 @@ class Columns:
         any_session = any(p.session is not None for p in parts)
         any_hashes = any(p.hashes is not None for p in parts)
         any_out = any(p.out_hashes is not None for p in parts)
+        any_prio = any(p.priority is not None for p in parts)
         notes: dict[str, int] = {}
         for p in parts:
             for k, v in p.notes.items():
@@ -112,6 +115,8 @@ class Columns:
             [h for p in parts for h in (p.hashes or [None] * len(p))] if any_hashes else None,
             notes,
             [h for p in parts for h in (p.out_hashes or [None] * len(p))] if any_out else None,
+            np.concatenate([p.priority if p.priority is not None else np.zeros(len(p), np.int64) for p in parts])
+            if any_prio else None,
         )
 
     def iter_requests(self) -> Iterator[Request]:
@@ -121,6 +126,7 @@ class Columns:
         sessions = self.session if self.session is not None else [None] * len(self)
         hashes = self.hashes if self.hashes is not None else [None] * len(self)
         outs = self.out_hashes if self.out_hashes is not None else [None] * len(self)
+        prios = self.priority.tolist() if self.priority is not None else [0] * len(self)
         rows = zip(
             self.arrival.tolist(),
             self.prompt.tolist(),
@@ -129,10 +135,11 @@ class Columns:
             labels,
             sessions,
             outs,
+            prios,
             strict=True,
         )
-        for rid, (t, p, o, h, c, s, oh) in enumerate(rows):
-            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, output_hashes=oh)
+        for rid, (t, p, o, h, c, s, oh, pr) in enumerate(rows):
+            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, pr, output_hashes=oh)
 
     def to_requests(self) -> list[Request]:
         return list(self.iter_requests())

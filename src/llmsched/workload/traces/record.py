@@ -3,7 +3,7 @@
 Detected by the header's `"llmsched_record"` key. A recording rotated by size is PATH.1, PATH.2, ... (older
 first) plus PATH; loading PATH loads every segment of the same recording (same `recording` id) in order.
 Times are multiplied by the header's `time_scale` (the speed of emulated engines; 1 for real ones).
-As a trace, only requests answered with HTTP 200 are kept (`notes["dropped_failed"]` counts the others); a
+As a trace (priorities included), only requests answered with HTTP 200 are kept (`notes["dropped_failed"]` counts the others); a
 request whose output length the gateway could not see gets its `max_tokens`. Block hashes were recorded at
 the header's `block_size`; an engine block size that is a multiple of it keeps every k-th hash (a chained
 hash names the whole prefix through its block); any other block size is an error.
@@ -185,5 +185,7 @@ def load_record(path: Path, block_size: int, root: int = ROOT) -> Columns:
     cols = Columns(rec.arrival[ok], rec.prompt[ok], np.maximum(out[ok], 1), codes, list(classes) or [None],
                    sessions if any(s is not None for s in sessions) else None,
                    hashes if any(h is not None for h in hashes) else None)
+    if rec.priority[ok].any():
+        cols.priority = rec.priority[ok]
     cols.notes["dropped_failed"] = int(len(rec) - len(ok))
     return cols
