@@ -115,7 +115,7 @@ def test_replay_with_fitted_calibration_reproduces_observed_latency_within_10pct
 
 
 LMETRIC_GAP = ("lmetric reads scraped snapshots: the gateway's scrape phases and in-flight accounting differ "
-               "from the simulator's timer refresh; measured: predicted -7.3 ms vs live -2.9 ms on a 124 ms base")
+               "from the simulator's timer refresh; measured: predicted -7.6 ms vs live -2.9 ms on a 92 ms base")
 
 
 @pytest.mark.parametrize("router", ["random", "least-kv",
