@@ -118,6 +118,17 @@ def test_rotation_by_size_and_the_loader_reads_every_segment(tmp_path: Path) -> 
     assert len(r) == 120 and np.all(np.diff(r.arrival) > 0)
 
 
+def test_a_second_recording_to_the_same_path_rotates_the_first_aside(tmp_path: Path) -> None:
+    path = tmp_path / "same.jsonl"
+    for n in (3, 2):
+        rec = Recorder(path, 16)
+        for i in range(n):
+            rec.record(_req(i, i * 0.1), 200, True, None, 0)
+        rec.close()
+    assert Path(f"{path}.1").is_file()
+    assert len(read_recording(path)) == 2 and len(read_recording(Path(f"{path}.1"))) == 3
+
+
 def _write_record(path: Path, rows: list[dict], **head: object) -> Path:
     header = {"llmsched_record": 1, "recording": "abc", "block_size": 16, "time_scale": 1.0, **head}
     path.write_text("\n".join(json.dumps(x) for x in [header, *rows]) + "\n")

@@ -86,26 +86,34 @@ def _num(path: Path, i: int, row: dict[str, Any], key: str, kind: type, none_ok:
     return v
 
 
+def _header(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        head = json.loads(first)
+    except json.JSONDecodeError:
+        head = None
+    if not isinstance(head, dict) or MAGIC not in head:
+        raise WorkloadError.at(path, 1, f"not a gateway recording (no {MAGIC!r} header line)")
+    return head
+
+
 def read_recording(path: Path) -> Recording:
     """All rows of the recording PATH (with its rotated segments)."""
     header: dict[str, Any] | None = None
+    rid = _header(path).get("recording")  # PATH names the recording; older ones rotated beside it are skipped
     cols: dict[str, list[Any]] = {k: [] for k in ("arrival", "prompt", "output", "max_tokens", "backend", "ttft",
                                                    "e2e", "status", "hashes", "session", "cls", "priority")}
     for seg in segments(path):
         with seg.open(encoding="utf-8") as f:
-            first = f.readline()
-            try:
-                head = json.loads(first)
-            except json.JSONDecodeError:
-                head = None
-            if not isinstance(head, dict) or MAGIC not in head:
-                raise WorkloadError.at(seg, 1, f"not a gateway recording (no {MAGIC!r} header line)")
+            f.readline()
+            head = _header(seg)
             if head.get(MAGIC) != 1:
                 raise WorkloadError.at(seg, 1, f"unsupported recording format version {head.get(MAGIC)!r}")
+            if head.get("recording") != rid:
+                continue  # a segment of an older recording rotated beside this one
             if header is None:
                 header = head
-            elif head.get("recording") != header.get("recording"):
-                continue  # a segment of an older recording rotated beside this one
             scale = float(head.get("time_scale", 1.0))
             for i, row in json_lines(f, seg, start=2):
                 if not isinstance(row, dict):
