@@ -5,7 +5,7 @@
 A trivial fake backend (streams 8 tokens at once) in its own process, the gateway in its own process, and an
 aiohttp load generator here (streaming, Azure-conversation-sized prompts of ~1,000 tokens, 16 in flight).
 Gateway CPU per request = its process's user+system time over the batch / requests. Reports the median of
-`--reps` interleaved repetitions of each mode and their ratio.
+`--reps` interleaved repetitions of each mode (alternating which goes first) and their ratio.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ asyncio.run(main())
 """
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 async def load(url: str, n: int, conc: int) -> None:
@@ -74,8 +76,9 @@ def main() -> None:
     try:
         wait("http://127.0.0.1:18411")
         res: dict[str, list[float]] = {"plain": [], "record": []}
+        sys_share: dict[str, list[float]] = {"plain": [], "record": []}
         for rep in range(a.reps):
-            for mode in ("plain", "record"):
+            for mode in (("plain", "record") if rep % 2 == 0 else ("record", "plain")):  # alternate who goes first
                 cmd = [sys.executable, "-m", "llmsched.cli", "serve", "--backend", "http://127.0.0.1:18411",
                        "--port", "18412"]
                 if mode == "record":
@@ -84,10 +87,12 @@ def main() -> None:
                 try:
                     wait("http://127.0.0.1:18412")
                     asyncio.run(load("http://127.0.0.1:18412", 200, 16))  # warm-up
-                    c0 = cpu_seconds(gw.pid)
+                    u0, s0 = cpu_seconds(gw.pid)
                     asyncio.run(load("http://127.0.0.1:18412", a.requests, 16))
                     time.sleep(0.5)  # the recorder's writer flushes every 0.2 s: count its work too
-                    res[mode].append((cpu_seconds(gw.pid) - c0) / a.requests * 1e6)
+                    u1, s1 = cpu_seconds(gw.pid)
+                    res[mode].append((u1 - u0 + s1 - s0) / a.requests * 1e6)
+                    sys_share[mode].append((s1 - s0) / a.requests * 1e6)
                 finally:
                     gw.terminate()
                     gw.wait()
@@ -95,6 +100,8 @@ def main() -> None:
                   f"load {os.getloadavg()}", flush=True)
         p, r = statistics.median(res["plain"]), statistics.median(res["record"])
         lines = sum(len(f.read_text().splitlines()) - 1 for f in tmp.glob("rec*.jsonl"))
+        print(f"of which system time: plain {statistics.median(sys_share['plain']):.0f} us, --record "
+              f"{statistics.median(sys_share['record']):.0f} us")
         print(f"median gateway CPU per request: plain {p:.0f} us, --record {r:.0f} us, ratio {r / p:.3f} "
               f"({a.reps} interleaved reps of {a.requests} requests; {lines} lines recorded; "
               f"load average {os.getloadavg()})")
