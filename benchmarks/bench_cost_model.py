@@ -10,6 +10,7 @@ baseline of 1000 `step_time` calls it replaces, measured in the same run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 
@@ -30,6 +31,7 @@ def per_call(fn, number: int) -> float:
 
 
 def main() -> None:
+    print(f"load average {os.getloadavg()}")
     mixed = BatchStats(prefill_tokens=512, prefill_pairs=512 * 3000.0, prefill_seqs=1, decode_tokens=63,
                        kv_tokens=63 * 1500)
     decode = BatchStats(decode_tokens=64, kv_tokens=64 * 1500)
@@ -54,3 +56,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"load average {os.getloadavg()}")

@@ -10,11 +10,12 @@ Prints median of `--repeats` timings, and balancedness / cross-GPU traffic of ea
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 from llmsched.policies.expert import EXPERT_PLACERS, Topology, balancedness
-from llmsched.policies.expert.affinity import cross_gpu_fraction
+from llmsched.policies.expert.affinity import cross_gpu_fraction, cross_node_fraction
 from llmsched.policies.expert.eplb_algo import rebalance_experts
 from llmsched.workload.expert_routing import ExpertRoutingModel, skew_stats
 
@@ -29,6 +30,7 @@ def timed(fn, repeats: int) -> float:  # noqa: ANN001
 
 
 def main() -> None:
+    print(f"load average {os.getloadavg()}")
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
@@ -47,7 +49,8 @@ def main() -> None:
     flows = routing.flows(routing.profile())
     ref = None
     for name, params in (("static", {}), ("eplb", {"mode": "hierarchical"}), ("eplb", {"mode": "global"}),
-                         ("hotspot", {"budget": 10_000, "max_moves": 16}), ("affinity", {"mode": "global"})):
+                         ("hotspot", {"budget": 10_000, "max_moves": 16}), ("affinity", {"mode": "global"}),
+                         ("affinity", {"mode": "hierarchical"})):
         t = time.perf_counter()
         pl = EXPERT_PLACERS.create(name, params).place(w, topo, flows)
         dt = time.perf_counter() - t
@@ -56,8 +59,10 @@ def main() -> None:
             ref = cross
         cut = f"; traffic cut vs eplb-global {1 - cross / ref:+.1%}" if ref is not None and name == "affinity" else ""
         print(f"{name:8s} {params!s:38s} balancedness {balancedness(pl.gpu_loads(w, G)):.3f}  "
-              f"cross-GPU share {cross:.3f}  ({dt * 1e3:.0f} ms){cut}")
+              f"cross-GPU share {cross:.3f}  cross-node {cross_node_fraction(pl, flows, topo):.3f}  "
+              f"({dt * 1e3:.0f} ms){cut}")
 
 
 if __name__ == "__main__":
     main()
+    print(f"load average {os.getloadavg()}")

@@ -1,22 +1,29 @@
-"""Gateway benchmarks: throughput ceiling, added latency, HTTP-stack choice, and a Mooncake replay vs peers.
+"""Gateway benchmarks, ours vs vllm-router vs sglang-router in the same run: CPU per request, throughput, added
+latency, and a Mooncake replay where routing matters.
 
-    python benchmarks/bench_gateway.py [--section throughput|latency|replay|all] [--quick]
+    python benchmarks/bench_gateway.py [--section throughput|latency|replay|all] [--quick] [--reps N]
+        [--baseline-src /path/to/older/checkout/src] [--json out.json]
 
-Setup on a 2-core box (reported with the figures): the proxy under test is pinned to core 0 (`taskset`), the
-backends and this load generator to core 1, so "one gateway process on one core" is what is measured; the
-proxy's CPU time per request (from /proc, its whole process tree) gives the one-core ceiling even when the
-load generator, not the proxy, saturates first.
+Setup on a 2-core box shared with other work (load average printed with every row): the proxy under test is
+pinned to core 0 (`taskset`), backends, emulators and this load generator to core 1. CPU per request is the
+proxy's whole process tree from /proc (user + system; the Rust routers' worker threads included). Every
+section interleaves the proxies within each repetition, so drifting machine load is shared; compare ratios
+within one run, not absolute figures across runs.
 
 Sections:
-- throughput: closed loop (64 connections), non-streaming, tiny bodies, 4 trivial raw-asyncio backends.
-  Proxies: ours (aiohttp server + aiohttp client, uvloop), the alternative stack (uvicorn+httptools+uvloop with
-  starlette + httpx), vllm-router round_robin when installed; "direct" is the load generator's own ceiling.
+- throughput: closed loop (64 connections), non-streaming, tiny bodies, 4 trivial raw-asyncio backends,
+  round robin everywhere. `--baseline-src` adds a row for another checkout's gateway (e.g. the aiohttp one).
 - latency: open-loop Poisson at 500 req/s of Mooncake request bodies (prompt text synthesized from hash_ids,
-  max_tokens 1) to the 4 trivial backends, direct vs through the gateway: added p50/p99.
-- replay: the first Mooncake rows, time-scaled, streamed through each router in front of 4 emulated engines
-  (`llmsched.emulator`, restarted fresh for every router): client-side TTFT mean/p99, E2E, router CPU/request.
-  Ours (lmetric + fcfs; lmetric + sjf with a gateway admission cap; round-robin) vs vllm-router and
-  sglang-router cache_aware (benchmark-only: `pip install vllm-router sglang-router`).
+  mean ~51 KiB, max_tokens 1) to the 4 trivial backends, direct vs through each proxy: added p50/p99 and CPU.
+  Ours with round robin and with lmetric + sjf (tokenising, block hashing, prefix index, request queue).
+- replay: the Mooncake conversation trace's first rows through 8 emulated llama-3.1-8b/H100 engines
+  (`llmsched.emulator`, fresh for every run) at 85% of their capacity as the simulator's `prefix` scenario
+  defines it (capacity and time scale from `llmsched compare` on the same rows, run first: its simulated
+  TTFTs are the prediction). Time compression: the emulators run at `--speed` S, and the trace is replayed
+  S x faster on top of the load scaling, so emulated time follows the trace at 85% load; our scrape interval
+  is divided by S too (0.5 s emulated). The Rust routers' cache_aware policies use their own in-flight counts
+  (no scrapes), so compression costs them nothing. Client-side TTFT is reported in emulated seconds (real x S).
+  Routers: ours lmetric, ours round robin, vllm-router cache_aware, sglang-router cache_aware.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,44 +122,18 @@ async def _role_emulators(ports: list[int], speed: float) -> None:
     await asyncio.Event().wait()
 
 
-async def _role_gateway(port: int, backends: list[str], router: str, policy: str, cap: int) -> None:
+async def _role_gateway(port: int, backends: list[str], router: str, policy: str, cap: int, scrape: float) -> None:
     from llmsched.gateway.config import GatewayConfig
     from llmsched.gateway.server import Gateway
 
     cfg = GatewayConfig(backends=backends, router={"name": router}, request_policy={"name": policy},
-                        max_in_flight_per_backend=cap, scrape_interval=0.1, queue_bound=100_000)
+                        max_in_flight_per_backend=cap, scrape_interval=scrape, queue_bound=100_000)
     await Gateway(cfg).start("127.0.0.1", port)
+    with contextlib.suppress(ImportError):  # an older checkout (--baseline-src) may not have it
+        from llmsched.gateway.server import tune_gc
+
+        tune_gc()  # as `llmsched serve` does
     await asyncio.Event().wait()
-
-
-def _role_alt(port: int, backends: list[str]) -> None:
-    """The alternative stack: uvicorn (httptools, uvloop) + starlette, httpx client; round robin."""
-    import httpx
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response, StreamingResponse
-    from starlette.routing import Route
-
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
-                               timeout=60)
-    state = {"i": 0}
-
-    async def proxy(request: Request) -> Response:
-        body = await request.body()
-        url = backends[state["i"] % len(backends)] + request.url.path
-        state["i"] += 1
-        if b'"stream": true' in body:
-            up = await client.send(client.build_request("POST", url, content=body), stream=True)
-            return StreamingResponse(up.aiter_raw(), status_code=up.status_code,
-                                     media_type=up.headers.get("content-type"), background=None)
-        r = await client.post(url, content=body, headers={"content-type": "application/json"})
-        return Response(r.content, status_code=r.status_code, media_type="application/json")
-
-    app = Starlette(routes=[Route("/v1/completions", proxy, methods=["POST"]),
-                            Route("/v1/chat/completions", proxy, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
-                log_level="warning", backlog=1024)
 
 
 # ------------------------------------------------------------------------------------------ processes ---
@@ -165,11 +147,13 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _spawn(args: Sequence[str], cpu: str | None) -> subprocess.Popen[bytes]:
+def _spawn(args: Sequence[str], cpu: str | None, src: str | None = None) -> subprocess.Popen[bytes]:
     cmd = list(args)
     if cpu is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", cpu, *cmd]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": src} if src else None
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
 
 
 def _role_cmd(*args: str) -> list[str]:
@@ -230,11 +214,11 @@ def _tree_cpu(pid: int) -> float:
 
 
 def _start_proxy(kind: str, port: int, backends: list[str], router: str = "round-robin", policy: str = "fcfs",
-                 cap: int = 256) -> subprocess.Popen[bytes] | None:
+                 cap: int = 256, scrape: float = 0.1, src: str | None = None) -> subprocess.Popen[bytes] | None:
+    """kind: "ours" (this checkout, or `src`'s), "vllm-router:POLICY", "sglang-router:POLICY"."""
     if kind == "ours":
-        p = _spawn(_role_cmd("gateway", str(port), ",".join(backends), router, policy, str(cap)), PROXY_CPU)
-    elif kind == "alt":
-        p = _spawn(_role_cmd("alt", str(port), ",".join(backends)), PROXY_CPU)
+        p = _spawn(_role_cmd("gateway", str(port), ",".join(backends), router, policy, str(cap), str(scrape)),
+                   PROXY_CPU, src)
     elif kind.startswith("vllm-router"):
         exe = shutil.which("vllm-router")
         if exe is None:
@@ -253,8 +237,16 @@ def _start_proxy(kind: str, port: int, backends: list[str], router: str = "round
                     "--prometheus-port", str(_free_ports(1)[0])], PROXY_CPU)
     else:
         raise ValueError(kind)
-    _wait_port(port)
+    try:
+        _wait_port(port)
+    except RuntimeError:
+        _stop(p)
+        raise
     return p
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 # ------------------------------------------------------------------------------------------ load gen ----
@@ -357,56 +349,86 @@ def prompt_of(row: dict[str, object]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- sections ---
-def section_throughput(quick: bool) -> None:
-    n = 6000 if quick else 20000
+Proxy = tuple[str, str, str, str, str | None]  # label, kind, router, request policy, source folder
+
+
+def _proxies(rows: list[Proxy], baseline: str | None) -> list[Proxy]:
+    return rows + ([("ours before (aiohttp), round-robin", "ours", "round-robin", "fcfs", baseline)] if baseline
+                   else [])
+
+
+def _span(xs: Sequence[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    """median [min-max] of repeated figures."""
+    return (fmt.format(statistics.median(xs) * scale) + " [" + fmt.format(min(xs) * scale) + "-"
+            + fmt.format(max(xs) * scale) + "]")
+
+
+def _each_run(proxies: list[Proxy], reps: int, backends: list[str]) -> Iterator[tuple[int, str, int, str]]:
+    """(rep, label, pid, completions URL) for every repetition and proxy, interleaved, each proxy fresh."""
+    for rep in range(reps):
+        for label, kind, router, policy, src in proxies:
+            port = _free_ports(1)[0]
+            proc = _start_proxy(kind, port, backends, router or "round-robin", policy or "fcfs", src=src)
+            if proc is None:
+                continue
+            try:
+                yield rep, label, proc.pid, f"http://127.0.0.1:{port}/v1/completions"
+            finally:
+                _stop(proc)
+
+
+def _table(header: str, res: dict[str, list[Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """Print the header, then yield each proxy's results (and say which were skipped)."""
+    print(header)
+    for label, rs in res.items():
+        if rs:
+            yield label, rs
+        else:
+            print(f"{label:38s} skipped (not installed)")
+
+
+def section_throughput(quick: bool, reps: int, baseline: str | None, out: dict[str, object]) -> None:
+    n = 4000 if quick else 12000
     conc = 64
     body = json.dumps({"model": MODEL, "prompt": "Say hello to the gateway benchmark.", "max_tokens": 1}).encode()
     bports = _free_ports(4)
     backend = _spawn(_role_cmd("fast", ",".join(map(str, bports))), LOAD_CPU)
     backends = [f"http://127.0.0.1:{p}" for p in bports]
+    proxies = _proxies([("ours round-robin", "ours", "round-robin", "fcfs", None),
+                        ("vllm-router round_robin", "vllm-router:round_robin", "", "", None),
+                        ("sglang-router round_robin", "sglang-router:round_robin", "", "", None)], baseline)
+    res: dict[str, list[tuple[float, float, float, float]]] = {p[0]: [] for p in proxies}
     try:
         for p in bports:
             _wait_port(p)
-        print(f"\n== throughput: {n} non-streaming requests, {conc} connections, 4 trivial backends "
-              f"(proxy on core {PROXY_CPU}, backends + load generator on core {LOAD_CPU})")
-        print(f"{'proxy':26s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU us/req':>11s} {'1-core req/s':>13s}")
+        print(f"\n== throughput: {n} non-streaming tiny requests, {conc} connections, 4 trivial backends "
+              f"(proxy on core {PROXY_CPU}, backends + load generator on core {LOAD_CPU}); {reps} interleaved reps")
         direct = statistics.median(asyncio.run(_closed_loop([b + "/v1/completions" for b in backends], n, conc,
-                                                            body))[0] for _ in range(3))
-        print(f"{'direct (load gen ceiling)':26s} {direct:8.0f}")
-        results = {}
-        for kind in ("ours", "alt", "vllm-router:round_robin"):
-            port = _free_ports(1)[0]
-            try:
-                proc = _start_proxy(kind, port, backends)
-            except (RuntimeError, ImportError) as e:
-                print(f"{kind:26s} skipped: {e}")
-                continue
-            if proc is None:
-                print(f"{kind:26s} skipped: not installed")
-                continue
-            try:
-                url = f"http://127.0.0.1:{port}/v1/completions"
-                asyncio.run(_closed_loop([url], 1000, conc, body))  # warm-up: connections, caches
-                reps = []
-                for _ in range(3):
-                    c0 = _tree_cpu(proc.pid)
-                    rps, lat = asyncio.run(_closed_loop([url], n, conc, body))
-                    cpu = (_tree_cpu(proc.pid) - c0) / n
-                    reps.append((rps, _pct(lat, 50), _pct(lat, 99), cpu))
-                rps, p50, p99, cpu = (statistics.median(r[k] for r in reps) for k in range(4))
-                results[kind] = (rps, cpu)
-                print(f"{kind:26s} {rps:8.0f} {p50 * 1e3:8.2f} {p99 * 1e3:8.2f} {cpu * 1e6:11.0f} {1 / cpu:13.0f}")
-            finally:
-                _stop(proc)
-        if "ours" in results and "alt" in results:
-            print(f"ours / alt: throughput x{results['ours'][0] / results['alt'][0]:.2f}, "
-                  f"CPU per request x{results['ours'][1] / results['alt'][1]:.2f}")
+                                                            body))[0] for _ in range(2))
+        print(f"direct (load generator's ceiling): {direct:.0f} req/s [load {_load()}]")
+        for _rep, label, pid, url in _each_run(proxies, reps, backends):
+            asyncio.run(_closed_loop([url], 500, conc, body))  # warm-up: connections, caches
+            c0 = _tree_cpu(pid)
+            rps, lat = asyncio.run(_closed_loop([url], n, conc, body))
+            res[label].append((rps, _pct(lat, 50), _pct(lat, 99), (_tree_cpu(pid) - c0) / n))
+        for label, rs in _table(f"{'proxy':38s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
+                                f"{'CPU us/req [min-max]':>22s} {'1-core req/s':>12s} {'load':>5s}", res):
+            cpu = [r[3] for r in rs]
+            print(f"{label:38s} {statistics.median(r[0] for r in rs):8.0f} "
+                  f"{statistics.median(r[1] for r in rs) * 1e3:7.2f} {statistics.median(r[2] for r in rs) * 1e3:7.2f} "
+                  f"{_span(cpu, 1e6, '{:.0f}'):>22s} {1 / statistics.median(cpu):12.0f} {_load():>5s}")
+        out["throughput"] = {k: v for k, v in res.items() if v}
+        ours = res["ours round-robin"]
+        for label, rs in res.items():
+            if rs and ours and label != "ours round-robin":
+                print(f"CPU per request, ours / {label}: x"
+                      f"{statistics.median(r[3] for r in ours) / statistics.median(r[3] for r in rs):.2f}")
     finally:
         _stop(backend)
 
 
-def section_latency(quick: bool) -> None:
-    n = 2500 if quick else 5000
+def section_latency(quick: bool, reps: int, baseline: str | None, out: dict[str, object]) -> None:
+    n = 1500 if quick else 3000
     rate = 500.0
     try:
         rows = mooncake_rows(n)
@@ -419,36 +441,34 @@ def section_latency(quick: bool) -> None:
     backend = _spawn(_role_cmd("fast", ",".join(map(str, bports))), LOAD_CPU)
     backends = [f"http://127.0.0.1:{p}" for p in bports]
     direct = [b + "/v1/completions" for b in backends]
+    proxies = _proxies([("ours round-robin", "ours", "round-robin", "fcfs", None),
+                        ("ours lmetric + sjf", "ours", "lmetric", "sjf", None),
+                        ("vllm-router round_robin", "vllm-router:round_robin", "", "", None),
+                        ("sglang-router round_robin", "sglang-router:round_robin", "", "", None)], baseline)
+    res: dict[str, list[tuple[float, float, float, float, float, float]]] = {p[0]: [] for p in proxies}
     m = statistics.median
     try:
         for p in bports:
             _wait_port(p)
         print(f"\n== added latency: {n} Mooncake request bodies (mean {mean_kb:.0f} KiB, max_tokens 1), Poisson "
-              f"{rate:.0f} req/s, 4 trivial backends; medians of 3 runs, direct and gateway runs interleaved")
-        print(f"{'path':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'added p50':>10s} {'added p99':>10s} {'CPU us/req':>11s}")
-        for router in ("round-robin", "lmetric"):
-            port = _free_ports(1)[0]
-            gw = _start_proxy("ours", port, backends, router=router)
-            assert gw is not None
-            via = [f"http://127.0.0.1:{port}/v1/completions"]
-            try:
-                asyncio.run(_open_loop(via, bodies[:500], rate, 99))  # warm-up
-                d50, d99, g50, g99, cpu = [], [], [], [], []
-                for rep in range(3):
-                    ld = asyncio.run(_open_loop(direct, bodies, rate, rep))
-                    c0 = _tree_cpu(gw.pid)
-                    lg = asyncio.run(_open_loop(via, bodies, rate, rep))
-                    cpu.append((_tree_cpu(gw.pid) - c0) / len(bodies))
-                    d50.append(_pct(ld, 50))
-                    d99.append(_pct(ld, 99))
-                    g50.append(_pct(lg, 50))
-                    g99.append(_pct(lg, 99))
-                print(f"{'direct':28s} {m(d50) * 1e3:8.2f} {m(d99) * 1e3:8.2f}")
-                print(f"{'gateway, router ' + router:28s} {m(g50) * 1e3:8.2f} {m(g99) * 1e3:8.2f} "
-                      f"{(m(g50) - m(d50)) * 1e3:10.2f} {(m(g99) - m(d99)) * 1e3:10.2f} {m(cpu) * 1e6:11.0f}")
-            finally:
-                _stop(gw)
-        print("targets: added p50 <= 1 ms, p99 <= 5 ms")
+              f"{rate:.0f} req/s, 4 trivial backends; {reps} reps, each proxy's run next to a direct run")
+        for rep, label, pid, url in _each_run(proxies, reps, backends):
+            asyncio.run(_open_loop([url], bodies[:300], rate, 99))  # warm-up
+            ld = asyncio.run(_open_loop(direct, bodies, rate, rep))
+            c0 = _tree_cpu(pid)
+            lg = asyncio.run(_open_loop([url], bodies, rate, rep))
+            cpu = (_tree_cpu(pid) - c0) / len(bodies)
+            res[label].append((_pct(ld, 50), _pct(ld, 99), _pct(lg, 50), _pct(lg, 99), cpu, len(lg) / len(bodies)))
+        for label, rs in _table(f"{'proxy':38s} {'direct p50/p99':>15s} {'via p50/p99':>15s} {'added p50 ms':>20s} "
+                                f"{'added p99 ms':>20s} {'CPU us/req':>16s} {'ok':>5s} {'load':>5s}", res):
+            a50 = [r[2] - r[0] for r in rs]
+            a99 = [r[3] - r[1] for r in rs]
+            print(f"{label:38s} {m(r[0] for r in rs) * 1e3:7.2f}/{m(r[1] for r in rs) * 1e3:7.2f} "
+                  f"{m(r[2] for r in rs) * 1e3:7.2f}/{m(r[3] for r in rs) * 1e3:7.2f} {_span(a50, 1e3):>20s} "
+                  f"{_span(a99, 1e3):>20s} {_span([r[4] for r in rs], 1e6, '{:.0f}'):>16s} "
+                  f"{min(r[5] for r in rs):5.0%} {_load():>5s}")
+        out["latency"] = {k: v for k, v in res.items() if v}
+        print("targets (issue 13): added p50 <= 0.3 ms, p99 <= 1.5 ms; CPU <= 250 us/req lmetric + request policy")
     finally:
         _stop(backend)
 
@@ -458,6 +478,7 @@ async def _replay(url: str, rows: list[dict[str, object]], scale: float) -> dict
 
     ttft: list[float] = []
     e2e: list[float] = []
+    events: list[int] = []
     errors = 0
     prompts = [prompt_of(r) for r in rows]
     t_first = float(rows[0]["timestamp"])  # type: ignore[arg-type]
@@ -476,14 +497,17 @@ async def _replay(url: str, rows: list[dict[str, object]], scale: float) -> dict
                         await r.read()
                         return
                     first = None
-                    async for _chunk in r.content.iter_any():
+                    n = 0
+                    async for chunk in r.content.iter_any():
                         if first is None:  # vLLM sends the first completion chunk with the first token
                             first = time.perf_counter()
+                        n += chunk.count(b"data: ")
                     if first is None:
                         errors += 1
                         return
                     ttft.append(first - t)
                     e2e.append(time.perf_counter() - t)
+                    events.append(n)
             except (aiohttp.ClientError, TimeoutError):
                 errors += 1
 
@@ -497,31 +521,61 @@ async def _replay(url: str, rows: list[dict[str, object]], scale: float) -> dict
             tasks.append(asyncio.create_task(one(row, prompt)))
         await asyncio.gather(*tasks)
     return {"ttft_mean": float(np.mean(ttft)) if ttft else float("nan"), "ttft_p99": _pct(ttft, 99),
-            "e2e_mean": float(np.mean(e2e)) if e2e else float("nan"), "ok": len(ttft), "errors": errors}
+            "e2e_mean": float(np.mean(e2e)) if e2e else float("nan"), "ok": len(ttft), "errors": errors,
+            "events": float(np.mean(events)) if events else float("nan")}
 
 
-def section_replay(quick: bool, speed: float, scale: float, reps: int) -> None:
-    n = 150 if quick else 300
+_SIM_SCENARIO = """name: gateway-replay
+description: benchmarks/bench_gateway.py's replay setting (the prefix scenario on the first {n} Mooncake rows)
+base: {{model: {model}, gpu: h100, instances: 8, seed: 0}}
+workloads:
+  - {{label: mooncake-conversation, kind: trace, name: mooncake, path: mooncake/conversation_trace.jsonl,
+      num_requests: {n}, requires_trace: true}}
+loads: [0.85]
+policies:
+  - {{label: round-robin, router: round-robin}}
+  - {{label: sglang-cache-aware, router: sglang-cache-aware}}
+  - {{label: lmetric, router: lmetric}}
+"""
+
+
+def simulate_replay(n: int) -> tuple[float, dict[str, float]]:
+    """The simulator on the same rows at 85% load: (trace time scale, simulated TTFT mean per router)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yml = Path(tmp) / "replay.yaml"
+        yml.write_text(_SIM_SCENARIO.format(n=n, model=MODEL))
+        run = subprocess.run([sys.executable, "-m", "llmsched.cli", "compare", "-s", str(yml), "--json", "--jobs",
+                              "1", "--traces", str(TRACE.parents[1]), "--out", str(Path(tmp) / "rep")],
+                             capture_output=True, text=True, timeout=900)
+    if run.returncode != 0:
+        raise RuntimeError(f"llmsched compare failed: {run.stderr[-2000:]}")
+    runs = json.loads(run.stdout)["runs"]
+    return float(runs[0]["rate_scale"]), {r["label"]: float(r["result"]["ttft_s"]["mean"]) for r in runs}
+
+
+def section_replay(quick: bool, speed: float, reps: int, rows_n: int, out: dict[str, object]) -> None:
+    n = 150 if quick else rows_n
     try:
         rows = mooncake_rows(n)
     except FileNotFoundError as e:
         print(f"\n== replay: skipped ({e})")
         return
-    span = (float(rows[-1]["timestamp"]) - float(rows[0]["timestamp"])) / 1000  # type: ignore[arg-type]
-    print(f"\n== Mooncake replay: first {n} rows ({span:.0f} s of trace) at {scale:g}x time compression, "
-          f"4 emulated {MODEL}/H100 engines at speed {speed:g} (fresh per router), streaming, max_tokens = the trace's output length")
-    print(f"   real seconds at the client (x speed = emulated seconds); medians of {reps} runs; err = max")
-    print(f"{'router':30s} {'TTFT mean':>10s} {'TTFT p99':>10s} {'E2E mean':>10s} {'ok':>5s} {'err':>4s} "
-          f"{'CPU ms/req':>11s}")
-    runs = [("ours lmetric + fcfs", "ours", "lmetric", "fcfs", 256),
-            ("ours lmetric + sjf (cap 16)", "ours", "lmetric", "sjf", 16),
-            ("ours round-robin + fcfs", "ours", "round-robin", "fcfs", 256),
-            ("vllm-router cache_aware", "vllm-router:cache_aware", "", "", 0),
-            ("sglang-router cache_aware", "sglang-router:cache_aware", "", "", 0)]
+    t = time.perf_counter()
+    rate_scale, sim = simulate_replay(n)
+    print(f"\n== Mooncake replay: first {n} rows through 8 emulated {MODEL}/H100 engines at 85% load "
+          f"(simulator: trace time / {rate_scale:.3f}; {time.perf_counter() - t:.0f} s to simulate)")
+    print(f"   emulator speed {speed:g}, trace replayed {rate_scale * speed:.2f}x faster than recorded; TTFT in "
+          f"emulated seconds (real x {speed:g}); {reps} interleaved reps, fresh emulators per run")
+    runs = [("ours lmetric", "ours", "lmetric", "fcfs"),
+            ("ours round-robin", "ours", "round-robin", "fcfs"),
+            ("vllm-router cache_aware", "vllm-router:cache_aware", "", ""),
+            ("sglang-router cache_aware", "sglang-router:cache_aware", "", "")]
     results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in runs}
-    for _rep in range(reps):  # routers interleaved within each repetition, so drifting machine load is shared
-        for label, kind, router, policy, cap in runs:
-            eports = _free_ports(4)
+    for _rep in range(reps):
+        for label, kind, router, policy in runs:
+            eports = _free_ports(8)
             emu = _spawn(_role_cmd("emulators", ",".join(map(str, eports)), str(speed)), LOAD_CPU)
             backends = [f"http://127.0.0.1:{p}" for p in eports]
             proc = None
@@ -529,39 +583,51 @@ def section_replay(quick: bool, speed: float, scale: float, reps: int) -> None:
                 for b in backends:
                     _wait_up(b)
                 port = _free_ports(1)[0]
-                try:
-                    proc = _start_proxy(kind, port, backends, router=router or "round-robin",
-                                        policy=policy or "fcfs", cap=cap or 256)
-                except RuntimeError:
-                    proc = None
+                proc = _start_proxy(kind, port, backends, router=router or "round-robin", policy=policy or "fcfs",
+                                    scrape=0.5 / speed)
                 if proc is None:
                     continue
                 time.sleep(1.0)  # let peers finish their worker discovery
                 c0 = _tree_cpu(proc.pid)
-                r = asyncio.run(_replay(f"http://127.0.0.1:{port}/v1/completions", rows, scale))
+                r = asyncio.run(_replay(f"http://127.0.0.1:{port}/v1/completions", rows, rate_scale * speed))
                 r["cpu"] = (_tree_cpu(proc.pid) - c0) / max(1, r["ok"] + r["errors"])
+                r["load"] = os.getloadavg()[0]
                 results[label].append(r)
+                print(f"   {label:28s} TTFT mean {r['ttft_mean'] * speed:6.3f} s  ok {r['ok']:.0f} "
+                      f"err {r['errors']:.0f}  [load {r['load']:.1f}]", flush=True)
             finally:
                 if proc is not None:
                     _stop(proc)
                 _stop(emu)
     m = statistics.median
+    print(f"{'router':28s} {'TTFT mean s [min-max]':>24s} {'TTFT p99 s':>11s} {'E2E mean s':>11s} {'ok':>5s} "
+          f"{'err':>4s} {'CPU ms/req':>11s} {'CPU us/chunk':>13s} {'simulated TTFT':>15s}")
+    sim_of = {"ours lmetric": "lmetric", "ours round-robin": "round-robin",
+              "vllm-router cache_aware": "sglang-cache-aware", "sglang-router cache_aware": "sglang-cache-aware"}
     for label, rs in results.items():
         if not rs:
-            print(f"{label:30s} skipped (not installed or did not start)")
+            print(f"{label:28s} skipped (not installed or did not start)")
             continue
-        print(f"{label:30s} {m(r['ttft_mean'] for r in rs):10.3f} {m(r['ttft_p99'] for r in rs):10.3f} "
-              f"{m(r['e2e_mean'] for r in rs):10.3f} {m(r['ok'] for r in rs):5.0f} {max(r['errors'] for r in rs):4.0f} "
-              f"{m(r['cpu'] for r in rs) * 1e3:11.2f}")
+        cpu = m(r["cpu"] for r in rs)
+        chunks = m(r["events"] for r in rs)
+        print(f"{label:28s} {_span([r['ttft_mean'] for r in rs], speed, '{:.3f}'):>24s} "
+              f"{m(r['ttft_p99'] for r in rs) * speed:11.3f} {m(r['e2e_mean'] for r in rs) * speed:11.3f} "
+              f"{m(r['ok'] for r in rs):5.0f} {max(r['errors'] for r in rs):4.0f} {cpu * 1e3:11.2f} "
+              f"{cpu / chunks * 1e6:13.1f} {sim.get(sim_of[label], float('nan')):15.3f}")
+    print("simulated column: the simulator's TTFT mean for the same rows and load (its sglang-cache-aware "
+          "stands for both Rust routers' cache_aware)")
+    out["replay"] = {"rate_scale": rate_scale, "speed": speed, "simulated": sim, "runs": results}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--section", choices=["throughput", "latency", "replay", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    ap.add_argument("--speed", type=float, default=4.0, help="emulator speed (replay)")
-    ap.add_argument("--scale", type=float, default=4.0, help="trace time compression (replay)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of each replay run")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (interleaved across proxies)")
+    ap.add_argument("--speed", type=float, default=2.0, help="emulator speed (replay)")
+    ap.add_argument("--rows", type=int, default=300, help="Mooncake rows replayed (replay)")
+    ap.add_argument("--baseline-src", help="another checkout's src/ folder: its gateway gets a row too")
+    ap.add_argument("--json", type=Path, help="write every figure to this file")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.role:
@@ -573,19 +639,25 @@ def main() -> None:
         elif role == "emulators":
             uvloop.run(_role_emulators([int(p) for p in rest[0].split(",")], float(rest[1])))
         elif role == "gateway":
-            uvloop.run(_role_gateway(int(rest[0]), rest[1].split(","), rest[2], rest[3], int(rest[4])))
-        elif role == "alt":
-            _role_alt(int(rest[0]), rest[1].split(","))
+            uvloop.run(_role_gateway(int(rest[0]), rest[1].split(","), rest[2], rest[3], int(rest[4]),
+                                     float(rest[5])))
         return
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {int(LOAD_CPU)})
-    print(f"machine: {os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f}")
-    if a.section in ("throughput", "all"):
-        section_throughput(a.quick)
-    if a.section in ("latency", "all"):
-        section_latency(a.quick)
-    if a.section in ("replay", "all"):
-        section_replay(a.quick, a.speed, a.scale, a.reps)
+    print(f"machine: {os.cpu_count()} CPUs; load average at start {os.getloadavg()}")
+    out: dict[str, object] = {"load_start": os.getloadavg()}
+    try:
+        if a.section in ("throughput", "all"):
+            section_throughput(a.quick, a.reps, a.baseline_src, out)
+        if a.section in ("latency", "all"):
+            section_latency(a.quick, a.reps, a.baseline_src, out)
+        if a.section in ("replay", "all"):
+            section_replay(a.quick, a.speed, a.reps, a.rows, out)
+    finally:
+        out["load_end"] = os.getloadavg()
+        print(f"load average at end {os.getloadavg()}")
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ wrapper's `step_time`, and `decode_run` of 32 steps per step; median of `--repea
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -28,6 +29,7 @@ def per_call(fn, calls: int, repeats: int) -> float:  # noqa: ANN001
 
 
 def main() -> None:
+    print(f"load average {os.getloadavg()}")
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--calls", type=int, default=200)
@@ -57,3 +59,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"load average {os.getloadavg()}")

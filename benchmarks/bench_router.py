@@ -19,6 +19,7 @@ import tracemalloc
 import numpy as np
 
 from llmsched.core.hashing import chain
+from llmsched.core.snapshots import SnapshotTable
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.instance.prefix_index import PrefixIndex
@@ -53,7 +54,7 @@ def bench_router(name: str, n: int, warm: int, decisions: int, seed: int) -> tup
     """(median route µs, median route+dispatch µs) for one fresh router."""
     rng = np.random.default_rng(seed)
     router = ROUTERS.create(name)
-    snaps = snapshots(n, rng)
+    snaps = SnapshotTable.from_snapshots(snapshots(n, rng))  # what both shells hand routers
     for r in make_requests(warm, rng, 0):
         i = router.route(r, snaps, 0.0)
         router.on_dispatch(r, i, 0.0)

@@ -69,7 +69,7 @@ def main() -> None:
     wall, res = timed(cfg, 1 if a.chat >= 500_000 else a.repeat)
     util = statistics.mean(p["utilisation"] for p in res["per_instance"])
     print(f"chat x {a.chat:,}, 16 instances at {a.chat_rate:g} req/s: {res['completed']:,} completed, wall"
-          f" {wall:.1f} s (+ {res['load_s']:.1f} s generating) -> {res['submitted'] / wall:,.0f} simulated requests"
+          f" {wall:.1f} s (+ {res['workload_wall_s']:.1f} s generating) -> {res['submitted'] / wall:,.0f} simulated requests"
           f" per wall-second (mean utilisation {util:.0%}, mean TTFT {res['ttft_s']['mean'] * 1e3:.1f} ms)")
 
 

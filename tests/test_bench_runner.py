@@ -61,11 +61,6 @@ def test_process_pool_gives_the_inline_results(tmp_path: Path) -> None:
 
 
 def test_real_run_is_deterministic_by_seed() -> None:
-    try:
-        import llmsched.sim.run  # noqa: F401
-        from llmsched.model import build_cost_model  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the simulator is not importable yet: {e}")
     cfg = {"workload": {"kind": "synthetic", "name": "mixed", "num_requests": 60, "rate": 4.0},
            "instances": 2, "router": "round-robin", "seed": 5}
     a = run_sim(None, cfg, True)

@@ -72,7 +72,7 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 
 
 def test_unknown_builtin_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="unknown scenario 'nosuch'; built-in: .*default"):
+    with pytest.raises(ScenarioError, match="unknown scenario 'nosuch'; known: .*default"):
         load_scenario("nosuch")
     with pytest.raises(ScenarioError, match="no such scenario file"):
         load_scenario(tmp_path / "absent.yaml")
@@ -105,3 +105,20 @@ def test_trace_resolution_and_skip_note(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(ENV_VAR, str(traces))
     out, _ = resolve_traces(sc)
     assert out.workloads[0].path == str((traces / "sub" / "t.csv").resolve())
+
+
+def test_builtin_traces_are_overridden_by_a_trace_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmsched.bench.traces import resolve_one
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_one("builtin:azure-conv") == "builtin:azure-conv"  # packaged copy, nothing beside the repo
+    # the public release's layout, absent: its packaged copy stands in
+    assert resolve_one("azure-2023/AzureLLMInferenceTrace_code.csv") == "builtin:azure-code"
+    mine = tmp_path / "traces" / "azure-2023" / "AzureLLMInferenceTrace_conv.csv"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n")
+    assert resolve_one("builtin:azure-conv", tmp_path / "traces") == str(mine.resolve())
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "traces"))
+    assert resolve_one("builtin:azure-conv") == str(mine.resolve())
+    assert resolve_one("no/such.csv") is None

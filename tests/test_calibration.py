@@ -16,7 +16,13 @@ from llmsched.cli import app
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.emulator import EmulatorServer
 from llmsched.model import BatchStats, build_cost_model
-from llmsched.model.calibration import Calibration, CalibrationError, load_calibration, save_calibration
+from llmsched.model.calibration import (
+    KNOBS,
+    Calibration,
+    CalibrationError,
+    load_calibration,
+    save_calibration,
+)
 from llmsched.policies.instance.pinned import Pinned
 from llmsched.sim.config import SimConfig
 from llmsched.sim.run import simulate
@@ -25,6 +31,14 @@ from llmsched.workload.traces.record import read_recording
 runner = CliRunner()
 PREFILL = BatchStats(prefill_tokens=4096, prefill_pairs=4096 * 4097 / 2, prefill_seqs=1)
 DECODE = BatchStats(decode_tokens=8, kv_tokens=8 * 1000)
+
+
+def test_every_calibration_key_is_a_cost_model_knob() -> None:
+    values = {"attn_flops_eff": 0.5, "attn_bw_eff": 0.7, "custom_ar_max_bytes": 1e6}
+    cal = Calibration(**{k: values.get(k, 1e-4) for k in KNOBS})
+    m = build_cost_model("qwen3-30b-a3b", "h100", tp=2, num_gpus=4, **cal.knobs())
+    assert m.seq_overhead_s == 1e-4 and m.attn_bw_eff == 0.7 and m.custom_ar_max_bytes == 1e6
+    assert m.step_time(DECODE, 0) > build_cost_model("qwen3-30b-a3b", "h100", tp=2, num_gpus=4).step_time(DECODE, 0)
 
 
 def test_defaults_preserve_the_cost_model_exactly() -> None:
@@ -41,7 +55,14 @@ def test_knobs_move_the_parts_they_name() -> None:
     # a long prefill is compute bound, a small decode batch memory bound
     assert slow_c.step_time(PREFILL, 0) / base.step_time(PREFILL, 0) == pytest.approx(2.0, rel=0.1)
     assert slow_c.step_time(DECODE, 0) / base.step_time(DECODE, 0) < 1.1
-    assert slow_b.step_time(DECODE, 0) / base.step_time(DECODE, 0) == pytest.approx(2.0, rel=0.1)
+    # The bandwidth-bound part of the decode step (its time above the same model at unlimited bandwidth) doubles;
+    # kernel floors (GEMM, elementwise, decode attention's own) and the per-sequence CPU term do not move.
+    free_b = build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.0, bandwidth_scale=1e9).step_time(DECODE, 0)
+    assert (slow_b.step_time(DECODE, 0) - free_b) / (base.step_time(DECODE, 0) - free_b) == pytest.approx(2.0, rel=0.1)
+    # decode attention streams KV at its own fitted efficiency (attn_bw_eff): bandwidth_scale scales it too
+    floor = base.decode_attention_time(0, 0)
+    assert (slow_b.decode_attention_time(8, 8000) - floor) == pytest.approx(
+        2.0 * (base.decode_attention_time(8, 8000) - floor), rel=1e-9)
     over = build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.004)
     assert over.step_time(DECODE, 0) - base.step_time(DECODE, 0) == pytest.approx(0.004)
     with pytest.raises(ValueError, match="compute_scale"):

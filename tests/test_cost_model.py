@@ -15,6 +15,7 @@ from llmsched.model import (
     CostModel,
     StepCostModel,
     build_cost_model,
+    fitted,
     get_gpu,
     get_llm,
 )
@@ -54,7 +55,8 @@ def test_prefill_of_one_request_matches_hand_roofline() -> None:
     # A toy 2-layer model on an ideal H100 (peak 989 TFLOP/s, 3.35 TB/s, no floors, no overhead).
     toy = LlmPreset(name="toy", num_layers=2, hidden=1024, num_heads=8, num_kv_heads=8, head_dim=128,
                     ffn=4096, vocab=1000)
-    m = CostModel(toy, get_gpu("h100"), tp=1, fit=IDEAL, step_overhead_s=0.0, attn_flops_eff=1.0)
+    m = CostModel(toy, get_gpu("h100"), tp=1, fit=IDEAL, step_overhead_s=0.0, attn_flops_eff=1.0,
+                  seq_overhead_s=0.0, attn_bw_eff=1.0, attn_latency_s=0.0)
     n = 4096
     pairs = n * (n + 1) / 2
     peak, bw = 989e12, 3.35e12
@@ -172,7 +174,7 @@ def test_moe_primitives() -> None:
     ("kwargs", "match"),
     [
         ({"llm": "llama-2-7b", "tp": 2, "num_gpus": 4}, "dense"),
-        ({"llm": "qwen3-30b-a3b", "tp": 2, "num_gpus": 6}, "experts"),
+        ({"llm": "qwen3-30b-a3b", "tp": 2, "num_gpus": 256}, "experts"),
         ({"llm": "qwen3-30b-a3b", "tp": 4, "num_gpus": 6}, "multiple of tp"),
         ({"llm": "llama-2-13b", "tp": 3, "num_gpus": 3}, "heads"),
     ],
@@ -187,3 +189,87 @@ def test_build_cost_model_unknown_names() -> None:
         build_cost_model("llama-9", "h100")
     with pytest.raises(ValueError, match="known"):
         build_cost_model("llama-2-7b", "tpu")
+
+
+def test_cpu_overhead_is_a_fixed_term_plus_a_term_per_sequence() -> None:
+    llm, gpu = get_llm("llama-3.1-8b"), get_gpu("h100")
+    lean = CostModel(llm, gpu, step_overhead_s=0.0, seq_overhead_s=0.0)
+    cpu = CostModel(llm, gpu, step_overhead_s=4e-4, seq_overhead_s=5e-6)
+    for batch in (1, 64, 256):
+        b = BatchStats(decode_tokens=batch, kv_tokens=batch * 1000)
+        assert cpu.step_time(b, 0.0) - lean.step_time(b, 0.0) == pytest.approx(4e-4 + batch * 5e-6, rel=1e-9)
+        np.testing.assert_allclose(cpu.decode_run(b, 3, 0.0) - lean.decode_run(b, 3, 0.0), 4e-4 + batch * 5e-6)
+    mixed = BatchStats(prefill_tokens=512, prefill_pairs=512 * 300.0, prefill_seqs=2, decode_tokens=30, kv_tokens=30_000)
+    assert cpu.step_time(mixed, 0.0) - lean.step_time(mixed, 0.0) == pytest.approx(4e-4 + 32 * 5e-6, rel=1e-9)
+
+
+def test_custom_all_reduce_takes_small_messages_and_nccl_the_rest() -> None:
+    m = build_cost_model("llama-2-70b", "h100")  # tp 4 on one H100 node: custom kernel below 8 MiB
+    nccl = build_cost_model("llama-2-70b", "h100", custom_ar_max_bytes=0)
+    lat, bw = fitted.CUSTOM_ALL_REDUCE["h100"]["latency_s"], fitted.CUSTOM_ALL_REDUCE["h100"]["bw"]
+    small, big = 8 * 8192 * 2.0, 16 * 2**20  # 8 decode tokens of Llama-2-70B; a long prefill chunk
+    assert float(m.all_reduce_time(small)) == pytest.approx(lat + 3 * small / bw, rel=1e-12)  # one-shot
+    assert float(m.all_reduce_time(2**20)) == pytest.approx(2 * lat + 1.5 * 2**20 / bw, rel=1e-12)  # two-shot
+    assert float(m.all_reduce_time(small)) < 0.5 * float(nccl.all_reduce_time(small))  # ~10 us vs ~31 us
+    assert float(m.all_reduce_time(big)) == float(nccl.all_reduce_time(big))
+    limit = m.custom_ar_max_bytes
+    assert limit == 8 * 2**20
+    for lo, hi in ((16, 512 * 1024 - 16), (512 * 1024, limit - 16), (limit, 4 * limit)):
+        assert np.all(np.diff(m.all_reduce_time(np.linspace(lo, hi, 2001))) >= 0)  # within each algorithm
+    # vLLM's 8 MiB limit sits where the fitted custom kernel and the fitted NCCL curve cross at tp 4
+    assert float(m.all_reduce_time(limit - 16)) == pytest.approx(float(nccl.all_reduce_time(limit)), rel=0.02)
+    # vLLM's sm90 limit at tp 8 is 256 KiB; a custom_ar_max_bytes override is honoured
+    t8, n8 = build_cost_model("llama-2-70b", "h100", tp=8), build_cost_model("llama-2-70b", "h100", tp=8, custom_ar_max_bytes=0)
+    assert float(t8.all_reduce_time(2**18 - 16)) < float(n8.all_reduce_time(2**18 - 16))
+    assert float(t8.all_reduce_time(2**18)) == float(n8.all_reduce_time(2**18))
+    assert build_cost_model("llama-2-70b", "a100-80g", tp=8, custom_ar_max_bytes=2**20).custom_ar_max_bytes == 2**20
+    # A100 has no custom-kernel timing here: H100's, bandwidth scaled by NVLink 300 / 450 GB/s
+    a100 = build_cost_model("llama-2-70b", "a100-80g")
+    assert float(a100.all_reduce_time(2**20)) == pytest.approx(2 * lat + 1.5 * 2**20 / (bw * 300 / 450), rel=1e-9)
+    # decode steps of a TP model get cheaper by ~2 x layers x (NCCL - custom) latency
+    b = BatchStats(decode_tokens=8, kv_tokens=8000)
+    saved = nccl.step_time(b, 0.0) - m.step_time(b, 0.0)
+    assert 160 * 15e-6 < saved < 160 * 30e-6
+
+
+def test_decode_attention_streams_kv_at_its_own_efficiency() -> None:
+    llm, gpu = get_llm("llama-3.1-8b"), get_gpu("h100")
+    default = CostModel(llm, gpu)
+    # unless told: the decode-attention fit (A100 rows; H100 has none and borrows it)
+    assert default.attn_bw_eff == fitted.ATTN_DECODE["a100"]["bw_eff"]
+    half = CostModel(llm, gpu, attn_bw_eff=default.attn_bw_eff / 2)
+    b = BatchStats(decode_tokens=64, kv_tokens=64 * 4000)
+    kv_bytes_per_token = 32 * 2 * 8 * 128 * 2  # layers x (K, V) x kv heads x head dim x bf16
+    _, slope = default.decode_affine(b)
+    assert slope == pytest.approx(64 * kv_bytes_per_token / (gpu.mem_bw * default.attn_bw_eff), rel=1e-9)
+    assert half.decode_affine(b)[1] == pytest.approx(2 * slope, rel=1e-9)
+    with pytest.raises(ValueError, match="attn_bw_eff"):
+        CostModel(llm, gpu, attn_bw_eff=1.5)
+
+
+def test_moe_layers_pay_routing_sort_and_reduce_kernels() -> None:
+    q = MODELS["qwen3/a100"]
+    per_layer = float(q.moe_routing_time(1.0))
+    assert per_layer >= 3 * q.fit.elem_latency_s  # three launches even for one token
+    more = build_cost_model("qwen3-30b-a3b", "a100-80g", moe_layer_overhead_s=1e-5)
+    assert float(more.token_time(1.0) - q.token_time(1.0)) == pytest.approx(48 * 1e-5, rel=1e-9)
+    assert float(MODELS["llama-3.1-8b/h100"].token_time(1.0)) < float(
+        build_cost_model("llama-3.1-8b", "h100", moe_layer_overhead_s=1.0).token_time(1.0)) + 1e-12  # dense: none
+
+
+def test_expert_parallelism_over_gpus_that_do_not_divide_the_experts() -> None:
+    even, uneven = (build_cost_model("qwen3-30b-a3b", "h100", tp=2, num_gpus=g) for g in (4, 6))
+    assert (even.experts_per_gpu, uneven.experts_per_gpu) == (32, 22)  # 128 = 2 x 22 + 4 x 21: the 22s set the time
+    n = 512.0
+    busiest = uneven.num_moe_layers * uneven.expert_layer_time_per_gpu(n * 8 * 22 / 128, 22)
+    assert float(uneven.routed_expert_time(n)) == pytest.approx(float(busiest), rel=1e-12)
+    ideal = uneven.num_moe_layers * uneven.expert_layer_time_per_gpu(n * 8 / 6, 128 / 6)
+    assert float(uneven.routed_expert_time(n)) > float(ideal)
+    assert float(uneven.routed_expert_time(n)) < float(even.routed_expert_time(n))
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_instance_stays_within_cpython_shared_key_attributes(key: str) -> None:
+    """CPython (3.11+) keeps fast, specialised attribute access only for instances with at most 30 attributes
+    (shared-key dicts); at 31 the step_time hot path measured ~1.35x slower. Add new figures to an existing tuple."""
+    assert len(vars(MODELS[key])) <= 30

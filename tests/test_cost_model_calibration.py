@@ -1,5 +1,7 @@
 """Calibration: a fresh fit from Vidur's profiles reaches < 10% layer-time MAPE on each profile, and the figures
-shipped in `llmsched.model.fitted` are that fit. Skips when ../shared/calibration is absent."""
+shipped in `llmsched.model.fitted` are that fit. The profiles are the column slices in tests/data/vidur (every
+row, the columns the fit reads), so this runs on any clone. The decode-attention
+fit runs from the rows shipped in the package."""
 
 from __future__ import annotations
 
@@ -9,15 +11,24 @@ from pathlib import Path
 import pytest
 
 from llmsched.model import fitted
-from llmsched.model.calibrate import LAYER_OPS, SHAPE_COLS, calibrate, load_profile, main
+from llmsched.model.calibrate import (
+    ATTN_DECODE_CSV,
+    CUSTOM_AR_CSV,
+    LAYER_OPS,
+    SHAPE_COLS,
+    calibrate,
+    fit_attention_decode,
+    fit_custom_all_reduce,
+    load_profile,
+    main,
+)
+from llmsched.model.roofline import ComputeFit
 
-PROFILING = Path(__file__).resolve().parents[1].parent / "shared" / "calibration" / "vidur" / "profiling"
+PROFILING = Path(__file__).resolve().parent / "data" / "vidur" / "profiling"
 
 
 @pytest.fixture(scope="module")
 def fresh():
-    if not (PROFILING / "compute").is_dir():
-        pytest.skip(f"calibration profiles not present at {PROFILING}")
     return calibrate(PROFILING)
 
 
@@ -75,3 +86,25 @@ def test_bad_profile_names_file_and_line(tmp_path: Path) -> None:
     p.write_text("num_tokens,foo\n1,2\n")
     with pytest.raises(ValueError, match=r"mlp\.csv: missing column"):
         load_profile(p, "h100", "x")
+
+
+def test_decode_attention_fit_from_the_shipped_rows() -> None:
+    """115 decode rows of Vidur's A100 attention profile: a kernel floor and a bandwidth efficiency that explain
+    them to ~10% (the rest is the kernel's wave staircase), and the shipped figures are that fit."""
+    attn = fit_attention_decode(ATTN_DECODE_CSV, {k: ComputeFit(**v) for k, v in fitted.COMPUTE.items()})
+    a = attn["a100"]
+    assert a["rows"] == 115
+    assert a["mape"] < 10.5, a
+    assert 0.6 < a["bw_eff"] < 0.9 and 5e-6 < a["latency_s"] < 2e-5  # below the GEMM fit's 0.79 once floored
+    for field, v in a.items():
+        assert fitted.ATTN_DECODE["a100"][field] == pytest.approx(v, rel=1e-3), field
+
+
+def test_custom_all_reduce_fit_from_the_shipped_timings() -> None:
+    """18 timings of vLLM's custom all-reduce on H100 (tp 2/4/8, 2 KB-4 MB): one latency per barrier phase and
+    one per-GPU byte rate explain them through the one-/two-shot rule, and the shipped figures are that fit."""
+    car = fit_custom_all_reduce(CUSTOM_AR_CSV)["h100"]
+    assert car["rows"] == 18 and car["mape"] < 8.0, car
+    assert 5e-6 < car["latency_s"] < 1.2e-5 and 1e11 < car["bw"] < 4.5e11  # below NVLink's 450 GB/s
+    for field, v in car.items():
+        assert fitted.CUSTOM_ALL_REDUCE["h100"][field] == pytest.approx(v, rel=1e-3), field

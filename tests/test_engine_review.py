@@ -84,9 +84,9 @@ def check_invariants(eng: Engine, reqs: Sequence[Request]) -> None:
     assert 0 <= kv.num_used <= kv.num_blocks
     for h, c in kv._refs.items():
         assert c == refs.get(h, 0), "refcount disagrees with the requests holding the block"
-        assert (c == 0) == (h in kv._evictable)
+        assert (c == 0) == (h in kv._queue)
     assert set(refs) <= set(kv._refs)
-    assert len(kv._evictable) <= kv.num_blocks - kv.num_used
+    assert kv._front + sum(v or 1 for v in kv._queue.values()) == kv.num_blocks - kv.num_used
     # Pending prefill: estimate for queued requests, exact uncached remainder for running ones.
     ids = {id(r) for r in running}
     pending = 0
@@ -101,7 +101,9 @@ def check_invariants(eng: Engine, reqs: Sequence[Request]) -> None:
     assert eng.snapshot(0.0).pending_prefill_tokens == pending
     for r in reqs:
         assert 0 <= r.num_output <= r.output_len
-    assert len(eng.policy) >= 0 and eng.stats.preemptions >= 0
+    # The request policy's queue holds exactly the requests that wait (new or preempted), none running.
+    queued = [r for r in reqs if id(r) not in ids and r.status in (Status.WAITING, Status.PREEMPTED)]
+    assert len(eng.policy) == len(queued)
 
 
 # -- random interleavings ----------------------------------------------------------------------------------
@@ -364,9 +366,9 @@ def test_shared_prefix_blocks_are_counted_once_and_outlive_their_first_owner() -
     assert eng.kv.num_used == 4 and eng.kv._refs[h[0]] == 2
     while a.status != Status.FINISHED:
         t, _ = step(eng, t)
-    assert eng.kv._refs[h[0]] == 1 and h[0] not in eng.kv._evictable
+    assert eng.kv._refs[h[0]] == 1 and h[0] not in eng.kv._queue
     drive(eng, t)
-    assert eng.kv.num_used == 0 and eng.kv._refs[h[0]] == 0 and list(eng.kv._evictable) == [h[1], h[0]]
+    assert eng.kv.num_used == 0 and eng.kv._refs[h[0]] == 0 and [k for k, v in eng.kv._queue.items() if v is None] == [h[1], h[0]]
 
 
 def test_lru_evicts_tail_blocks_first_and_a_reused_prefix_is_refreshed() -> None:
@@ -375,7 +377,7 @@ def test_lru_evicts_tail_blocks_first_and_a_reused_prefix_is_refreshed() -> None
     a = Request(0, 0.0, 48, 1, block_hashes=ha)
     eng.add(a, 0.0)
     t = drive(eng)
-    assert list(eng.kv._evictable) == [ha[2], ha[1], ha[0]]  # the tail is the first to go
+    assert [k for k, v in eng.kv._queue.items() if v is None] == [ha[2], ha[1], ha[0]]  # the tail is the first to go
     b = Request(1, t, 32, 1, block_hashes=hb)  # 2 blocks: the empty one and a's tail block
     eng.add(b, t)
     t = drive(eng, t)

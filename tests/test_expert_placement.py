@@ -1,14 +1,19 @@
-"""Expert placers: DeepSeek's reference example, structural invariants, never worse than static."""
+"""Expert placers: DeepSeek's reference example, structural invariants, the raw algorithms against static,
+node locality of hierarchical placement, never worse than static behind the guard."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llmsched.policies.expert import EXPERT_PLACERS, Placement, Topology, balancedness
 from llmsched.policies.expert.affinity import cross_gpu_fraction
+from llmsched.policies.expert.base import static_phy2log
 from llmsched.policies.expert.eplb_algo import balanced_packing, rebalance_experts, replicate_experts
 from llmsched.workload.expert_routing import ExpertRoutingModel
 
@@ -47,9 +52,12 @@ def test_balanced_packing_fills_every_pack_equally() -> None:
 
 
 def test_replication_goes_to_the_heaviest_per_replica() -> None:
-    phy2log, _, logcnt = replicate_experts(np.array([[10.0, 1.0, 4.0]]), 6)
-    assert logcnt.tolist() == [[4, 1, 1]] or logcnt.tolist() == [[3, 1, 2]]
-    assert (np.bincount(phy2log[0], minlength=3) == logcnt[0]).all()
+    # Greedy on load per replica: 10/1 -> expert 0 (5.0 each), 5.0 -> expert 0 again (3.33), then 4/1 > 3.33
+    # -> expert 2. So [3, 1, 2], and the extra slots are filled in that order.
+    phy2log, rank, logcnt = replicate_experts(np.array([[10.0, 1.0, 4.0]]), 6)
+    assert logcnt.tolist() == [[3, 1, 2]]
+    assert phy2log.tolist() == [[0, 1, 2, 0, 0, 2]]
+    assert rank.tolist() == [[0, 0, 0, 1, 2, 1]]
 
 
 def test_placement_maps_are_consistent() -> None:
@@ -61,27 +69,71 @@ def test_placement_maps_are_consistent() -> None:
         Placement.from_phy2log(np.array([[0, 0, 1, 1]]), 3).validate(Topology(1, 3, 2, 4))
 
 
+def _case(choose: Callable[[list], Any], integer: Callable[[int, int], int], flip: Callable[[], bool]
+          ) -> tuple[np.ndarray, Topology, np.ndarray | None]:
+    """Random loads, topology and flows; the picks come from hypothesis or from a numpy generator."""
+    nodes = choose([1, 2])
+    gpus = nodes * choose([1, 2, 4])
+    experts = gpus * integer(1, 4)
+    groups = choose([g for g in (1, 2, 4, 8) if experts % g == 0 and g % nodes == 0] or [1])
+    slots = experts + gpus * integer(0, 2)
+    layers = integer(1, 3)
+    skew = choose([0.0, 1.0, 3.0])
+    rng = np.random.default_rng(integer(0, 2**16))
+    loads = np.floor(np.exp(skew * rng.standard_normal((layers, experts))) * 100)
+    if flip():
+        loads[:, rng.integers(experts)] = 0.0
+    flows = loads[:-1, :, None] * loads[1:, None, :] + 1.0 if layers > 1 else None
+    return loads, Topology(layers, experts, gpus, slots, nodes, groups), flows
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[np.ndarray, Topology]:
-    nodes = draw(st.sampled_from([1, 2]))
-    gpus = nodes * draw(st.sampled_from([1, 2, 4]))
-    experts = gpus * draw(st.integers(1, 4))
-    groups = draw(st.sampled_from([g for g in (1, 2, 4, 8) if experts % g == 0 and g % nodes == 0] or [1]))
-    slots = experts + gpus * draw(st.integers(0, 2))
-    layers = draw(st.integers(1, 3))
-    skew = draw(st.sampled_from([0.0, 1.0, 3.0]))
-    seed = draw(st.integers(0, 2**16))
-    rng = np.random.default_rng(seed)
-    loads = np.floor(np.exp(skew * rng.standard_normal((layers, experts))) * 100)
-    if draw(st.booleans()):
-        loads[:, rng.integers(experts)] = 0.0
-    return loads, Topology(layers, experts, gpus, slots, nodes, groups)
+    loads, topo, _ = _case(lambda xs: draw(st.sampled_from(xs)), lambda a, b: draw(st.integers(a, b)),
+                           lambda: draw(st.booleans()))
+    return loads, topo
+
+
+def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, Topology, np.ndarray | None]:
+    """The `cases` distribution drawn with numpy (a fixed sample, so rates over it are deterministic)."""
+    return _case(lambda xs: xs[int(rng.integers(len(xs)))], lambda a, b: int(rng.integers(a, b + 1)),
+                 lambda: bool(rng.random() < 0.5))
+
+
+@pytest.mark.parametrize(("name", "params"), [("eplb", {"mode": "global"}), ("eplb", {}),
+                                              ("affinity", {}), ("affinity", {"mode": "hierarchical"})])
+def test_raw_placement_rarely_worse_than_static_and_better_on_skew(name: str, params: dict) -> None:
+    """The algorithms themselves (`place_raw`, before the `at_least_static` guard) on 400 random loads.
+
+    Measured (seed 1, 2000 cases): the peak GPU load of a layer exceeds static's in 0.3-0.5% of layers (eplb
+    0.3-0.4%, affinity 0.4-0.5%, at most 1.07x); affinity was at 2.7% (up to 1.33x) before its balance-only
+    fallback for layers left over its cap.
+    """
+    rng = np.random.default_rng(1)
+    worse = layers = 0
+    gain = []
+    for _ in range(400):
+        loads, topo, flows = _random_case(rng)
+        if params.get("mode") == "hierarchical" and topo.num_groups % topo.num_nodes:
+            continue
+        raw = EXPERT_PLACERS.create(name, params).place_raw(loads, topo, flows)
+        raw.validate(topo)
+        mine = raw.gpu_loads(loads, topo.num_gpus).max(-1)
+        ref = Placement.from_phy2log(static_phy2log(topo), topo.num_experts).gpu_loads(loads, topo.num_gpus).max(-1)
+        worse += int((mine > ref * (1 + 1e-9) + 1e-9).sum())
+        layers += len(mine)
+        skewed = ref > loads.sum(-1) / topo.num_gpus * 1.5  # static at balancedness < 0.67
+        gain += list(ref[skewed] / mine[skewed])
+    print(f"{name} {params}: raw peak above static's in {worse}/{layers} layers")
+    assert worse <= 0.01 * layers
+    assert np.mean(gain) > 1.3  # where static is badly skewed, the algorithm cuts the peak by a third or more
 
 
 @pytest.mark.parametrize("name", ["static", "eplb", "eplb-online", "hotspot", "affinity"])
 @settings(max_examples=40, deadline=None)
 @given(case=cases())
-def test_every_placer_is_valid_and_no_worse_than_static(name: str, case: tuple[np.ndarray, Topology]) -> None:
+def test_every_placer_is_valid_and_no_worse_than_static_after_the_guard(name: str, case: tuple[np.ndarray, Topology]) -> None:
+    """`place` (with the `at_least_static` guard for eplb and affinity): structure and the never-worse promise."""
     loads, topo = case
     flows = None
     if topo.num_layers > 1:
@@ -98,6 +150,27 @@ def test_every_placer_is_valid_and_no_worse_than_static(name: str, case: tuple[n
     np.testing.assert_allclose(mine.sum(-1), loads.sum(-1))  # tokens are conserved
 
 
+@pytest.mark.parametrize(("name", "params"), [("eplb", {}), ("affinity", {}), ("affinity", {"mode": "hierarchical"})])
+@settings(max_examples=40, deadline=None)
+@given(case=cases())
+def test_raw_placement_is_valid_on_random_topologies(name: str, params: dict, case: tuple[np.ndarray, Topology]) -> None:
+    """`place_raw` itself (no guard to repair it): well formed, tokens conserved, hierarchical node-local."""
+    loads, topo = case
+    hier = params.get("mode") == "hierarchical" or (name == "eplb" and topo.num_nodes > 1)
+    assume(not hier or topo.num_groups % topo.num_nodes == 0)
+    flows = loads[:-1, :, None] * loads[1:, None, :] + 1.0 if topo.num_layers > 1 else None
+    raw = EXPERT_PLACERS.create(name, params).place_raw(loads, topo, flows)
+    raw.validate(topo)
+    assert raw.num_slots == topo.num_slots
+    np.testing.assert_allclose(raw.gpu_loads(loads, topo.num_gpus).sum(-1), loads.sum(-1))
+    if hier:
+        node = np.arange(topo.num_slots) // (topo.num_slots // topo.num_nodes)
+        group = raw.phy2log // (topo.num_experts // topo.num_groups)
+        for layer in range(topo.num_layers):
+            for g in np.unique(group[layer]):
+                assert len(set(node[group[layer] == g].tolist())) == 1
+
+
 def _ds_like() -> tuple[np.ndarray, np.ndarray, Topology]:
     m = ExpertRoutingModel(12, 256, 8, seed=0)
     p = m.profile()
@@ -112,6 +185,21 @@ def test_eplb_balances_the_published_skew() -> None:
     assert static < 0.55
     assert glob >= 0.95
     assert hier > static + 0.3
+
+
+@pytest.mark.parametrize(("name", "params"), [("eplb", {"mode": "hierarchical"}), ("affinity", {"mode": "hierarchical"})])
+def test_hierarchical_keeps_every_group_on_one_node_in_every_layer(name: str, params: dict) -> None:
+    p, flows, topo = _ds_like()
+    pl = EXPERT_PLACERS.create(name, params).place_raw(p, topo, flows)
+    pl.validate(topo)
+    node_of_slot = np.arange(topo.num_slots) // (topo.num_slots // topo.num_nodes)
+    group_of = pl.phy2log // (topo.num_experts // topo.num_groups)
+    for layer in range(topo.num_layers):
+        for g in range(topo.num_groups):
+            assert len(set(node_of_slot[group_of[layer] == g].tolist())) == 1, (layer, g)
+    # and every node holds the same number of groups
+    assert all(len(set(group_of[layer][node_of_slot == n].tolist())) == topo.num_groups // topo.num_nodes
+               for layer in range(topo.num_layers) for n in range(topo.num_nodes))
 
 
 def test_affinity_cuts_cross_gpu_traffic_at_good_balance() -> None:

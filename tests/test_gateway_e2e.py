@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from llmsched.gateway.config import GatewayConfig
+from llmsched.gateway.http1 import sockets_of
 from llmsched.gateway.server import Gateway
 from llmsched.gateway.testing import FakeBackend
 
@@ -171,13 +172,9 @@ async def test_tcp_nodelay_on_both_sides(backends: list[FakeBackend]) -> None:
         async with aiohttp.ClientSession() as http, \
                 http.post(gw.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}) as r:
             await r.read()
-            assert gw._runner is not None and gw._runner.server is not None
-            socks = [p.transport.get_extra_info("socket") for p in gw._runner.server.connections
-                     if p.transport is not None]
+            socks = sockets_of(gw._http.connections)  # the client's connection to the gateway
             assert socks and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in socks)
-        assert gw._session is not None
-        conns = [p for ps in gw._session.connector._conns.values() for p, _ in ps]  # type: ignore[union-attr]
-        assert conns and all(p.transport.get_extra_info("socket").getsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY) for p in conns)
+        ups = sockets_of(c for pool in gw._pools.values() for c in pool.all)  # the gateway's to the backends
+        assert ups and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in ups)
     finally:
         await gw.stop()

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-pytest.importorskip("llmsched.emulator.server")
+import llmsched.emulator.server  # noqa: F401  (our own module: an ImportError must fail, not skip)
 
 LAUNCH = "import typer; from llmsched.gateway.cli import serve_cmd; typer.run(serve_cmd)"
 

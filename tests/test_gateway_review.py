@@ -95,6 +95,19 @@ async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
     return cond()
 
 
+def first_token_spy(gw: Gateway) -> list[float]:
+    """Times (monotonic) at which the gateway reports a first token to the dispatcher (router)."""
+    seen: list[float] = []
+    orig = gw.dispatcher.first_token
+
+    def spy(req, i, now):  # type: ignore[no-untyped-def]
+        seen.append(time.monotonic())
+        orig(req, i, now)
+
+    gw.dispatcher.first_token = spy  # type: ignore[method-assign]
+    return seen
+
+
 def _assert_idle(gw: Gateway) -> None:
     assert gw.dispatcher.queued == 0
     assert all(b.in_flight == 0 for b in gw.dispatcher.backends), [b.in_flight for b in gw.dispatcher.backends]
@@ -167,14 +180,7 @@ async def test_router_first_token_is_the_first_token_not_the_response_headers() 
     be = _Custom(slow_stream)
     await be.start()
     gw = await _gateway([be.url])
-    seen: list[float] = []
-    orig = gw.dispatcher.first_token
-
-    def spy(req, i, now):  # type: ignore[no-untyped-def]
-        seen.append(time.monotonic())
-        orig(req, i, now)
-
-    gw.dispatcher.first_token = spy  # type: ignore[method-assign]
+    seen = first_token_spy(gw)
     try:
         async with aiohttp.ClientSession() as http:
             t0 = time.monotonic()

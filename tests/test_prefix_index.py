@@ -56,6 +56,7 @@ def test_match_is_longest_common_prefix_without_eviction(ops, probe):
     q = tree_chain(probe)
     want = [max((common(q, c) for c in sent[i]), default=0) for i in range(5)]
     assert idx.match(q) == want
+    assert idx.match_array(q).tolist() == want
     assert [idx.match_instance(i, q) for i in range(5)] == want
     assert idx.longest(q) == max(want)
     check_invariants(idx, [c for s in sent for c in s])
@@ -137,3 +138,16 @@ def test_long_prompt_match_is_exact():
         if d:
             idx.touch(i, full[:d], 0.0)
     assert idx.match(full) == depths
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, 69), paths), min_size=1, max_size=120), probe=paths)
+def test_match_array_agrees_with_match_on_wide_owner_sets(ops, probe):
+    """70 instances, so owner sets of more than 8 instances take the unpacked-bitmask path."""
+    idx = PrefixIndex(70, capacity_blocks=10_000)
+    for t, (inst, path) in enumerate(ops):
+        for k in range(0, 70, 3):  # the same chain on many instances: wide owner sets
+            idx.touch((inst + k) % 70, tree_chain(path), float(t))
+    q = tree_chain(probe)
+    assert idx.match_array(q).tolist() == idx.match(q)
+    assert idx.match_array(q, 75).tolist() == idx.match(q) + [0] * 5

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import numpy as np
@@ -13,8 +15,8 @@ import pytest
 
 from llmsched.core.types import Request
 from llmsched.gateway.config import build_config
-from llmsched.gateway.record import Recorder, stream_output_tokens
-from llmsched.gateway.server import Gateway
+from llmsched.gateway.record import Recorder
+from llmsched.gateway.server import Gateway, Outcome
 from llmsched.gateway.testing import FakeBackend
 from llmsched.workload import load_workload
 from llmsched.workload.errors import WorkloadError
@@ -22,11 +24,18 @@ from llmsched.workload.spec import WorkloadSpec
 from llmsched.workload.traces import detect_format
 from llmsched.workload.traces.record import decode_hashes, read_recording
 
+T = TypeVar("T")
+
 
 def _req(rid: int, t: float, hashes: tuple[int, ...] | None = (1, 2, 3), session: str | None = "alice") -> Request:
-    r = Request(rid, t, 48, 10, hashes, session=session)
-    r.instance, r.num_output, r.first_token, r.finish = rid % 2, 10, t + 0.05, t + 0.5
-    return r
+    return Request(rid, t, 48, 10, hashes, session=session)
+
+
+def _out(rid: int, ttft: float | None = 0.05, status: int = 200) -> Outcome:
+    """The gateway's outcome of request `rid`: backend rid % 2, 10 tokens, E2E 0.5 s."""
+    out = Outcome("/v1/completions", 0.0)
+    out.status, out.backend, out.ttft, out.e2e, out.tokens = status, rid % 2, ttft, 0.5, 10
+    return out
 
 
 def _lines(path: Path) -> list[dict]:
@@ -35,15 +44,15 @@ def _lines(path: Path) -> list[dict]:
 
 def test_recorder_writes_header_and_one_line_per_request(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "r.jsonl", 16, backends=["http://a", "http://b"], t0=10.0)
-    rec.record(_req(0, 10.5), 200, True, "chat", 3)
-    rec.record(_req(1, 11.0), 200, False, None, None)
+    rec.record(_req(0, 10.5), _out(0), "chat", 3)
+    rec.record(_req(1, 11.0), _out(1, ttft=None), None, None)
     rec.close()
     head, a, b = _lines(tmp_path / "r.jsonl")
     assert head["llmsched_record"] == 1 and head["block_size"] == 16 and head["backends"] == ["http://a", "http://b"]
     assert a["arrival"] == pytest.approx(0.5) and a["prompt_tokens"] == 48 and a["output_tokens"] == 10
     assert a["ttft"] == pytest.approx(0.05) and a["e2e"] == pytest.approx(0.5)
     assert a["class"] == "chat" and a["priority"] == 3 and a["backend"] == 0 and a["status"] == 200
-    assert b["ttft"] is None  # not streamed: the gateway cannot see the first token
+    assert b["ttft"] is None  # a whole (not streamed) answer: the gateway did not see the first token
     assert rec.written == 2 and rec.dropped == 0
 
 
@@ -51,8 +60,8 @@ def test_hashes_are_salted_per_recording_and_keep_prefix_identity(tmp_path: Path
     out = []
     for name in ("x", "y"):
         rec = Recorder(tmp_path / f"{name}.jsonl", 16)
-        rec.record(_req(0, 0.0, (11, 22, 33)), 200, True, None, 0)
-        rec.record(_req(1, 0.1, (11, 22, 44)), 200, True, None, 0)
+        rec.record(_req(0, 0.0, (11, 22, 33)), _out(0), None, 0)
+        rec.record(_req(1, 0.1, (11, 22, 44)), _out(1), None, 0)
         rec.close()
         rows = _lines(tmp_path / f"{name}.jsonl")[1:]
         out.append([decode_hashes(r["block_hashes"]) for r in rows] + [[r["session"] for r in rows]])
@@ -63,30 +72,38 @@ def test_hashes_are_salted_per_recording_and_keep_prefix_identity(tmp_path: Path
     assert xs[0] == xs[1] != "alice" and xs[0] != ys[0]  # session keys hashed, keyed per recording
 
 
-def test_no_prompt_text_reaches_the_file(tmp_path: Path) -> None:
-    async def main() -> Path:
+def _through_gateway(rec: Path, send: Callable[[aiohttp.ClientSession, str], Awaitable[T]]) -> T:
+    """`send(session, gateway_url)` against a recording gateway in front of one fake backend."""
+
+    async def main() -> T:
         be = FakeBackend()
         url = await be.start()
-        rec = tmp_path / "g.jsonl"
         gw = Gateway(build_config({"backends": [url], "record": {"path": str(rec)}}))
         gw_url = await gw.start()
-        async with aiohttp.ClientSession() as s:
-            body = {"prompt": "the secret passphrase is swordfish " * 20, "max_tokens": 4, "stream": True,
-                    "user": "bob"}
-            async with s.post(gw_url + "/v1/completions", json=body,
-                              headers={"x-llmsched-class": "gold"}) as r:
-                assert r.status == 200
-                await r.read()
-            await asyncio.sleep(0.4)  # the writer thread's flush interval is 0.2 s
-            async with s.get(gw_url + "/metrics") as r:
-                metrics = await r.text()
-        await gw.stop()
-        await be.stop()
-        assert "llmsched_gateway_record_written_total 1.0" in metrics
-        assert "llmsched_gateway_record_dropped_total 0.0" in metrics
-        return rec
+        try:
+            async with aiohttp.ClientSession() as s:
+                return await send(s, gw_url)
+        finally:
+            await gw.stop()
+            await be.stop()
 
-    rec = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_no_prompt_text_reaches_the_file(tmp_path: Path) -> None:
+    async def send(s: aiohttp.ClientSession, gw_url: str) -> str:
+        body = {"prompt": "the secret passphrase is swordfish " * 20, "max_tokens": 4, "stream": True, "user": "bob"}
+        async with s.post(gw_url + "/v1/completions", json=body, headers={"x-llmsched-class": "gold"}) as r:
+            assert r.status == 200
+            await r.read()
+        await asyncio.sleep(0.4)  # the writer thread's flush interval is 0.2 s
+        async with s.get(gw_url + "/metrics") as r:
+            return await r.text()
+
+    rec = tmp_path / "g.jsonl"
+    metrics = _through_gateway(rec, send)
+    assert "llmsched_gateway_record_written_total 1.0" in metrics
+    assert "llmsched_gateway_record_dropped_total 0.0" in metrics
     text = rec.read_text()
     assert "swordfish" not in text and "bob" not in text
     row = _lines(rec)[1]
@@ -94,10 +111,29 @@ def test_no_prompt_text_reaches_the_file(tmp_path: Path) -> None:
     assert len(base64.b64decode(row["block_hashes"])) == 8 * (row["prompt_tokens"] // 16)
 
 
+def test_recorded_tokens_and_ttft_come_from_the_gateways_data_path(tmp_path: Path) -> None:
+    """Streamed (events counted), non-streamed sent upstream as a stream (usage of the re-assembled answer) and
+    non-streamed passed whole (`logprobs`: usage at the answer's tail) each record what the data path counted;
+    TTFT only where the gateway saw the first token arrive on its own."""
+
+    async def send(s: aiohttp.ClientSession, gw_url: str) -> None:
+        for extra in ({"stream": True}, {}, {"logprobs": 1}):
+            body = {"prompt": "hello there", "max_tokens": 5 + len(extra), **extra}
+            async with s.post(gw_url + "/v1/completions", json=body) as r:
+                assert r.status == 200
+                await r.read()
+
+    rec = tmp_path / "t.jsonl"
+    _through_gateway(rec, send)
+    streamed, internal, whole = _lines(rec)[1:]
+    assert (streamed["output_tokens"], internal["output_tokens"], whole["output_tokens"]) == (6, 5, 6)
+    assert streamed["ttft"] > 0 and internal["ttft"] > 0 and whole["ttft"] is None
+
+
 def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "d.jsonl", 16, buffer=3, flush_interval=3600)
     for i in range(10):
-        rec.record(_req(i, i * 0.1), 200, True, None, 0)
+        rec.record(_req(i, i * 0.1), _out(i), None, 0)
     assert rec.dropped == 7
     rec.close()
     assert rec.written == 3 and len(_lines(tmp_path / "d.jsonl")) == 4
@@ -107,7 +143,7 @@ def test_rotation_by_size_and_the_loader_reads_every_segment(tmp_path: Path) -> 
     path = tmp_path / "rot.jsonl"
     rec = Recorder(path, 16, max_bytes=4096, flush_interval=3600)
     for i in range(120):
-        rec.record(_req(i, i * 0.1, tuple(range(i % 7 + 1))), 200, True, None, 0)
+        rec.record(_req(i, i * 0.1, tuple(range(i % 7 + 1))), _out(i), None, 0)
         if i % 10 == 9:
             rec._drain()  # what the writer thread does every flush_interval
     rec.close()
@@ -123,7 +159,7 @@ def test_a_second_recording_to_the_same_path_rotates_the_first_aside(tmp_path: P
     for n in (3, 2):
         rec = Recorder(path, 16)
         for i in range(n):
-            rec.record(_req(i, i * 0.1), 200, True, None, 0)
+            rec.record(_req(i, i * 0.1), _out(i), None, 0)
         rec.close()
     assert Path(f"{path}.1").is_file()
     assert len(read_recording(path)) == 2 and len(read_recording(Path(f"{path}.1"))) == 3
@@ -164,8 +200,3 @@ def test_recording_errors_name_file_and_line(tmp_path: Path) -> None:
                       block_size=24)
 
 
-def test_stream_output_tokens_prefers_the_usage_chunk() -> None:
-    assert stream_output_tokens(b'data: {"role"}\n\n', b'data: {"usage":{"completion_tokens": 7}}\n\ndata: [DONE]',
-                                12, True) == 7
-    assert stream_output_tokens(b'data: {"role":"assistant"}', b"data: [DONE]\n\n", 6, True) == 4
-    assert stream_output_tokens(b"data: {}", b"data: [DONE]\n\n", 6, False) == 5

@@ -1,4 +1,4 @@
-"""Ordering properties of the static-key policies (fcfs, priority, sjf, sjf-aging) and the max-wait guard."""
+"""Ordering properties of the static-key policies (fcfs, priority, sjf, sjf-aging, gimbal) and the max-wait guard."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_sjf_aging_orders_by_effective_size(specs: list[tuple[float, int, int, i
 
 @given(
     ops=st.lists(st.tuples(st.sampled_from(["push", "pop", "remove", "requeue"]), REQ), max_size=80),
-    name=st.sampled_from(["fcfs", "priority", "sjf", "sjf-aging"]),
+    name=st.sampled_from(["fcfs", "priority", "sjf", "sjf-aging", "gimbal"]),
     guard=st.sampled_from([None, 5.0]),
 )
 @settings(max_examples=80, deadline=None)

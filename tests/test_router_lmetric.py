@@ -67,14 +67,14 @@ def test_indicator_variants():
     r = req(list(range(10)))  # 163 tokens
     base = lm(prefill="request", batch="running")
     warm(base, 0, list(range(4)), snaps)
-    P, B, _ = indicators(base, r, snaps, [0, 1])
+    P, B = (a.tolist() for a in indicators(base, r, snaps)[:2])
     assert P == [163 - 4 * BS, 163] and B == [3, 1]
     for name, want_p, want_b in [("request+pending", [163 - 64 + 500, 163], None), ("queue", None, [5, 1]),
                                  ("in-flight", None, [0, 0])]:
         params = {"prefill": name} if want_p else {"batch": name}
         router = lm(**params)
         warm(router, 0, list(range(4)), snaps)
-        P, B, _ = indicators(router, r, snaps, [0, 1])
+        P, B = (a.tolist() for a in indicators(router, r, snaps)[:2])
         if want_p:
             assert want_p == P
         if want_b:
@@ -101,63 +101,81 @@ def test_plus_one_matters_for_idle_instances():
 
 
 def test_load_guard_stops_the_hot_spot():
-    # A full hit on a hot instance scores ~0 whatever its queue; the guard sends it elsewhere.
-    hot = [snap(0, running=40, waiting=30), snap(1, running=4), snap(2, running=5)]
-    router = lm(prefill="request", prefill_floor=0, tie_tolerance=0.0)
+    # A full hit on an instance whose queue reached max_num_seqs scores ~0, but the request would wait for a
+    # decode slot: the guard sends it elsewhere.
+    hot = [snap(0, running=64, waiting=6), snap(1, running=4), snap(2, running=5)]
+    router = lm(prefill="request", max_num_seqs=64, detectors=("load-guard",))
     warm(router, 0, list(range(100)), hot)
     assert router.route(req(list(range(100))), hot, 0.0) in (1, 2)
     assert router.decisions["load-guard"] == 1
-    unguarded = lm(prefill="request", guards=False)
+    roomy = lm(prefill="request", max_num_seqs=256)  # below the slot limit the product decides
+    warm(roomy, 0, list(range(100)), hot)
+    assert roomy.route(req(list(range(100))), hot, 0.0) == 0
+    unguarded = lm(prefill="request", max_num_seqs=64, guards=False)
     warm(unguarded, 0, list(range(100)), hot)
     assert unguarded.route(req(list(range(100))), hot, 0.0) == 0
 
 
-def test_prefill_floor_lets_load_count_among_full_hits():
+def test_prefill_floor_is_the_index_resolution():
     snaps = [snap(0, running=10), snap(1, running=1)]
-    router = lm(prefill="request", prefill_floor=64, guard_abs=100, tie_tolerance=0.0)
+    router = lm(prefill="request", detectors=("prefill-floor",))
     for i in (0, 1):
         warm(router, i, list(range(4)), snaps)
     warm(router, 0, list(range(20)), snaps)
     router.decisions.clear()
-    # 0: P = 3 (full hit), B = 10 -> raw 33; 1: P = 259, B = 1 -> 518. Floored: 64 x 11 = 704 > 518.
+    # 0: P = 3 (full hit), B = 10 -> raw 33; 1: P = 259, B = 1 -> 518. Floored at 4 x 16 = 64: 704 > 518.
     assert router.route(req(list(range(20))), snaps, 0.0) == 1
     assert router.decisions["prefill-floor"] == 1
+    coarse = lm(prefill="request", detectors=("prefill-floor",), index_stride=1)  # resolution 16: 176 < 518
+    for i in (0, 1):
+        warm(coarse, i, list(range(4)), snaps)
+    warm(coarse, 0, list(range(20)), snaps)
+    assert coarse.route(req(list(range(20))), snaps, 0.0) == 0
 
 
-def test_near_tie_prefers_less_work():
-    # Products 1000 x 2 = 2000 and 1040 x 2 = 2080... make them near-equal with different queues behind.
-    snaps = [snap(0, running=1, pending=0), snap(1, running=0, pending=1010)]
-    router = lm(prefill="request+pending", tie_tolerance=0.1, guard_abs=100)
-    # 0: P = 1000, B = 1 -> 2000; 1: P = 2010, B = 0 -> 2010... 0 is best anyway
-    assert router.route(req(prompt_len=1000), snaps, 0.0) == 0
-    snaps = [snap(0, running=3, pending=0), snap(1, running=1, pending=900)]
-    # 0: 1000 x 4 = 4000; 1: 1900 x 2 = 3800 (best) -- within 10%, and 0 has 900 fewer tokens ahead.
-    assert router.route(req(prompt_len=1000), snaps, 0.0) == 0
+def test_near_tie_takes_the_least_predicted_ttft():
+    # 62 blocks, nothing cached: P = 995 + queued. 0: 995 x 4 = 3980; 1: (995 + 940) x 2 = 3870 (best). Within
+    # (1 + 1) x 64 of the best, so indistinguishable; 0's predicted TTFT (995 / (M - 3)) is the lower.
+    snaps = [snap(0, running=3), snap(1, running=1, pending=940)]
+    router = lm(detectors=("near-tie",))
+    assert router.route(req(list(range(1000, 1062))), snaps, 0.0) == 0
     assert router.decisions["near-tie"] == 1
-    strict = lm(prefill="request+pending", tie_tolerance=0.0, guard_abs=100)
-    assert strict.route(req(prompt_len=1000), snaps, 0.0) == 1
+    strict = lm(detectors=())
+    assert strict.route(req(list(range(1000, 1062))), snaps, 0.0) == 1
+    # Without a prefix P is exact: no band, the product decides.
+    assert lm(detectors=("near-tie",)).route(req(prompt_len=995), snaps, 0.0) == 1
 
 
-def test_stale_snapshot_switches_to_in_flight():
-    old = [snap(0, running=0, t=0.0), snap(1, running=20, t=0.0)]  # instance 1's load has since drained
-    router = lm(batch="running", stale_after_s=0.5, guard_abs=100)
-    assert router.route(req(prompt_len=500), old, 0.1) == 0
-    assert router.decisions["stale"] == 0
+def test_snapshot_age_never_flips_the_decision():
+    """Issue 13 defect 4: a 0.5 s staleness switch with the default 0.5 s scrape interval flipped B between the
+    snapshot's count and the router's in-flight count within every scrape cycle. The switch is gone (see
+    lmetric.py): the corrected count decides whatever the snapshot's age."""
+    old = [snap(0, running=0, t=0.0), snap(1, running=20, t=0.0)]  # 1 carries other clients' load
+    router = lm(batch="running")
     for _ in range(3):
-        router.on_dispatch(req(prompt_len=500), 0, 0.2)
-    # At 2 s the snapshot is stale: B = own in-flight (3 vs 0), not the snapshot's 20.
-    router.sync(old, 2.0)
-    assert router.route(req(prompt_len=500), old, 2.0) == 1
-    assert router.decisions["stale"] == 1
+        router.on_dispatch(req(prompt_len=500), 0, 0.0)
+    picks = {router.route(req(prompt_len=500), old, age) for age in (0.1, 0.45, 0.55, 0.99, 1.01, 30.0)}
+    assert picks == {0}
+    assert "stale" not in router.decisions
 
 
-def test_kv_pressure_skips_full_instances():
-    snaps = [snap(0, kv=0.99), snap(1, running=5, kv=0.5)]
-    router = lm()
+def _kv_snap(i: int, free: int, running: int = 0) -> InstanceSnapshot:
+    total = 10_000
+    return InstanceSnapshot(instance=i, time=0.0, num_running=running, num_waiting=0, kv_usage=1 - free / total,
+                            num_free_blocks=free, num_total_blocks=total, pending_prefill_tokens=0)
+
+
+def test_kv_pressure_skips_instances_without_the_blocks_the_request_waits_for():
+    # 500 tokens = 32 blocks (+ B): 0 has 20 free blocks, 1 has plenty but a larger batch.
+    snaps = [_kv_snap(0, 20), _kv_snap(1, 5000, running=5)]
+    router = lm(detectors=("kv-pressure",))
     assert router.route(req(prompt_len=500), snaps, 0.0) == 1
     assert router.decisions["kv-pressure"] == 1
-    all_full = [snap(0, kv=0.99), snap(1, running=5, kv=0.99)]
-    assert router.route(req(prompt_len=500), all_full, 0.0) == 0  # nowhere better: no exclusion
+    assert lm(detectors=()).route(req(prompt_len=500), snaps, 0.0) == 0
+    roomy = [_kv_snap(0, 40), _kv_snap(1, 5000, running=5)]  # 40 >= 32 + 0: the product decides
+    assert lm(detectors=("kv-pressure",)).route(req(prompt_len=500), roomy, 0.0) == 0
+    all_short = [_kv_snap(0, 20), _kv_snap(1, 20, running=5)]
+    assert router.route(req(prompt_len=500), all_short, 0.0) == 0  # nowhere better: no exclusion
 
 
 def test_exact_ties_are_random_but_seeded():
@@ -167,7 +185,7 @@ def test_exact_ties_are_random_but_seeded():
     assert len(set(picks[0])) >= 3
 
 
-@pytest.mark.parametrize("bad", [{"prefill": "x"}, {"batch": "waiting"}, {"guard_rel": 0.5}])
+@pytest.mark.parametrize("bad", [{"prefill": "x"}, {"batch": "waiting"}, {"detectors": ["x"]}])
 def test_bad_params_name_the_problem(bad):
     with pytest.raises(ValueError, match="lmetric"):
         lm(**bad)
@@ -190,7 +208,7 @@ def test_hit_feedback_shrinks_an_overestimating_index():
 def test_additive_pending_adds_queued_prefill_outside_the_product():
     # 0: P = 1000, B = 3, W = 0 -> 4000; 1: P = 1000, B = 0, W = 3500 -> 4500 (the product alone says 1).
     snaps = [snap(0, running=3), snap(1, pending=3500)]
-    additive = lm(prefill="additive-pending", batch="running", tie_tolerance=0.0, guard_abs=100)
+    additive = lm(prefill="additive-pending", batch="running")
     assert additive.route(req(prompt_len=1000), snaps, 0.0) == 0
-    plain = lm(prefill="request", batch="running", tie_tolerance=0.0, guard_abs=100)
+    plain = lm(prefill="request", batch="running")
     assert plain.route(req(prompt_len=1000), snaps, 0.0) == 1

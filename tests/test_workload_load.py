@@ -78,5 +78,6 @@ def test_spec_errors(csv_path: str) -> None:
     assert len(load_workload(WorkloadSpec(kind="trace", name="auto", path=csv_path))) == 10
 
 
-def test_window_past_the_end_gives_nothing(csv_path: str) -> None:
-    assert load_workload(WorkloadSpec(kind="trace", path=csv_path, window=(100, 200))) == []
+def test_window_past_the_end_is_an_empty_workload_error(csv_path: str) -> None:
+    with pytest.raises(WorkloadError, match="the workload is empty.*after the window"):
+        load_workload(WorkloadSpec(kind="trace", path=csv_path, window=(100, 200)))

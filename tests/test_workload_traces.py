@@ -1,4 +1,4 @@
-"""Trace loaders: small temp files always, the real traces in ../shared/traces when present."""
+"""Trace loaders: small temp files, compressed files, and the public traces shipped in the package."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmsched.workload import WorkloadError, WorkloadSpec, load_workload
-from llmsched.workload.traces import detect_format, load_traces
+from llmsched.workload.traces import builtin_names, detect_format, load_traces
+from llmsched.workload.traces.files import BUILTIN_TRACES, data_dir, open_text, resolve_path
 
-TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
-AZURE_CONV = TRACES / "azure-2023" / "AzureLLMInferenceTrace_conv.csv"
-AZURE_CODE = TRACES / "azure-2023" / "AzureLLMInferenceTrace_code.csv"
-MOONCAKE = TRACES / "mooncake" / "conversation_trace.jsonl"
+# The public traces ship in the package, so the tests on them run on any clone (no ../shared needed).
+AZURE_CONV, AZURE_CODE, MOONCAKE = "builtin:azure-conv", "builtin:azure-code", "builtin:mooncake-conv"
 
 AZURE_TEXT = (
     "TIMESTAMP,ContextTokens,GeneratedTokens\n"
@@ -250,15 +249,11 @@ def test_missing_file_and_bad_format(tmp_path: Path) -> None:
 # --- the real traces -------------------------------------------------------------------------------------
 
 
-def need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real trace not present: {path}")
-    return path
 
 
 @pytest.mark.parametrize(("path", "rows", "label"), [(AZURE_CONV, 19366, "conv"), (AZURE_CODE, 8819, "code")])
-def test_real_azure(path: Path, rows: int, label: str) -> None:
-    reqs = trace(need(path))
+def test_real_azure(path: str, rows: int, label: str) -> None:
+    reqs = trace(path)
     assert len(reqs) == rows
     assert reqs[0].arrival == 0.0 and 3000 < reqs[-1].arrival < 3600
     assert {r.cls for r in reqs} == {label}
@@ -266,14 +261,14 @@ def test_real_azure(path: Path, rows: int, label: str) -> None:
 
 
 def test_real_azure_mix() -> None:
-    reqs = trace(f"{need(AZURE_CONV)},{need(AZURE_CODE)}")
+    reqs = trace(f"{AZURE_CONV},{AZURE_CODE}")
     assert len(reqs) == 19366 + 8819
     counts = {c: sum(r.cls == c for r in reqs) for c in ("conv", "code")}
     assert counts == {"conv": 19366, "code": 8819}
 
 
 def test_real_mooncake() -> None:
-    reqs = trace(need(MOONCAKE), limit=1500)  # hashes are expanded for kept rows only
+    reqs = trace(MOONCAKE, limit=1500)  # hashes are expanded for kept rows only
     assert len(reqs) == 1500
     assert all(r.block_hashes is None or len(r.block_hashes) == r.prompt_len // 16 for r in reqs)
     seen: set[int] = set()
@@ -287,9 +282,9 @@ def test_real_mooncake() -> None:
 
 
 def test_real_mooncake_row_count() -> None:
-    with need(MOONCAKE).open() as f:
+    with open_text(resolve_path(MOONCAKE)) as f:
         assert sum(1 for line in f if line.strip()) == 12031
-    cols = load_traces(str(MOONCAKE), block_size=512)  # cheap block size: all rows, one hash per block
+    cols = load_traces(MOONCAKE, block_size=512)  # cheap block size: all rows, one hash per block
     assert len(cols) == 12031
 
 
@@ -334,3 +329,39 @@ def test_mooncake_round_trip(rows: list[tuple[int, int, int]], bs: int) -> None:
             assert r.block_hashes is not None and len(r.block_hashes) == r.prompt_len // bs
         else:
             assert r.block_hashes is None
+
+
+# --- packaged and compressed traces ----------------------------------------------------------------------
+
+
+def test_every_builtin_trace_is_packaged_with_its_licence() -> None:
+    assert builtin_names() == ["azure-code", "azure-conv", "mooncake-conv", "sample"]
+    for t in BUILTIN_TRACES.values():
+        assert (data_dir() / t.file).is_file(), t.file
+    attribution = (data_dir() / "ATTRIBUTION.md").read_text()
+    for lic in ("LICENSE-azure-2023-CC-BY-4.0.txt", "LICENSE-mooncake-Apache-2.0.txt"):
+        assert (data_dir() / lic).is_file() and lic in attribution
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz"])
+def test_compressed_files_read_like_plain_ones(tmp_path: Path, suffix: str) -> None:
+    import gzip
+    import lzma
+
+    plain = write(tmp_path, "a.csv", AZURE_TEXT)
+    packed = tmp_path / f"a.csv{suffix}"
+    packed.write_bytes((gzip.compress if suffix == ".gz" else lzma.compress)(AZURE_TEXT.encode()))
+    assert detect_format(packed) == "azure"
+    a, b = trace(plain), trace(str(packed))
+    assert [(r.arrival, r.prompt_len, r.output_len) for r in a] == [(r.arrival, r.prompt_len, r.output_len) for r in b]
+
+
+def test_unusable_trace_paths_say_why(tmp_path: Path) -> None:
+    with pytest.raises(WorkloadError, match="is a directory"):
+        trace(str(tmp_path))
+    with pytest.raises(WorkloadError, match="the trace file is empty"):
+        trace(write(tmp_path, "empty.csv", ""))
+    with pytest.raises(WorkloadError, match="the workload is empty"):
+        trace(write(tmp_path, "head.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"))
+    with pytest.raises(WorkloadError, match="did you mean builtin:sample"):
+        trace("builtin:sampel")

@@ -7,10 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-
-def _fail(msg: str) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(2)
+from llmsched.clikit import fail
 
 
 def calibrate_cmd(
@@ -33,16 +30,16 @@ def calibrate_cmd(
     from llmsched.workload.errors import WorkloadError
 
     if (from_record is None) == (not from_metrics):
-        raise _fail("give exactly one of --from-record FILE or --from-metrics URL ...")
+        fail("give exactly one of --from-record FILE or --from-metrics URL ...")
     if out is not None and out.suffix.lower() not in (".json", ".yaml", ".yml"):
-        raise _fail(f"--out {out}: the extension must be .json, .yaml or .yml")
+        fail(f"--out {out}: the extension must be .json, .yaml or .yml")
     meta: dict[str, Any] = {"model": model, "gpu": gpu, "tp": tp}
     try:
         if from_record is not None:
             from llmsched.bench.calibrate import calibrate_from_record
 
             if not from_record.is_file():
-                raise _fail(f"--from-record: no such file {from_record}")
+                fail(f"--from-record: no such file {from_record}")
             fit, rp = calibrate_from_record(from_record, model, gpu, tp, time_scale, bootstrap=bootstrap,
                                             seed=seed, refine_evals=refine_evals)
             cal = fit.calibration({**meta, "source": str(from_record), "requests": rp.notes})
@@ -76,7 +73,7 @@ def calibrate_cmd(
             for k, errs in res["moment_errors"].items():
                 typer.echo(f"  residual {k}: " + ", ".join(f"{e:+.1%}" for e in errs) + " (per backend)")
     except (ValueError, WorkloadError, OSError) as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     if out is not None:
         save_calibration(cal, out)
         typer.echo(f"wrote {out}")

@@ -20,6 +20,7 @@ class Comparison:
     caps: dict[str, Any]
     skipped: list[Skipped] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    cpu_s: float = 0.0  # CPU seconds of every simulation, saturation runs included
 
 
 def prepare(names: list[str] | None, quick: bool, seed: int | None = None,
@@ -49,4 +50,5 @@ def run(comp: Comparison, executor: Executor, *, simulate: SimulateFn | None = N
     runner = Runner(executor, simulate=simulate, native_rate=native_rate, keep_samples=True, progress=progress)
     caps = runner.capacities(comp.caps)
     comp.records = runner.run(comp.cells, caps)
+    comp.cpu_s = runner.cpu_s
     return comp

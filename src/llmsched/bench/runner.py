@@ -55,6 +55,7 @@ class Runner:
     native_rate: NativeRateFn | None = None
     keep_samples: bool = True
     progress: Progress | None = None
+    cpu_s: float = 0.0  # CPU seconds the simulations reported (saturation runs included)
     _native: dict[str, float] = field(default_factory=dict)
 
     def capacities(self, caps: Mapping[str, SimConfig], known: Mapping[str, float] | None = None,
@@ -66,6 +67,7 @@ class Runner:
             return out
         task = self.progress.add_task("measuring capacity", total=len(todo)) if self.progress else None
         for key, result in self.executor.run(run_sim, todo):
+            self.cpu_s += float(result.get("cpu_s", 0.0))
             out[key] = capacity_of(result)
             if on_capacity is not None:
                 on_capacity(key, out[key])
@@ -95,6 +97,7 @@ class Runner:
         task = self.progress.add_task("simulating", total=len(items)) if self.progress and items else None
         records = []
         for run_id, result in self.executor.run(run_sim, items):
+            self.cpu_s += float(result.get("cpu_s", 0.0))
             c, figures = by_id[run_id]
             rec = {"run_id": run_id, "scenario": c.scenario, "workload": c.workload, "label": c.label,
                    "load": c.load, "seed": c.seed, "policies": c.policies(), **figures,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,9 +24,11 @@ from pydantic import (
 )
 
 from llmsched.bench.columns import parse_column
+from llmsched.core.names import format_validation, unknown
 from llmsched.core.registry import Registry
 from llmsched.sim.config import SimConfig
 from llmsched.workload.spec import WorkloadSpec
+from llmsched.yamlfile import read_yaml
 
 DEFAULT_COLUMNS = ["ttft_mean", "ttft_p99", "tpot_mean", "e2e_p99", "output_throughput"]
 
@@ -37,6 +39,15 @@ def check_loads(v: list[float] | None) -> list[float] | None:
     if v is not None and any(x <= 0 for x in v):
         raise ValueError("every load must be > 0 (a fraction of the simulated capacity)")
     return v
+
+def _check_columns(v: list[str]) -> list[str]:
+    for c in v:
+        parse_column(c)  # raises naming the column and the accepted forms
+    return v
+
+
+ColumnList = Annotated[list[str], AfterValidator(_check_columns)]
+
 
 class ScenarioError(ValueError):
     """A scenario (or sweep) file that cannot be used; the message names the file and the field."""
@@ -78,6 +89,17 @@ class Quick(BaseModel):
     policies: list[str] | None = Field(None, description="labels of the policy sets to keep")
 
 
+class Headline(BaseModel):
+    """A row of the report's opening table: what one layer's policy gained against its table's baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str = Field(description="request, instance, expert, or all three")
+    workload: str = Field(description="label of the workload")
+    policy: str = Field(description="label of the policy set")
+    columns: ColumnList = Field(min_length=1, description="the figures to show, as table columns")
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,21 +109,18 @@ class Scenario(BaseModel):
     workloads: list[WorkloadEntry] = Field(min_length=1)
     loads: list[float] | None = Field(None, min_length=1)
     policies: list[PolicySet] = Field(min_length=1)
-    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
+    columns: ColumnList = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
+    engine: Literal["llmsched", "vllm"] | None = Field(
+        None, description="engine of every cell: llmsched (default, fast) or vllm (vLLM's real scheduler)"
+    )
     quick: Quick | None = None
+    headline: list[Headline] = Field(default_factory=list)
     _source: str = PrivateAttr("")
 
     @field_validator("loads")
     @classmethod
     def _positive_loads(cls, v: list[float] | None) -> list[float] | None:
         return check_loads(v)
-
-    @field_validator("columns")
-    @classmethod
-    def _known_columns(cls, v: list[str]) -> list[str]:
-        for c in v:
-            parse_column(c)
-        return v
 
     @field_validator("base")
     @classmethod
@@ -124,6 +143,11 @@ class Scenario(BaseModel):
                 missing = sorted(set(keep or []) - set(have))
                 if missing:
                     raise ValueError(f"quick.{what} names unknown labels: {', '.join(missing)}")
+        for i, h in enumerate(self.headline):
+            for what, label, have in (("workload", h.workload, [w.label for w in self.workloads]),
+                                      ("policy", h.policy, [p.label for p in self.policies])):
+                if label not in have:
+                    raise ValueError(f"headline.{i}.{what}: {unknown(what + ' label', label, have)}")
         return self
 
     @property
@@ -133,6 +157,8 @@ class Scenario(BaseModel):
     def config(self, workload: WorkloadEntry, policy: PolicySet) -> SimConfig:
         """The SimConfig of one cell (before the runner sets the rate for a load)."""
         cfg: dict[str, Any] = {**self.base, "workload": workload.spec().model_dump(exclude_none=True)}
+        if self.engine is not None:
+            cfg["engine_kind"] = self.engine
         for field, value in (("request_policy", policy.request), ("router", policy.router),
                              ("expert_policy", policy.expert)):
             if value is not None:
@@ -185,14 +211,6 @@ def _layer_registries() -> dict[str, Registry[Any]]:
     return regs
 
 
-def _format_validation(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def validate(data: Any, source: str) -> Scenario:
     """Build and fully check a scenario from parsed YAML; raises ScenarioError naming `source` and the field."""
     if not isinstance(data, dict):
@@ -200,21 +218,20 @@ def validate(data: Any, source: str) -> Scenario:
     try:
         sc = Scenario(**data)
     except ValidationError as e:
-        raise ScenarioError(f"{source}: {_format_validation(e)}") from None
+        raise ScenarioError(f"{source}: {format_validation(e, Scenario)}") from None
     sc._source = source
     regs = _layer_registries()
     for i, p in enumerate(sc.policies):
         for layer, name in (("request", p.request), ("router", p.router), ("expert", p.expert)):
             if name is not None and layer in regs and name not in regs[layer]:
-                known = ", ".join(regs[layer].names())
-                raise ScenarioError(f"{source}: policies.{i}.{layer}: unknown {layer} policy {name!r} "
-                                    f"(set {p.label!r}); known: {known}")
+                raise ScenarioError(f"{source}: policies.{i}.{layer} (set {p.label!r}): "
+                                    f"{unknown(layer + ' policy', name, regs[layer].names())}")
         for w in sc.workloads:
             try:
                 sc.config(w, p)
             except ValidationError as e:
                 raise ScenarioError(f"{source}: policies.{i} ({p.label!r}) with workload {w.label!r}: "
-                                    f"{_format_validation(e)}") from None
+                                    f"{format_validation(e, SimConfig)}") from None
     return sc
 
 
@@ -227,14 +244,7 @@ def builtin_names() -> list[str]:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    return read_yaml(path, ScenarioError)
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
@@ -246,8 +256,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
             raise ScenarioError(f"{path}: no such scenario file")
         return validate(_read_yaml(path), str(path))
     if name not in builtin_names():
-        raise ScenarioError(f"unknown scenario {name!r}; built-in: {', '.join(builtin_names())} "
-                            "(or pass a .yaml file)")
+        raise ScenarioError(f"{unknown('scenario', name, builtin_names())} (or pass a .yaml file)")
     return validate(_read_yaml(builtin_dir() / f"{name}.yaml"), f"built-in scenario {name!r}")
 
 

@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmsched.bench.executors import Executor
 from llmsched.bench.plan import Cell, expand
 from llmsched.bench.runlog import RunLog
 from llmsched.bench.runner import NativeRateFn, Runner, SimulateFn
-from llmsched.bench.scenario import Scenario, ScenarioError, _format_validation, check_loads, load_scenario
+from llmsched.bench.scenario import Scenario, ScenarioError, check_loads, load_scenario
 from llmsched.bench.traces import Skipped, resolve_traces
+from llmsched.core.names import format_validation
+from llmsched.yamlfile import read_yaml
 
 
 class SweepSpec(BaseModel):
@@ -64,19 +65,13 @@ class SweepSpec(BaseModel):
 
 def load_sweep(path: Path) -> tuple[SweepSpec, list[Scenario]]:
     """Parse and validate a sweep file and every scenario it names; errors name the file and field."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ScenarioError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from None
+    data = read_yaml(path, ScenarioError)
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a sweep file is a mapping with at least `scenarios:`")
     try:
         spec = SweepSpec(**data)
     except ValidationError as e:
-        raise ScenarioError(f"{path}: {_format_validation(e)}") from None
+        raise ScenarioError(f"{path}: {format_validation(e, SweepSpec)}") from None
     scenarios = []
     for name in spec.scenarios:
         rel = path.parent / name
@@ -134,7 +129,7 @@ def run_sweep(plan: SweepPlan, log: RunLog, executor: Executor, *, simulate: Sim
 
 
 # Wall-clock figures of the simulate result: the only part that differs between executors and repeats.
-WALL_KEYS = frozenset({"wall_s", "load_s", "sim_requests_per_wall_s"})
+WALL_KEYS = frozenset({"wall_s", "workload_wall_s", "cpu_s", "sim_requests_per_wall_s"})
 
 
 def comparable(result: Any) -> Any:

@@ -10,9 +10,10 @@ from typing import Any
 
 from llmsched.bench import plots
 from llmsched.bench.columns import parse_column
+from llmsched.bench.report import clear_previous, short_cluster, version, write_manifest
 from llmsched.bench.scenario import Scenario
 from llmsched.bench.stats import mean_ci
-from llmsched.bench.tables import fmt, setting
+from llmsched.bench.tables import cluster, fmt, setting
 from llmsched.bench.traces import Skipped
 
 Key = tuple[str, str, str, float | None]  # scenario, workload, label, load
@@ -46,10 +47,10 @@ def _cell(s: dict[str, float], scale: float) -> str:
 
 def markdown(rows: Sequence[dict[str, Any]], columns: dict[str, list[str]]) -> str:
     parts = []
-    by_group: dict[tuple[str, str, float | None], list[dict[str, Any]]] = {}
-    for r in rows:
-        by_group.setdefault((r["scenario"], r["workload"], r["load"]), []).append(r)
-    for (sc, wl, load), rs in by_group.items():
+    by_group: dict[tuple[str, str, float | None, str], list[dict[str, Any]]] = {}
+    for r in rows:  # one table per simulated setting, as in `compare`
+        by_group.setdefault((r["scenario"], r["workload"], r["load"], cluster(r)), []).append(r)
+    for (sc, wl, load, _), rs in by_group.items():
         cols = [parse_column(c) for c in columns.get(sc, [])]
         head = ["policy set", "seeds", *(c.header for c in cols)]
         at = f" @ load {load:g}" if load is not None else ""
@@ -64,14 +65,16 @@ def markdown(rows: Sequence[dict[str, Any]], columns: dict[str, list[str]]) -> s
 
 def write_sweep_report(out: Path, name: str, records: Sequence[dict[str, Any]], scenarios: Sequence[Scenario],
                        skipped: Sequence[Skipped] = (), executor: str = "") -> list[Path]:
+    clear_previous(out, keep=("runs.jsonl",))
     out.mkdir(parents=True, exist_ok=True)
     columns = {s.name: s.columns for s in scenarios}
     rows = aggregate(records, columns)
     pngs = []
-    by_wl: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_wl: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        by_wl.setdefault((r["scenario"], r["workload"]), []).append(r)
-    for (sc, wl), rs in by_wl.items():
+        by_wl.setdefault((r["scenario"], r["workload"], cluster(r)), []).append(r)
+    for (sc, wl, _), rs in by_wl.items():
+        several = sum(1 for k in by_wl if k[:2] == (sc, wl)) > 1
         if len({r["load"] for r in rs if r["load"] is not None}) < 2:
             continue
         series: dict[str, dict[str, list[float]]] = {}
@@ -84,9 +87,10 @@ def write_sweep_report(out: Path, name: str, records: Sequence[dict[str, Any]], 
                 s[f"{stat}_err"].append(0.0 if math.isnan(st["ci95"]) else st["ci95"])
         pngs.append(plots.latency_vs_load(
             series, f"TTFT versus load, mean of seeds with 95% CI - {sc} / {wl}\n({setting(rs[0])})",
-            out / f"{plots.slug(sc, wl)}-latency-vs-load.png"))
+            out / f"{plots.slug(sc, wl, short_cluster(rs[0]) if several else None)}-latency-vs-load.png"))
     results = out / "results.json"
-    results.write_text(json.dumps({"name": name, "runs": len(records), "aggregates": rows,
+    results.write_text(json.dumps({"name": name, "llmsched_version": version(), "runs": len(records),
+                                   "aggregates": rows,
                                    "skipped": [{"scenario": s.scenario, "workload": s.workload, "reason": s.reason}
                                                for s in skipped]}, indent=1, default=str))
     lines = [f"# Sweep {name}", "",
@@ -98,4 +102,5 @@ def write_sweep_report(out: Path, name: str, records: Sequence[dict[str, Any]], 
     lines += [f"- {s.scenario} / {s.workload}: {s.reason}" for s in skipped] or ["None."]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
+    write_manifest(out, [summary, results, *pngs])
     return [summary, results, *pngs]

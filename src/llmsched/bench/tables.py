@@ -1,8 +1,9 @@
 """Side-by-side tables of policy sets, one per scenario / workload / load, for the terminal and Markdown.
 
 The first policy set of a scenario is its baseline (the vLLM default in the built-in ones); every other row
-shows its change against it (against the first set of the same model and hardware, where sets override
-them), which is the ablation the scenarios are written to show.
+shows its change against it, which is the ablation the scenarios are written to show. Policy sets that
+override the model or hardware get a table of their own (one model and one cluster per table, its first set
+as baseline), so no row is ever compared with another model's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from llmsched.bench.columns import Column, parse_column
 
-Group = tuple[str, str, float | None]  # scenario, workload, load
+Group = tuple[str, str, float | None, str]  # scenario, workload, load, simulated setting
 
 
 def fmt(v: float | None) -> str:
@@ -38,37 +39,42 @@ def change(v: float | None, base: float | None) -> float | None:
 
 
 def groups(records: Sequence[dict[str, Any]]) -> list[tuple[Group, list[dict[str, Any]]]]:
-    """Records grouped by scenario, workload and load, in the order in which they were planned."""
+    """Records grouped by scenario, workload, load and simulated setting, in the order they were planned."""
     out: dict[Group, list[dict[str, Any]]] = {}
     for r in records:
-        out.setdefault((r["scenario"], r["workload"], r["load"]), []).append(r)
+        out.setdefault((r["scenario"], r["workload"], r["load"], cluster(r)), []).append(r)
     return list(out.items())
 
 
-def setting(rec: dict[str, Any]) -> str:
+def cluster(rec: dict[str, Any]) -> str:
+    """`qwen3-30b-a3b, 1 instance x 2 a100-80g (TP2, EP2)`: the model and hardware a record ran on."""
     s = rec.get("simulated") or {}
-    tp = f", tp{s['tp']}" if s.get("tp") else ""
-    return f"simulated: {s.get('model', '?')} on {s.get('instances', '?')} instance(s) of {s.get('gpu', '?')}{tp}"
+    n = s.get("instances", "?")
+    g = s.get("gpus_per_instance") or s.get("tp") or 1
+    par = [f"TP{s['tp']}"] if (s.get("tp") or 1) > 1 else []
+    if s.get("expert_parallel"):
+        par.append(f"EP{s['expert_parallel']}")
+    return (f"{s.get('model', '?')}, {n} instance{'' if n == 1 else 's'} x {g} {s.get('gpu', '?')}"
+            + (f" ({', '.join(par)})" if par else ""))
+
+
+def setting(rec: dict[str, Any]) -> str:
+    return f"simulated: {cluster(rec)}"
 
 
 def title(group: Group, rec: dict[str, Any]) -> str:
-    scenario, workload, load = group
+    scenario, workload, load, _ = group
     at = f" @ load {load:g}" if load is not None else ""
     return f"{scenario} / {workload}{at} - {setting(rec)}"
 
 
 def rows(records: Sequence[dict[str, Any]], columns: Sequence[Column]) -> list[list[str]]:
-    """Rows of one group: label, then each column's value with its change against the first row of the same
-    simulated setting (sets that override the model are compared with their own model's baseline)."""
-    first: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        first.setdefault(setting(rec), rec)
-    mixed = len(first) > 1  # e.g. sets that override the model: name each one's
+    """Rows of one group (one simulated setting): label, then each column's value with its change against
+    the group's first row, its baseline."""
     out = []
+    base_rec = records[0]
     for rec in records:
-        s = rec.get("simulated") or {}
-        row = [rec["label"] + (f" [{s.get('model')}, {s.get('instances')}x {s.get('gpu')}]" if mixed else "")]
-        base_rec = first[setting(rec)]
+        row = [rec["label"] + (" (baseline)" if rec is base_rec and len(records) > 1 else "")]
         for c in columns:
             v = c.value(rec["result"])
             cell = fmt(None if v is None else v * c.scale)

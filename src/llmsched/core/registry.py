@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from llmsched.core.names import format_validation, unknown
+
 
 class Params(BaseModel):
     """Base of every policy's parameter model: unknown keys are errors, values are validated."""
@@ -29,7 +31,8 @@ class Configurable:
         try:
             self.params = self.Params(**params)
         except ValidationError as e:
-            raise ValueError(f"invalid parameters for {self.name or type(self).__name__}: {e}") from None
+            raise ValueError(f"invalid parameters for {self.name or type(self).__name__}: "
+                             f"{format_validation(e, self.Params)}") from None
 
     def get_params(self) -> dict[str, Any]:
         return self.params.model_dump()
@@ -40,7 +43,8 @@ class Configurable:
         try:
             self.params = self.Params(**merged)
         except ValidationError as e:
-            raise ValueError(f"invalid parameters for {self.name}: {e}") from None
+            raise ValueError(f"invalid parameters for {self.name}: "
+                             f"{format_validation(e, self.Params)}") from None
 
 
 T = TypeVar("T", bound=Configurable)
@@ -67,8 +71,7 @@ class Registry(Generic[T]):
         try:
             return self._classes[name]
         except KeyError:
-            known = ", ".join(sorted(self._classes))
-            raise ValueError(f"unknown {self.layer} policy {name!r}; known: {known}") from None
+            raise ValueError(unknown(f"{self.layer} policy", name, self._classes)) from None
 
     def create(self, name: str, params: Mapping[str, Any] | None = None) -> T:
         return self.get(name)(**dict(params or {}))

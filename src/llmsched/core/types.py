@@ -37,6 +37,8 @@ class Request:
             the workload knows a later request will send this prompt + answer again (a multi-turn follow-up).
             vLLM caches a finished request's full blocks, answer included; the engine registers these at
             finish so the follow-up can hit them.
+        adapter: the LoRA adapter the request names (vLLM: the `model` field names the adapter); None = the
+            base model. See engine/lora.py.
 
     Progress (owned by the engine):
         num_computed: prompt+output tokens whose KV is in cache (cached prefix included).
@@ -55,6 +57,7 @@ class Request:
     session: str | None = None
     priority: int = 0
     output_hashes: tuple[int, ...] | None = None
+    adapter: str | None = None
 
     status: Status = Status.WAITING
     instance: int = -1
@@ -112,6 +115,22 @@ class Request:
 
 
 @dataclass(slots=True, frozen=True)
+class AdapterState:
+    """An instance's LoRA adapters, by name.
+
+    `max_loras`, `running` and `waiting` are what vLLM exports (the labels `max_lora`, `running_lora_adapters`
+    and `waiting_lora_adapters` of its `vllm:lora_requests_info` gauge); `resident` (adapters holding a GPU
+    slot, least recently used first) only the simulator knows: vLLM exports no residency, so a gateway leaves
+    it empty.
+    """
+
+    max_loras: int
+    running: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    resident: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class InstanceSnapshot:
     """What a router may know of one engine instance: the engine's own metrics as of `time`.
 
@@ -127,10 +146,13 @@ class InstanceSnapshot:
     kv_usage: float  # 0..1, vLLM's kv_cache_usage_perc
     num_free_blocks: int
     num_total_blocks: int
-    pending_prefill_tokens: int  # uncached prompt tokens not yet computed, over running + waiting
+    # Uncached prompt tokens not yet computed, over running + waiting; None where the source does not export
+    # it (vLLM's /metrics): the router then keeps its own account of what it dispatched and saw prefilled.
+    pending_prefill_tokens: int | None
     prefix_queries: int = 0  # cumulative prompt tokens looked up (vllm:prefix_cache_queries_total)
     prefix_hits: int = 0  # cumulative prompt tokens hit (vllm:prefix_cache_hits_total)
     healthy: bool = True
+    adapters: AdapterState | None = None  # None: LoRA not enabled there (or not reported)
 
     @property
     def batch_size(self) -> int:

@@ -1,4 +1,4 @@
-"""`llmsched emulate`: one emulated vLLM instance on a port (the lead mounts `emulate_cmd` on the typer app)."""
+"""`llmsched emulate`: one emulated vLLM instance on a port (cli.py mounts `emulate_cmd` lazily)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmsched.engine.lora import LoraConfig
+
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -14,8 +16,12 @@ class EngineConfig(BaseModel):
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     long_prefill_token_threshold: int = Field(0, ge=0, description="cap of one request's chunk; 0 = none")
+    scheduler_reserve_full_isl: bool = Field(
+        True, description="admit a request only if its whole sequence fits the free KV blocks (vLLM default)"
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     num_gpu_blocks: int | None = Field(None, ge=1, description="override the KV capacity (blocks)")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters (vLLM --enable-lora); None = disabled")
 
     @model_validator(mode="after")
     def _budget_covers_decodes(self) -> EngineConfig:

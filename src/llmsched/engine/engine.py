@@ -40,6 +40,7 @@ from llmsched.core.hashing import chain
 from llmsched.core.types import InstanceSnapshot, Request, Status
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.kv_cache import KVCache
+from llmsched.engine.lora import AdapterSlots
 from llmsched.model.base import BatchStats, StepCostModel
 from llmsched.policies.request.base import RequestPolicy
 
@@ -78,6 +79,7 @@ class _Plan:
     preempted: list[Request]
     prefill_tokens: int
     affine: tuple[float, float] | None = None  # run durations c0 + c1 * i, when the cost model says so
+    prefill_s: float = 0.0  # the prefill part of the iteration's time (fed to `policy.on_prefill`)
 
 
 def _affine_elapsed(c0: float, c1: float, m: int) -> float:
@@ -109,12 +111,17 @@ class Engine:
         if num_blocks is None:
             num_blocks = cfg.num_gpu_blocks or cost.kv_capacity_tokens(cfg.gpu_memory_utilization) // cfg.block_size
         self.kv = KVCache(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        # LoRA adapters (engine/lora.py); None: LoRA disabled, a request naming an adapter is refused.
+        llm = getattr(getattr(cost, "base", cost), "llm", None)
+        self.lora = None if cfg.lora is None else AdapterSlots.for_model(cfg.lora, llm)
         self.bs = cfg.block_size
         self.stats = EngineStats()
         self._plan: _Plan | None = None
         self._pending_prefill = 0  # uncached prompt tokens not yet computed, queued + running
         self._needs_classes = bool(getattr(cost, "needs_class_tokens", False))
         self._affine = getattr(cost, "decode_affine", None)
+        # Prefill-time feedback (`policy.on_prefill`) is computed only for a policy that learns from it.
+        self._wants_prefill = type(policy).on_prefill is not RequestPolicy.on_prefill
         self._admit_seq = 0
         # Requests with prompt work left (admission order).
         self.prefilling: list[Request] = []
@@ -190,20 +197,60 @@ class Engine:
         return self.kv.longest_hit(block_hashes, len(block_hashes) * self.bs) * self.bs
 
     def snapshot(self, now: float) -> InstanceSnapshot:
-        self._catch_up(now)
-        kv = self.kv
+        running, waiting, used, total, pending, queries, hits = self.gauges(now)
         return InstanceSnapshot(
             instance=self.instance,
             time=now,
-            num_running=len(self.decoding) + len(self.prefilling),
-            num_waiting=len(self.policy),
-            kv_usage=kv.num_used / kv.num_blocks,
-            num_free_blocks=kv.num_blocks - kv.num_used,
-            num_total_blocks=kv.num_blocks,
-            pending_prefill_tokens=self._pending_prefill,
-            prefix_queries=kv.queries,
-            prefix_hits=kv.hits,
+            num_running=running,
+            num_waiting=waiting,
+            kv_usage=used / total,
+            num_free_blocks=total - used,
+            num_total_blocks=total,
+            pending_prefill_tokens=pending,
+            prefix_queries=queries,
+            prefix_hits=hits,
+            adapters=None if self.lora is None else self.lora.state(),
         )
+
+    def gauges(self, now: float | None) -> tuple[int, int, int, int, int, int, int]:
+        """`snapshot`'s numbers as a tuple (running, waiting, KV blocks used, total, pending prefill, prefix
+        queries, prefix hits): what a shell keeping its own table needs, without building the object.
+        `now=None`: the KV blocks as last allocated, not caught up with a decode run in flight (for a shell
+        that computes that growth itself, see `lazy_kv`)."""
+        if now is not None:
+            self._catch_up(now)
+        kv = self.kv
+        return (len(self.decoding) + len(self.prefilling), len(self.policy), kv.num_used, kv.num_blocks,
+                self._pending_prefill, kv.queries, kv.hits)
+
+    def run_end_blocks(self) -> int | None:
+        """KV blocks in use at the end of the decode run in flight (usage only grows inside it); None when no
+        run is in flight (usage changes only at events), -1 when the run is not in closed form."""
+        plan = self._plan
+        if plan is None or plan.steps == 1 or not self.decoding:
+            return None
+        if plan.affine is None:
+            return -1
+        held = self._dheld
+        return self.kv.num_used - held + max(held, self._blocks_at(plan.steps))
+
+    def lazy_kv(self) -> tuple[float, float, float, int, int, int, int, int, int, int, list[int]] | None:
+        """How KV usage grows inside the decode run in flight, for a shell that computes it without events.
+
+        None when usage only changes at this engine's events. Otherwise (start, c0, c1, steps, s + bs - 1,
+        other, held, dq, d, blocks at the run's end, phase histogram): as `_catch_up` would leave it at
+        `now`, blocks in use are other + max(held, dq + d q + sum(histogram[bs - m:])) with
+        q, m = divmod(s + bs - 1 + k, bs) and k = min(iterations begun by `now`, steps) (`_blocks_at`).
+        c0 < 0: the run is not in closed form (use `snapshot`).
+        """
+        plan = self._plan
+        if plan is None or plan.steps == 1 or not self.decoding:
+            return None
+        c0, c1 = plan.affine if plan.affine is not None else (-1.0, 0.0)
+        held = self._dheld
+        other = self.kv.num_used - held
+        return (plan.start, c0, c1, plan.steps, self._s + self.bs - 1, other, held, self._dq, len(self.decoding),
+                other + max(held, self._blocks_at(plan.steps)), self._dh.copy())
 
     # -- requests in -----------------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> None:
@@ -222,6 +269,10 @@ class Engine:
                 f"request {req.rid}: {req.prompt_len}+{req.output_len} tokens exceed max_num_batched_tokens"
                 f" ({self.cfg.max_num_batched_tokens}) and chunked prefill is off"
             )
+        if req.adapter is not None:
+            if self.lora is None:
+                raise ValueError(f"request {req.rid} names LoRA adapter {req.adapter!r} but LoRA is off (engine.lora)")
+            self.lora.on_queue(req.adapter)
         req.status = Status.WAITING
         req.instance = self.instance
         req.queued_at = now
@@ -243,6 +294,8 @@ class Engine:
             if not self.policy.remove(req):
                 return False
             self._pending_prefill -= req.prompt_len - req.est_cached
+            if req.adapter is not None and self.lora is not None:
+                self.lora.on_unqueue(req.adapter)
         elif st == Status.RUNNING:
             req.status = Status.ABORTED
             if self._plan is not None:
@@ -340,14 +393,17 @@ class Engine:
                 self._pending_prefill -= req.prompt_len - req.num_computed
         if req.block_hashes:
             self.kv.promote(req, req.num_computed)
-        self.kv.free(req)
+        self.kv.free(req, req.num_computed)
+        if req.adapter is not None and self.lora is not None:
+            self.lora.on_leave(req.adapter)
 
     def _last_admitted(self) -> Request:
         """The preemption victim: the last admitted (vLLM FCFS), or for a priority queue the request of
-        lowest priority, latest arrival (vLLM's priority scheduling)."""
+        lowest priority, latest arrival (vLLM's priority scheduling; ties: the earliest admitted)."""
         if self.policy.preempt_by_priority:
+            # vLLM: max over running of (priority, arrival); a tie goes to the earliest in running order.
             return max(
-                (*self.decoding.values(), *self.prefilling), key=lambda r: (r.priority, r.arrival, r.admit_seq)
+                (*self.decoding.values(), *self.prefilling), key=lambda r: (r.priority, r.arrival, -r.admit_seq)
             )
         best: Request | None = None
         for r in self.decoding.values():
@@ -369,6 +425,8 @@ class Engine:
         req.num_preemptions += 1
         req.est_cached = 0
         self.stats.preemptions += 1
+        if req.adapter is not None and self.lora is not None:
+            self.lora.on_queue(req.adapter)
         self.policy.requeue(req, now)
 
     # -- scheduling ------------------------------------------------------------------------------------
@@ -394,7 +452,12 @@ class Engine:
         cfg = self.cfg
         kv = self.kv
         budget = cfg.max_num_batched_tokens
-        threshold = cfg.long_prefill_token_threshold or budget
+        # vLLM caps a request's chunk at long_prefill_token_threshold only when another request is running or
+        # waiting (a lone request starves nobody).
+        threshold = budget
+        if cfg.long_prefill_token_threshold and len(decoding) + len(self.prefilling) + len(policy) > 1:
+            threshold = cfg.long_prefill_token_threshold
+        by_priority = policy.preempt_by_priority
         preempted: list[Request] = []
         # 1. The decode set: one more token of KV each, preempting the last admitted while blocks lack.
         if self.decoding:
@@ -411,7 +474,6 @@ class Engine:
                 budget -= len(self.decoding)
         # 2. Running requests with prompt work left, in admission order.
         sched: list[tuple[Request, int]] = []
-        b = BatchStats()
         prefilling = self.prefilling
         i = 0
         while i < len(prefilling) and budget > 0:
@@ -422,35 +484,51 @@ class Engine:
                 victim = self._last_admitted()
                 if victim.rid in self.decoding and self.decoding[victim.rid] is victim:
                     budget += 1  # it was scheduled to decode in this iteration
+                elif victim is not req and prefilling.index(victim) < i:
+                    # (priority) a request scheduled earlier in this iteration: its chunk is given back
+                    j = next(k for k, (r, _) in enumerate(sched) if r is victim)
+                    budget += sched.pop(j)[1]
+                    i -= 1
                 self._preempt(victim, now)
                 preempted.append(victim)
                 if victim is req:
                     ok = False
                     break
             if not ok:
+                if by_priority:
+                    continue  # vLLM: the requests after the lowest-priority one may still fit
                 break
-            self._account(b, req, n)
             sched.append((req, n))
             budget -= n
             i += 1
         # 3. Admission from the waiting queue, unless this iteration had to preempt.
         blocked_by_kv = False
+        lora = self.lora
+        skipped: list[Request] = []  # (LoRA) waiting requests passed over in this iteration, in queue order
+        lora_blocked = False  # every waiting request was passed over for want of a LoRA slot
         if not preempted:
             max_seqs = cfg.max_num_seqs
             while budget > 0 and len(self.decoding) + len(prefilling) < max_seqs:
                 req = policy.peek(now)
                 if req is None:
+                    lora_blocked = bool(skipped)
                     break
+                if req.adapter is not None and lora is not None and not lora.admissible(req.adapter):
+                    # vLLM skips a request whose adapter would exceed max_loras; it keeps its place
+                    policy.pop(now)
+                    skipped.append(req)
+                    lora.stats.skipped += 1
+                    continue
                 need_tok = req.prompt_len + req.num_output
                 n = min(need_tok, budget, threshold)
                 if not cfg.enable_chunked_prefill:
-                    # Without chunking a prompt must fit the budget whole (after its cache hit); vLLM skips
-                    # such a request, we stop at it so that the policy's order is kept.
+                    # Without chunking a prompt must fit the budget whole (after its cache hit); vLLM stops
+                    # admitting at such a request, as we do.
                     hit_est = kv.longest_hit(req.block_hashes, need_tok - 1) * self.bs
-                    if need_tok - hit_est > budget:
+                    if min(need_tok - hit_est, threshold) > budget:
                         break
                     n = need_tok
-                hit = kv.admit(req, n)
+                hit = kv.admit(req, n, cfg.scheduler_reserve_full_isl)
                 if hit is None:
                     blocked_by_kv = True
                     break
@@ -466,16 +544,25 @@ class Engine:
                 req.status = Status.RUNNING
                 self._admit_seq += 1
                 req.admit_seq = self._admit_seq
+                if req.adapter is not None and lora is not None:
+                    lora.on_admit(req.adapter)
                 prefilling.append(req)
-                self._account(b, req, n)
                 sched.append((req, n))
                 budget -= n
+            for req in skipped:
+                policy.requeue(req, now)
         d = len(self.decoding)
         if not sched and not d:
             self._ahead = 0
-            if preempted and len(policy):  # everything preempted itself; retry with the freed blocks
-                return self.start_step(now, max_run)
+            if preempted:
+                # vLLM ends a step that only preempted with nothing scheduled; the next step admits with the
+                # freed blocks. It runs no model: an iteration of zero duration.
+                self._plan = _Plan(now, None, now, [], 1, preempted, 0)
+                return now
             return None
+        b = BatchStats()
+        for req, n in sched:
+            self._account(b, req, n)
         b.decode_tokens = d
         b.kv_tokens = self._dc + d * (self._s + 1)
         if self._needs_classes:
@@ -490,7 +577,7 @@ class Engine:
             max_run > 1
             and not sched
             and not preempted
-            and (not len(policy) or d >= cfg.max_num_seqs or (blocked_by_kv and policy.time_invariant))
+            and (not len(policy) or d >= cfg.max_num_seqs or lora_blocked or (blocked_by_kv and policy.time_invariant))
         ):
             steps = self._run_length(max_run)
         return self._launch(b, now, steps, sched, preempted)
@@ -510,8 +597,23 @@ class Engine:
                 end = float(ends[-1])
         else:
             end = now + self.cost.step_time(b, now)
+            if self.lora is not None:
+                end += self.lora.take_pending()  # adapters loaded for this iteration's admissions
         self._plan = _Plan(now, ends, end, sched, steps, preempted, b.prefill_tokens, affine)
+        if sched and self._wants_prefill:
+            self._plan.prefill_s = self._prefill_part(b, end - now, now)
         return end
+
+    def _prefill_part(self, b: BatchStats, elapsed: float, now: float) -> float:
+        """The prefill part of an iteration that took `elapsed`: minus the decode part as the cost model prices
+        it (the iteration's price less the price of its prefill chunks alone). A stateful cost model (MoE: its
+        expert loads are sampled) prices through its pure dense model `base`, so that pricing draws nothing."""
+        if not b.decode_tokens:
+            return elapsed
+        pricer = getattr(self.cost, "base", self.cost)
+        alone = BatchStats(b.prefill_tokens, b.prefill_pairs, b.prefill_seqs)
+        decode = pricer.step_time(b, now) - pricer.step_time(alone, now)
+        return max(elapsed - decode, 0.0)
 
     def _account(self, b: BatchStats, req: Request, n: int) -> None:
         c = req.num_computed
@@ -639,7 +741,8 @@ class Engine:
         # Prefill chunks.
         if plan.prefill_tokens:
             st.prefill_tokens += plan.prefill_tokens
-            self.policy.on_prefill(plan.prefill_tokens, plan.end - plan.start, now)
+            if self._wants_prefill:
+                self.policy.on_prefill(plan.prefill_tokens, plan.prefill_s, now)
         prefilling = self.prefilling
         done_prefill = False
         for req, n in plan.sched:
@@ -665,13 +768,19 @@ class Engine:
         if done_prefill:
             decoding = self.decoding
             self.prefilling = [r for r in prefilling if r.status == Status.RUNNING and r.rid not in decoding]
+        if len(finished) > 1:
+            # vLLM frees finished requests in the order it scheduled them (running order = admission order);
+            # the free queue's order, hence which cached blocks are evicted first, depends on it.
+            finished.sort(key=lambda r: r.admit_seq)
         for req in finished:
+            if req.adapter is not None and self.lora is not None:
+                self.lora.on_leave(req.adapter)
             if req.kv_hashed is not None:
                 if req.output_hashes and kv.prefix_caching:
                     # vLLM keeps a finished request's full blocks cached, the answer's too: a follow-up
                     # turn that sends prompt + answer hits them.
                     kv.promote(req, req.num_computed, self._hashes_through(req, req.num_computed // self.bs, False))
-                kv.free(req)
+                kv.free(req, req.num_computed)
             req.status = Status.FINISHED
             req.finish = now
             st.finished += 1

@@ -1,4 +1,4 @@
-"""`llmsched serve`: the gateway as a command (the lead mounts `serve_cmd` on the typer app)."""
+"""`llmsched serve`: the gateway as a command (cli.py mounts `serve_cmd` lazily)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from llmsched.aio import run_async, wait_for_stop_signal
 from llmsched.gateway.config import ConfigError, GatewayConfig, build_config, load_config
-from llmsched.gateway.server import Gateway
+from llmsched.gateway.server import Gateway, tune_gc
 
 
 async def start_emulators(n: int, **kw: Any) -> list[tuple[Any, str]]:
@@ -32,6 +32,7 @@ async def run_gateway(cfg: GatewayConfig, host: str, port: int, emulated: int = 
         cfg = cfg.model_copy(update={"backends": [*cfg.backends, *(u.rstrip("/") for _, u in emus)]})
     gw = Gateway(cfg)
     url = await gw.start(host, port)
+    tune_gc()
     typer.echo(f"llmsched gateway on {url} -> {', '.join(cfg.backends) or '(no backends yet)'} "
                f"[request policy {cfg.request_policy.name}, router {cfg.router.name}]")
     try:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llmsched.yamlfile import read_yaml
 
 
 class _Model(BaseModel):
@@ -34,6 +35,11 @@ class Timeouts(_Model):
     total: float = Field(600.0, gt=0, description="whole upstream request, streaming included (s)")
     queue: float = Field(60.0, gt=0, description="longest wait in the admission queue before a 503 (s)")
     scrape: float = Field(1.0, gt=0, description="one /metrics scrape or health probe (s)")
+    client_read: float = Field(
+        30.0, gt=0,
+        description="a client's request (head and body) must arrive within this, and an idle keep-alive "
+                    "connection is closed after it (s): slow clients cannot hold connections open",
+    )
 
 
 class BreakerConfig(_Model):
@@ -71,6 +77,10 @@ class GatewayConfig(_Model):
     block_size: int = Field(16, ge=1, description="KV block size for the router's prefix hashes (vLLM: 16)")
     model_name: str | None = Field(None, description="model id answered by /v1/models when no backend does")
     drain_timeout: float = Field(30.0, ge=0, description="graceful shutdown: wait this long for in-flight")
+    stream_internally: bool = Field(
+        True, description="send non-streamed requests upstream as streams and re-assemble the answer, so the "
+                          "router learns of the first token when it happens (not at completion)",
+    )
     record: RecordConfig | None = Field(None, description="record finished requests (docs/calibration.md)")
 
     @field_validator("backends")
@@ -89,14 +99,7 @@ class ConfigError(ValueError):
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Read a YAML file into a `GatewayConfig`; `overrides` (from CLI flags) win over the file."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(p, ConfigError) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping of options, got {type(raw).__name__}")
     return build_config(raw, overrides, source=str(p))

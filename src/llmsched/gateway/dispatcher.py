@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
+from llmsched.core.snapshots import SnapshotTable
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.gateway.breaker import BreakerState, CircuitBreaker
 from llmsched.gateway.scrape import empty_snapshot
@@ -58,8 +61,12 @@ class Dispatcher:
         self.queue_bound = queue_bound
         self.breaker_factory = breaker_factory
         self.backends: list[Backend] = []
+        # What the router reads: the last scrape of each backend, `healthy` = eligible for this decision. One
+        # row changes per scrape, so the router's work per request does not grow with the backend count.
+        self.table = SnapshotTable()
         self.rejected = 0
         self.retried = 0
+        self._in_flight = 0  # sum of the backends' in_flight, kept as they change (read on every request)
 
     # -- membership -------------------------------------------------------------------------------------
     def add_backend(self, url: str, now: float) -> Backend:
@@ -70,6 +77,7 @@ class Dispatcher:
             return live
         b = Backend(len(self.backends), url, self.breaker_factory(), empty_snapshot(len(self.backends), now))
         self.backends.append(b)
+        self.table.put(b.snapshot)
         self.router.resize(len(self.backends))
         return b
 
@@ -107,11 +115,17 @@ class Dispatcher:
         )
 
     def has_capacity(self, now: float) -> bool:
-        return any(self._eligible(b, now, True) for b in self.backends)
+        for b in self.backends:  # noqa: SIM110 - a loop, not any(genexpr): these run several times a request
+            if self._eligible(b, now, True):
+                return True
+        return False
 
     def any_usable(self, now: float) -> bool:
         """Is there a backend that could ever take this request (ignoring the in-flight cap)?"""
-        return any(not b.removed and not b.draining for b in self.backends)
+        for b in self.backends:  # noqa: SIM110
+            if not b.removed and not b.draining:
+                return True
+        return False
 
     # -- admission --------------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> bool:
@@ -139,7 +153,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return sum(b.in_flight for b in self.backends)
+        return self._in_flight
 
     def dispatch(self, now: float) -> list[tuple[Request, int]]:
         """Pop queued requests while some backend has room; each goes where the router says."""
@@ -162,8 +176,10 @@ class Dispatcher:
         ok = [self._eligible(b, now, cap) and b.index not in exclude for b in self.backends]
         if not any(ok):
             return None
-        snaps = [b.snapshot if b.snapshot.healthy == ok[b.index] else self._flip(b) for b in self.backends]
-        i = self.router.route(req, snaps, now)
+        table = self.table
+        for k in np.flatnonzero(np.fromiter(ok, bool, len(ok)) != table.healthy).tolist():
+            table.set_healthy(k, ok[k])
+        i = self.router.route(req, table, now)
         if not (0 <= i < len(ok)) or not ok[i]:
             # The router fell back to an ineligible instance (its contract allows it when none is healthy
             # by its own lights); overrule it with the least loaded eligible one and count the case.
@@ -172,15 +188,10 @@ class Dispatcher:
         b = self.backends[i]
         b.breaker.acquire(now)
         b.in_flight += 1
+        self._in_flight += 1
         req.instance = i
         self.router.on_dispatch(req, i, now)
         return i
-
-    @staticmethod
-    def _flip(b: Backend) -> InstanceSnapshot:
-        """The snapshot with its `healthy` flag toggled, kept until it toggles again (saves a copy a request)."""
-        b.snapshot = replace(b.snapshot, healthy=not b.snapshot.healthy)
-        return b.snapshot
 
     def retry(self, req: Request, failed: int, tried: frozenset[int], now: float) -> int | None:
         """A new backend for a request that failed on `failed` before its first byte; None: give up."""
@@ -202,7 +213,9 @@ class Dispatcher:
         A client that cancels is neither a success nor a backend fault.
         """
         b = self.backends[i]
-        b.in_flight = max(0, b.in_flight - 1)
+        if b.in_flight > 0:
+            b.in_flight -= 1
+            self._in_flight -= 1
         self.router.on_finish(req, i, now)
         fault = (not ok) if backend_fault is None else backend_fault
         if fault:
@@ -221,11 +234,12 @@ class Dispatcher:
         """A scrape or health probe of backend `i` succeeded (`snap` may be None for a bare /health)."""
         b = self.backends[i]
         if snap is not None:
-            b.snapshot = replace(snap, instance=i)
+            b.snapshot = replace(snap, instance=i, healthy=bool(self.table.healthy[i]))
             b.scraped = True
+            self.table.put(b.snapshot)
         if b.breaker.available(now):
             b.breaker.success(now)
-        self.router.on_snapshots([x.snapshot for x in self.backends], now)
+        self.router.on_snapshots(self.table, now)
 
     def scrape_failed(self, i: int, now: float) -> None:
         b = self.backends[i]

@@ -11,11 +11,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from llmsched.core.tokenizer import DEFAULT_TOKENIZER
 from llmsched.core.types import Request
 from llmsched.gateway.prefix import block_hashes
+
+_decode = msgspec.json.Decoder().decode  # ~3x json.loads on 51 KiB prompts; same objects, stricter (no NaN)
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -44,6 +47,7 @@ class Parsed:
     stream: bool
     max_tokens: int
     user: str | None
+    priority: int = 0  # vLLM's extra field: lower is served first (read by priority-aware admission queues)
 
 
 def _text_of_content(content: Any, where: str) -> str:
@@ -76,7 +80,7 @@ def _int_field(body: dict[str, Any], name: str, lo: int) -> int | None:
 def parse_body(raw: bytes, endpoint: str) -> Parsed:
     """Parse and check a request body for `endpoint`; raises `BadRequest` with the offending field."""
     try:
-        body = json.loads(raw)
+        body = _decode(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -95,6 +99,9 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise BadRequest("'user' must be a string", "user")
+    priority = body.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise BadRequest("'priority' must be an integer (lower is served first)", "priority")
     n = _int_field(body, "n", 1)
     if n is not None and n > 128:
         raise BadRequest("'n' must be <= 128", "n")
@@ -129,7 +136,7 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
         else:
             raise BadRequest("'prompt' must be a string, a list of strings, a list of token ids or a list of such "
                              "lists", "prompt")
-    return Parsed(body, text, stream, max_tokens, user)
+    return Parsed(body, text, stream, max_tokens, user, priority or 0)
 
 
 def token_ids(text: str) -> np.ndarray:
@@ -145,14 +152,24 @@ def token_ids(text: str) -> np.ndarray:
     return np.frombuffer(data, dtype="<u4")
 
 
-def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session: str | None) -> Request:
-    ids = token_ids(parsed.text)
-    hashes = block_hashes(ids, block_size)
+def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session: str | None,
+                  hash_blocks: bool = True) -> Request:
+    """The policies' view of a request. Block hashes only when `hash_blocks` (a prefix-aware router): the
+    prompt length alone is cheap (the stand-in tokenizer's 4 UTF-8 bytes a token)."""
+    if hash_blocks:
+        ids = token_ids(parsed.text)
+        n = len(ids)
+        hashes = block_hashes(ids, block_size)
+    else:
+        text = parsed.text
+        n = -(-(len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))) // 4)
+        hashes = ()
     return Request(
         rid=rid,
         arrival=now,
-        prompt_len=max(1, len(ids)),
+        prompt_len=max(1, n),
         output_len=parsed.max_tokens,
         block_hashes=hashes or None,
         session=session or parsed.user,
+        priority=parsed.priority,
     )

@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import secrets
 import threading
 from base64 import b64encode
@@ -28,7 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -36,9 +35,19 @@ from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
 
+
+class Finished(Protocol):
+    """What the recorder reads of a finished request's outcome (the gateway's `server.Outcome`)."""
+
+    status: int
+    backend: int
+    ttft: float | None
+    e2e: float | None
+    tokens: int | None
+
+
 FORMAT_VERSION = 1
 HASH_SCHEME = "mix64-salted-v1"
-_USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
 def salt_hashes(hashes: np.ndarray | tuple[int, ...] | None, k0: int, k1: int) -> np.ndarray:
@@ -52,21 +61,6 @@ def salt_hashes(hashes: np.ndarray | tuple[int, ...] | None, k0: int, k1: int) -
         x = (x + np.uint64(k1)) * np.uint64(0x9E3779B97F4A7C15)
         x = x ^ (x >> np.uint64(29))
     return x
-
-
-def stream_output_tokens(first: bytes, last: bytes, events: int, chat: bool) -> int:
-    """Output tokens of a streamed answer: the usage chunk's count when the stream carries one (clients that
-    set `stream_options.include_usage`), else the SSE events less [DONE] and a chat stream's role event."""
-    m = _USAGE.search(last)
-    if m is not None:
-        return int(m.group(1))
-    return max(0, events - 1 - (1 if chat and b'"role"' in first else 0))
-
-
-def body_output_tokens(body: bytes) -> int:
-    """`usage.completion_tokens` of a whole (non-streamed) answer; -1 when it has none."""
-    m = _USAGE.search(body, max(0, len(body) - 2048))
-    return int(m.group(1)) if m is not None else -1
 
 
 class Recorder:
@@ -110,13 +104,18 @@ class Recorder:
         self._thread.start()
 
     # -- data path -------------------------------------------------------------------------------------
-    def record(self, req: Request, status: int, stream: bool, cls: str | None, priority: Any) -> None:
-        """Queue one finished request; never blocks (a full buffer drops and counts the record)."""
+    def record(self, req: Request, out: Finished, cls: str | None, priority: Any) -> None:
+        """Queue one finished request; never blocks (a full buffer drops and counts the record).
+
+        `out` is the gateway's outcome of it (`server.Outcome`): status, backend index, TTFT and E2E in seconds
+        from arrival (None: not seen), generated tokens as the data path counted them (None: unknown)."""
         if len(self._q) >= self.capacity:
             self.dropped += 1
             return
-        self._q.append((req.arrival, req.prompt_len, req.num_output, req.output_len, req.block_hashes, req.session, cls,
-                        priority, req.instance, req.first_token if stream else -1.0, req.finish, status))
+        ttft, e2e, tokens = out.ttft, out.e2e, out.tokens
+        self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len,
+                        req.block_hashes, req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
+                        -1.0 if e2e is None else e2e, out.status))
 
     # -- writer ----------------------------------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
@@ -150,18 +149,18 @@ class Recorder:
         fmt = ('{"arrival":%.6f,"prompt_tokens":%d,"output_tokens":%s,"max_tokens":%d,"block_hashes":"%s",'
                '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d}')
         for r, h in zip(rows, hs, strict=True):
-            arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, first, finish, status = r
+            arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status = r
             end = off + 8 * len(h)
             blocks = b64encode(raw[off:end]).decode("ascii")
             off = end
-            ok = status == 200 and finish >= 0
+            ok = status == 200 and e2e >= 0
             sess = ('"' + hashlib.blake2b(session.encode(), key=key, digest_size=8).hexdigest() + '"'
                     if session else "null")
             out.append(fmt % (
                 arrival - t0, prompt, n_out if ok and n_out >= 0 else "null", max_tokens, blocks, sess,
                 "null" if cls is None else json.dumps(cls), prio if type(prio) is int else 0, backend,
-                "%.6f" % (first - arrival) if ok and first >= 0 else "null",
-                "%.6f" % (finish - arrival) if ok else "null", status))
+                f"{ttft:.6f}" if ok and ttft >= 0 else "null",
+                f"{e2e:.6f}" if ok else "null", status))
         return out
 
     def _drain(self) -> None:

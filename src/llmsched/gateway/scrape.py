@@ -1,14 +1,18 @@
 """vLLM's Prometheus text -> `InstanceSnapshot`: what the router knows of a backend between scrapes.
 
-Pure functions, so the mapping is tested on fixed texts. Counters and gauges are summed over label sets
-(one engine may export one series per model or per engine core). Missing series read as 0: SGLang and older
-vLLM versions export fewer of them, and the router's own in-flight accounting fills the gap.
+Pure functions, so the mapping is tested on fixed texts. A data-parallel vLLM exports one series per engine
+(label `engine`): request counts, prefix counters and `num_gpu_blocks` add up over label sets, while the KV
+usage ratio is the mean weighted by each engine's blocks (used blocks / all blocks of the backend: vLLM's own
+DP balancer spreads requests over its engines, so the backend's headroom is the pooled one; a sum would read two
+half-full engines as saturated). Missing series read as 0: SGLang and older vLLM versions export fewer of them,
+and the router's own in-flight accounting fills the gap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,21 +32,64 @@ class MetricsParseError(ValueError):
     pass
 
 
+# One sample line of the text format: name, optional {labels}, value, optional timestamp.
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+Sample = tuple[str, dict[str, str], float]
+
+
+def _wanted_samples(text: str) -> list[Sample]:
+    """The few sample lines a router needs, read directly: vLLM's page has ~150 lines (histograms) and
+    prometheus_client's full parser took ~2.4 ms for it, per backend and scrape. A malformed wanted line
+    raises ValueError."""
+    out: list[Sample] = []
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        m = _SAMPLE.fullmatch(line)
+        if m is None:
+            raise ValueError(f"malformed sample line {line[:80]!r}")
+        name = m.group(1)
+        if name in _WANTED or name == CACHE_CONFIG:
+            labels = dict(_LABEL.findall(m.group(2) or ""))
+            out.append((name, labels, float(m.group(3))))
+    return out
+
+
+def _all_samples(text: str) -> list[Sample]:
+    return [(s.name, s.labels, float(s.value)) for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
 def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """Sum of each wanted series over its label sets; `num_gpu_blocks` from cache_config_info if present."""
-    out: dict[str, float] = {}
+    """Each wanted series combined over its label sets (see the module doc); `num_gpu_blocks` from
+    cache_config_info if present. A page without any wanted series (SGLang, garbage) goes through the full
+    Prometheus parser, so that a page it cannot read raises `MetricsParseError`."""
     try:
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name in _WANTED:
-                    v = float(s.value)
-                    if math.isfinite(v):  # NaN/Inf are valid Prometheus text, but no count or ratio
-                        out[s.name] = out.get(s.name, 0.0) + v
-                elif s.name == CACHE_CONFIG and "num_gpu_blocks" in s.labels:
-                    with contextlib.suppress(ValueError):
-                        out["num_gpu_blocks"] = float(s.labels["num_gpu_blocks"])
+        samples = _wanted_samples(text) or _all_samples(text)
     except ValueError as e:
         raise MetricsParseError(f"unparseable Prometheus text: {e}") from None
+    out: dict[str, float] = {}
+    kv: dict[str, list[tuple[str, float]]] = {}  # KV-usage name -> (engine label, value) per series
+    blocks: dict[str, float] = {}  # engine label -> num_gpu_blocks
+    for name, labels, v in samples:
+        if name in _WANTED:
+            if not math.isfinite(v):  # NaN/Inf are valid Prometheus text, but no count or ratio
+                continue
+            if name in KV_USAGE:
+                kv.setdefault(name, []).append((labels.get("engine", ""), v))
+            else:
+                out[name] = out.get(name, 0.0) + v
+        elif name == CACHE_CONFIG and "num_gpu_blocks" in labels:
+            with contextlib.suppress(ValueError):
+                blocks[labels.get("engine", "")] = float(labels["num_gpu_blocks"])
+    if blocks:
+        out["num_gpu_blocks"] = sum(blocks.values())
+    for name, series in kv.items():
+        weights = [blocks.get(engine, 0.0) for engine, _ in series]
+        if all(w > 0 for w in weights):
+            out[name] = sum(w * v for w, (_, v) in zip(weights, series, strict=True)) / sum(weights)
+        else:  # block counts unknown per engine: engines of one backend are alike, so the plain mean
+            out[name] = sum(v for _, v in series) / len(series)
     return out
 
 
@@ -57,7 +104,7 @@ def snapshot_from_metrics(values: dict[str, float], instance: int, now: float) -
         kv_usage=min(max(kv, 0.0), 1.0),
         num_free_blocks=int(round(total * (1.0 - kv))),
         num_total_blocks=total,
-        pending_prefill_tokens=0,  # not exported by vLLM; the router's in-flight accounting estimates it
+        pending_prefill_tokens=None,  # not exported by vLLM: the router keeps its own outstanding-prefill account
         prefix_queries=int(values.get(PREFIX_QUERIES, 0)),
         prefix_hits=int(values.get(PREFIX_HITS, 0)),
         healthy=True,
@@ -66,4 +113,4 @@ def snapshot_from_metrics(values: dict[str, float], instance: int, now: float) -
 
 def empty_snapshot(instance: int, now: float, healthy: bool = True) -> InstanceSnapshot:
     """Before the first scrape: an idle instance (the router's own counts still apply)."""
-    return InstanceSnapshot(instance, now, 0, 0, 0.0, 0, 0, 0, healthy=healthy)
+    return InstanceSnapshot(instance, now, 0, 0, 0.0, 0, 0, None, healthy=healthy)

@@ -1,52 +1,299 @@
-"""The asyncio shell of the gateway: aiohttp server in front, aiohttp client behind.
+"""The asyncio shell of the gateway: a lean HTTP/1.1 data path (`gateway.http1`: asyncio protocols with httptools'
+parser, keep-alive pools per backend) in front and behind; aiohttp only for scrapes, health probes and /v1/models.
 
-It moves bytes and reports events to the sans-I/O `Dispatcher`, which makes every decision. Why aiohttp for
-both sides: one mature stack with a C HTTP parser, keep-alive connection pooling, streaming in both directions
-and handler cancellation on client disconnect; measured against uvicorn+starlette+httpx in
-benchmarks/bench_gateway.py (see docs/gateway.md for the figures).
+It moves bytes and reports events to the sans-I/O `Dispatcher`, which makes every decision. Why not aiohttp on
+the data path any more: measured in benchmarks/bench_gateway.py, see docs/gateway.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
+import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+import msgspec
 
 from llmsched.core.types import Request
 from llmsched.gateway.breaker import CircuitBreaker
 from llmsched.gateway.config import GatewayConfig
 from llmsched.gateway.dispatcher import Dispatcher
+from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnection, Upstream, UpstreamError
 from llmsched.gateway.metrics import GatewayMetrics
-from llmsched.gateway.openai_req import CHAT, COMPLETIONS, BadRequest, build_request, error_body, parse_body
-from llmsched.gateway.record import Recorder, body_output_tokens, stream_output_tokens
+from llmsched.gateway.openai_req import (
+    CHAT,
+    COMPLETIONS,
+    BadRequest,
+    Parsed,
+    build_request,
+    error_body,
+    parse_body,
+)
+from llmsched.gateway.record import Recorder
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.request import REQUEST_POLICIES
 
 log = logging.getLogger("llmsched.gateway")
 
-_JSON = "application/json"
-_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
-
-
-def _err(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-         headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=error_body(message, kind, param, status), content_type=_JSON,
-                        headers=headers)
-
-
+_JSON = b"application/json"
 _NO_BACKEND = -1  # a queued request's future gets this when no backend is left to serve it
+# Body fields whose answer a re-assembled stream cannot reproduce: such non-streamed requests go upstream as is.
+_NO_INTERNAL_STREAM = ("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
+                       "prompt_logprobs", "use_beam_search")
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_NOT_TOKENS = (b'"text":""', b'"text": ""', b'"content":""', b'"content": ""', b'"choices":[]', b'"choices": []',
+               b"data: [DONE]")
+
+
+def tune_gc() -> None:
+    """For a long-running gateway process: move everything allocated at start-up (modules, policies, numpy) out
+    of the cyclic collector's reach and collect the young generation less often. Each request allocates a
+    few dozen short-lived objects; with the defaults, collections took ~13% of the CPU of a proxied request."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 class _UpstreamFailure(Exception):
     """The backend failed before the client got a byte: the request may go elsewhere."""
+
+
+class Outcome:
+    """What is known of one request when it completes (the gateway's single completion point, `_complete`)."""
+
+    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded")
+
+    def __init__(self, endpoint: str, arrival: float) -> None:
+        self.endpoint = endpoint
+        self.arrival = arrival
+        self.stream = False
+        self.status = 500
+        self.backend = -1  # index of the backend that answered (the last one tried), -1 if none
+        self.ttft: float | None = None  # arrival to the first token (s)
+        self.e2e: float | None = None  # arrival to the last byte (s)
+        self.tokens: int | None = None  # generated tokens (usage, else content events)
+        self.tpot: float | None = None
+        # Only while `serve --record` is on: (the request, its class header, its priority field) for the recorder.
+        self.recorded: tuple[Request, str | None, Any] | None = None
+
+
+_WHOLE, _WAIT_FIRST, _STREAM, _COLLECT = range(4)
+
+
+class _Attempt:
+    """One upstream exchange, driven by the upstream protocol's callbacks: the handler awaits only its end.
+
+    At the headers it picks a mode: a whole answer (error statuses, non-SSE bodies) is buffered; a stream waits
+    for its first chunk, the first token (vLLM sends its headers before the prefill), which reports it to the
+    router at once; then chunks are either written straight to the client (no task switch per chunk; the
+    upstream is paused while the client is slow) or, for a non-streamed request sent as a stream, collected
+    for re-assembly. Tokens are counted on the way: `usage.completion_tokens` when the stream carries usage,
+    else the events that carry text (role-only, finish-only and usage-only events and [DONE] are not tokens).
+    """
+
+    __slots__ = ("gw", "conn", "req", "i", "out", "up", "ex", "internal", "mode", "fb_timer", "events",
+                 "usage_tokens", "t_first", "t_last", "tail", "sent")
+
+    def __init__(self, gw: Gateway, conn: ServerConnection, req: Request, i: int, out: Outcome, up: Upstream,
+                 internal: bool) -> None:
+        self.gw = gw
+        self.conn = conn
+        self.req = req
+        self.i = i
+        self.out = out
+        self.up = up
+        self.ex: Any = None
+        self.internal = internal
+        self.mode = _WHOLE
+        self.fb_timer: asyncio.TimerHandle | None = None
+        self.events = 0
+        self.usage_tokens = -1
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.tail = b""
+        self.sent = False  # bytes of the answer reached the client: no retry possible
+
+    # -- callbacks from the upstream protocol ------------------------------------------------------------
+    def on_head(self, ex: Any) -> None:
+        if ex.status == 200 and ex.ctype.startswith("text/event-stream"):
+            self.mode = _WAIT_FIRST
+            ex.on_body = self._first
+        elif self.fb_timer is not None:
+            self.fb_timer.cancel()
+
+    def _first(self, data: bytes) -> None:
+        if self.fb_timer is not None:
+            self.fb_timer.cancel()
+        gw = self.gw
+        self.t_first = now = gw.now()
+        gw.dispatcher.first_token(self.req, self.i, now)
+        self.out.ttft = now - self.req.arrival
+        ex = self.ex
+        if self.internal:
+            self.mode = _COLLECT
+            ex.parts.append(data)
+            ex.on_body = ex.parts.append
+            return
+        self.mode = _STREAM
+        self.sent = True
+        self.conn.start_chunked(200, ex.ctype.encode("latin-1"))
+        ex.on_body = self._forward
+        self.conn.on_writable = self._writable
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.closed:
+            self.up.abort()
+            return
+        n = data.count(b"data: ")
+        if n:
+            for pat in _NOT_TOKENS:
+                n -= data.count(pat)
+            self.events += n
+            if b'"usage"' in data:
+                m = _COMPLETION_TOKENS.findall(data)
+                if m:
+                    self.usage_tokens = int(m[-1])
+            self.t_last = self.gw.now()
+        self.tail = data[-2:]
+        conn.write_chunk(data)
+        if not conn.writable:
+            self.up.pause()
+
+    def _writable(self) -> None:
+        if self.conn.closed:
+            self.up.abort()
+        else:
+            self.up.resume()
+
+    # -- the handler's side, once the exchange ended ----------------------------------------------------
+    def finish(self, endpoint: str) -> tuple[int, bool]:
+        """The exchange completed: answer the client. Raises `_UpstreamFailure` when it may be retried."""
+        ex, out, conn = self.ex, self.out, self.conn
+        gw = self.gw
+        if self.mode == _WHOLE:
+            if ex.status >= 500:
+                raise _UpstreamFailure(f"HTTP {ex.status} {ex.body()[:300].decode(errors='replace')}")
+            now = gw.now()
+            gw.dispatcher.first_token(self.req, self.i, now)  # a whole answer: its first token came with it
+            out.e2e = now - self.req.arrival
+            body = ex.body()
+            if ex.status < 400:  # usage sits at the end of an OpenAI answer: read only its tail
+                m = _COMPLETION_TOKENS.findall(body, max(0, len(body) - 2048))
+                if m:
+                    out.tokens = int(m[-1])
+            conn.respond(ex.status, body, ex.ctype.encode("latin-1"))
+            return ex.status, False
+        if self.mode == _WAIT_FIRST:
+            raise _UpstreamFailure("stream ended before its first chunk")
+        if self.mode == _COLLECT:
+            try:
+                status, body, out.tokens = assemble(ex.body(), endpoint == CHAT)
+            except (ValueError, TypeError, AttributeError) as e:
+                raise _UpstreamFailure(f"unreadable stream: {e}") from None
+            out.e2e = gw.now() - self.req.arrival
+            conn.respond(status, body, _JSON)
+            return status, status >= 500
+        if conn.closed:
+            raise asyncio.CancelledError
+        conn.end_chunked()
+        out.e2e = gw.now() - self.req.arrival
+        out.tokens = n = self.usage_tokens if self.usage_tokens >= 0 else self.events
+        if n > 1:
+            out.tpot = (self.t_last - self.t_first) / (n - 1)
+        return 200, False
+
+    def failed(self, e: Exception) -> tuple[int, bool]:
+        """The exchange broke. Before the client got a byte: `_UpstreamFailure` (retry elsewhere)."""
+        if not self.sent:
+            where = {_WHOLE: "", _WAIT_FIRST: " before the first chunk", _COLLECT: " after the first chunk"}
+            raise _UpstreamFailure(f"{e}{where.get(self.mode, '')}")
+        conn = self.conn
+        if conn.closed:
+            raise asyncio.CancelledError
+        # Bytes already reached the client: no retry; end the stream with an explicit error event,
+        # after closing any event the upstream left half-sent (SSE events end with a blank line).
+        msg = error_body(f"upstream stream broke: {e}", "upstream_error", None, 502)
+        conn.write_chunk((b"" if self.tail == b"\n\n" else b"\n\n") + b"data: " + msg + b"\n\ndata: [DONE]\n\n")
+        conn.end_chunked()
+        self.out.e2e = self.gw.now() - self.req.arrival
+        return 502, True
+
+
+_STREAM_KEYS = b',"stream":true,"stream_options":{"include_usage":true}}'
+
+
+def _as_stream(raw: bytes) -> tuple[bytes | memoryview, ...]:
+    """The body with `stream: true` and usage asked for, appended so they win over the client's own keys; as
+    pieces for one `writelines` (the body is not copied)."""
+    end = len(raw.rstrip())  # a JSON object (parse_body checked): its last non-blank byte is the closing brace
+    return memoryview(raw)[:end - 1], _STREAM_KEYS
+
+
+def assemble(data: bytes, chat: bool) -> tuple[int, bytes, int | None]:
+    """A non-streamed answer (status, JSON, completion tokens) from the SSE events of the same request."""
+    choices: dict[int, dict[str, Any]] = {}
+    meta: dict[str, Any] | None = None
+    usage = None
+    for ev in data.split(b"\n\n"):
+        ev = ev.strip()
+        if not ev.startswith(b"data:"):
+            continue
+        payload = ev[5:].strip()
+        if payload == b"[DONE]":
+            break
+        obj = _decode(payload)
+        if "error" in obj:
+            err = obj["error"]
+            code = err.get("code") if isinstance(err, dict) else None
+            return (code if isinstance(code, int) and 400 <= code < 600 else 502), _encode(obj), None
+        meta = meta or obj
+        if obj.get("usage"):
+            usage = obj["usage"]
+        for c in obj.get("choices") or ():
+            acc = choices.setdefault(c.get("index", 0), {"text": [], "reasoning": [], "finish_reason": None,
+                                                         "stop_reason": None})
+            part = c.get("delta") or {} if chat else c
+            if part.get("content" if chat else "text"):
+                acc["text"].append(part["content" if chat else "text"])
+            if chat and part.get("reasoning_content"):
+                acc["reasoning"].append(part["reasoning_content"])
+            for k in ("finish_reason", "stop_reason"):
+                if c.get(k) is not None:
+                    acc[k] = c[k]
+    if meta is None:
+        raise ValueError("stream without a completion chunk")
+    out_choices = []
+    for k in sorted(choices):
+        acc = choices[k]
+        text = "".join(acc["text"])
+        if chat:
+            msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if acc["reasoning"]:
+                msg["reasoning_content"] = "".join(acc["reasoning"])
+            ch: dict[str, Any] = {"index": k, "message": msg, "logprobs": None}
+        else:
+            ch = {"index": k, "text": text, "logprobs": None}
+        ch["finish_reason"] = acc["finish_reason"]
+        ch["stop_reason"] = acc["stop_reason"]
+        out_choices.append(ch)
+    body = {"id": meta.get("id"), "object": "chat.completion" if chat else "text_completion",
+            "created": meta.get("created"), "model": meta.get("model"), "choices": out_choices}
+    if usage is not None:
+        body["usage"] = usage
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return 200, _encode(body), tokens
 
 
 class Gateway:
@@ -66,18 +313,28 @@ class Gateway:
         self._rid = itertools.count()
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
+        self._session_header = cfg.session_header.lower()
+        # Only prefix-aware routers read the prompt's block hashes, and the recorder (salted, for replay).
+        self._hash_blocks = bool(getattr(router, "uses_index", False)) or cfg.record is not None
+        self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
-        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[int, Pool] = {}
         self._probe: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._http = HttpServer(self._handle, cfg.max_request_bytes, cfg.timeouts.client_read, self._error_body,
+                                self._too_large, self._log_exception)
         self._scraper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget scrapes, kept alive until done
         self._idle = asyncio.Event()
-        # No per-read limit: vLLM answers a non-streamed request only when generation ends, and a stream may
-        # pause between tokens. `first_byte` bounds the wait for a stream's first chunk (see `_attempt`).
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeouts.total, sock_connect=cfg.timeouts.connect)
         self._scrape_timeout = aiohttp.ClientTimeout(total=cfg.timeouts.scrape)
-        self.app = self._make_app()
+        self._counters: dict[tuple[str, int], Any] = {}  # labelled children, looked up once
+        self._hists: dict[str, tuple[Any, Any, Any]] = {}
+        self._routes: dict[str, dict[str, Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]]] = {
+            "/v1/models": {"GET": self._models},
+            "/health": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
+            "/admin/backends": {"GET": self._admin_list, "POST": self._admin_add, "DELETE": self._admin_remove},
+            "/admin/backends/drain": {"POST": self._admin_drain},
+        }
         self.url = ""
         self.recorder: Recorder | None = None
         if cfg.record is not None:
@@ -85,43 +342,18 @@ class Gateway:
             self.recorder = Recorder(r.path, cfg.block_size, r.class_header, r.max_bytes, r.buffer,
                                      time_scale=r.time_scale, backends=list(cfg.backends), t0=self.now())
             self.metrics.registry.register(self.recorder.collector())
+        self._class_header = cfg.record.class_header.lower() if cfg.record is not None else ""  # headers: lower case
 
     def now(self) -> float:
         return time.monotonic() - self._t0
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_request_bytes, middlewares=[self._guard])
-        app.router.add_post(COMPLETIONS, self._completions)
-        app.router.add_post(CHAT, self._chat)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/admin/backends", self._admin_list)
-        app.router.add_post("/admin/backends", self._admin_add)
-        app.router.add_post("/admin/backends/drain", self._admin_drain)
-        app.router.add_delete("/admin/backends", self._admin_remove)
-        return app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        # Keep-alive pool sized to the in-flight caps: one connection per concurrent upstream request.
-        # A few more than the cap: retries may go past it.
-        conn = aiohttp.TCPConnector(limit=0, limit_per_host=self.cfg.max_in_flight_per_backend + 4,
-                                    ttl_dns_cache=300, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent",))
-        # Scrapes, health probes and /v1/models get their own small pool: behind a backend's full pool of
-        # long streams they would time out and open the breaker of a backend that is only busy.
+    async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> str:
+        # Scrapes, health probes and /v1/models use their own small pool: behind a backend's connections full
+        # of long streams they would time out and open the breaker of a backend that is only busy.
         self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),
                                             timeout=self._scrape_timeout, skip_auto_headers=("User-Agent",))
-        # handler_cancellation: a client that disconnects cancels its handler, hence its upstream request.
-        # A short shutdown_timeout: `stop` drains on its own first; what is left then is abandoned.
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        h, p = sock.getsockname()[:2]
+        h, p = await self._http.start(host, port, reuse_port)
         self.url = f"http://{h}:{p}"
         self._scraper = asyncio.create_task(self._scrape_loop())
         return self.url
@@ -139,278 +371,287 @@ class Gateway:
             self._scraper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scraper
-        if self._runner:
-            await self._runner.cleanup()
-        if self._session:
-            await self._session.close()
+        await self._http.close()
+        await asyncio.sleep(0)  # let cancelled handlers run their clean-up
+        for pool in self._pools.values():
+            pool.close()
         if self._probe:
             await self._probe.close()
         if self.recorder is not None:
             self.recorder.close()
 
-    # -- middleware: auth, size limit, no bare 500s -----------------------------------------------------
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        path = request.path
-        if path.startswith("/admin"):
-            if self._admin_keys and request.headers.get("Authorization") not in self._admin_keys:
-                return _err(401, "missing or invalid admin API key", "authentication_error")
-        elif path.startswith("/v1/") and self._keys and request.headers.get("Authorization") not in self._keys:
-            return _err(401, "missing or invalid API key (expected 'Authorization: Bearer <key>')",
-                        "authentication_error")
+    # -- front door: routing of paths, auth, errors ------------------------------------------------------
+    def _error_body(self, status: int, message: str) -> bytes:
+        kind = "invalid_request_error" if status < 500 else "internal_error"
+        return error_body(message, kind, None, status)
+
+    def _log_exception(self, r: HttpRequest) -> None:
+        log.exception("unhandled error on %s %s", r.method, r.path)
+
+    def _too_large(self, conn: ServerConnection, r: HttpRequest) -> None:
+        msg = f"request body larger than {self.cfg.max_request_bytes} bytes"
+        conn.respond(413, error_body(msg, "invalid_request_error", None, 413), close=True)
+        if r.path in (COMPLETIONS, CHAT):
+            self._count(r.path, 413)
+
+    def _count(self, endpoint: str, status: int) -> None:
+        c = self._counters.get((endpoint, status))
+        if c is None:
+            c = self._counters[(endpoint, status)] = self.metrics.requests.labels(endpoint, str(status))
+        c.inc()
+
+    @staticmethod
+    def _err(conn: ServerConnection, status: int, message: str, kind: str = "invalid_request_error",
+             param: str | None = None, headers: dict[str, str] | None = None) -> int:
+        conn.respond(status, error_body(message, kind, param, status), headers=headers)
+        return status
+
+    async def _handle(self, conn: ServerConnection, r: HttpRequest) -> None:
+        path = r.path
+        if path in (COMPLETIONS, CHAT):
+            if r.method != "POST":
+                self._err(conn, 405, f"method {r.method} not allowed on {path} (use POST)")
+            elif self._keys and r.headers.get("authorization") not in self._keys:
+                self._err(conn, 401, "missing or invalid API key (expected 'Authorization: Bearer <key>')",
+                          "authentication_error")
+            else:
+                await self._proxy(conn, r, path)
+            return
+        methods = self._routes.get(path.rstrip("/") or "/")
+        if methods is None:
+            self._err(conn, 404, f"no endpoint {path}", "not_found_error")
+            return
+        handler = methods.get(r.method)
+        if handler is None:
+            self._err(conn, 405, f"method {r.method} not allowed on {path} (allowed: {', '.join(methods)})")
+            return
+        if path.startswith("/admin") and self._admin_keys and r.headers.get("authorization") not in self._admin_keys:
+            self._err(conn, 401, "missing or invalid admin API key", "authentication_error")
+            return
         try:
-            return await handler(request)
+            status, body, ctype = await handler(r)
         except BadRequest as e:
-            return _err(e.status, e.message, param=e.param)
-        except web.HTTPRequestEntityTooLarge:
-            return _err(413, f"request body larger than {self.cfg.max_request_bytes} bytes")
-        except web.HTTPException as e:
-            if e.status >= 400:
-                return _err(e.status, e.reason)
-            raise
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
+            self._err(conn, e.status, e.message, param=e.param)
+            return
         except Exception:  # a bug must still answer in OpenAI's format, and be logged
             log.exception("unhandled error on %s", path)
-            return _err(500, "internal gateway error", "internal_error")
+            self._err(conn, 500, "internal gateway error", "internal_error")
+            return
+        conn.respond(status, body, ctype)
 
-    # -- OpenAI endpoints -------------------------------------------------------------------------------
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._proxy(request, COMPLETIONS)
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._proxy(request, CHAT)
-
+    # -- the data path ----------------------------------------------------------------------------------
     def _pump(self) -> None:
         d = self.dispatcher
-        if d.queued and not d.any_usable(self.now()):
-            for req in d.take_all(self.now()):  # every backend drained or removed: fail fast, don't wait
+        now = self.now()
+        if d.queued and not d.any_usable(now):
+            for req in d.take_all(now):  # every backend drained or removed: fail fast, don't wait
                 fut = req.shell_data
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     fut.set_result(_NO_BACKEND)
-        for req, i in self.dispatcher.dispatch(self.now()):
+        for req, i in d.dispatch(now):
             fut = req.shell_data
             if isinstance(fut, asyncio.Future) and not fut.done():
                 fut.set_result(i)
             else:  # its client left between dispatch and now: give the slot back
-                self.dispatcher.finish(req, i, self.now(), ok=False, backend_fault=False)
-        if not self.dispatcher.queued and not self.dispatcher.in_flight:
+                d.finish(req, i, self.now(), ok=False, backend_fault=False)
+        if not d.queued and not d.in_flight:
             self._idle.set()
 
-    async def _proxy(self, request: web.Request, endpoint: str) -> web.StreamResponse:
-        t_arr = self.now()
-        status = 500
-        req: Request | None = None
-        parsed = None
+    async def _proxy(self, conn: ServerConnection, r: HttpRequest, endpoint: str) -> None:
+        out = Outcome(endpoint, self.now())
         try:
-            if self.closing:
-                status = 503
-                return _err(503, "gateway is shutting down", "service_unavailable")
-            if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
-                status = 413
-                return _err(413, f"request body larger than {self.cfg.max_request_bytes} bytes")
+            out.status = await self._admit_and_forward(conn, r, endpoint, out)
+        except asyncio.CancelledError:
+            out.status = 499  # nginx's "client closed request"
+            raise
+        finally:
+            self._complete(out)
+
+    def _complete(self, out: Outcome) -> None:
+        """The one place where a request's outcome is final: backend, TTFT, E2E, tokens, status."""
+        self._count(out.endpoint, out.status)
+        ttft, e2e, tpot = self._histograms(out.endpoint)
+        if out.ttft is not None and out.stream:  # the histogram is the client-visible TTFT: streams only
+            ttft.observe(out.ttft)
+        if out.e2e is not None:
+            e2e.observe(out.e2e)
+        if out.tpot is not None:
+            tpot.observe(out.tpot)
+        if out.recorded is not None:
+            req, cls, priority = out.recorded
+            self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
+
+    def _histograms(self, endpoint: str) -> tuple[Any, Any, Any]:
+        h = self._hists.get(endpoint)
+        if h is None:
+            m = self.metrics
+            h = self._hists[endpoint] = (m.ttft.labels(endpoint), m.e2e.labels(endpoint), m.tpot.labels(endpoint))
+        return h
+
+    async def _admit_and_forward(self, conn: ServerConnection, r: HttpRequest, endpoint: str, out: Outcome) -> int:
+        if self.closing:
+            return self._err(conn, 503, "gateway is shutting down", "service_unavailable")
+        try:
+            parsed = parse_body(r.body, endpoint)
+        except BadRequest as e:
+            return self._err(conn, e.status, e.message, param=e.param)
+        out.stream = parsed.stream
+        d = self.dispatcher
+        t_arr = out.arrival
+        if not d.any_usable(t_arr):
+            return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
+        req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
+                            self._hash_blocks)
+        if self.recorder is not None:
+            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        req.shell_data = fut
+        if not d.submit(req, t_arr):
+            return self._err(conn, 429, "gateway queue is full; retry later", "rate_limit_exceeded",
+                             headers=self._retry_after)
+        self._pump()
+        if fut.done():
+            i = fut.result()
+        else:
             try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked upload): found while reading
-                status = 413
-                return _err(413, f"request body larger than {self.cfg.max_request_bytes} bytes")
-            try:
-                parsed = parse_body(raw, endpoint)
-            except BadRequest as e:
-                status = e.status
-                return _err(e.status, e.message, param=e.param)
-            d = self.dispatcher
-            if not d.any_usable(t_arr):
-                status = 503
-                return _err(503, "no backend configured or all are draining", "service_unavailable")
-            session = request.headers.get(self.cfg.session_header)
-            req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, session)
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            req.shell_data = fut
-            if not d.submit(req, t_arr):
-                status = 429
-                return _err(429, "gateway queue is full; retry later", "rate_limit_exceeded",
-                            headers={"Retry-After": str(self.cfg.retry_after)})
-            self._pump()
-            try:
-                i = fut.result() if fut.done() else await asyncio.wait_for(fut, self.cfg.timeouts.queue)
-                if i == _NO_BACKEND:
-                    status = 503
-                    return _err(503, "every backend was drained or removed while the request was queued",
-                                "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after)})
+                i = await asyncio.wait_for(fut, self.cfg.timeouts.queue)
             except TimeoutError:
-                d.cancel(req)
-                status = 503
-                return _err(503, f"no backend could take the request within {self.cfg.timeouts.queue} s",
-                            "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after)})
+                if d.cancel(req) or not fut.done() or fut.cancelled():
+                    return self._err(conn, 503, f"no backend could take the request within {self.cfg.timeouts.queue} s",
+                                     "service_unavailable", headers=self._retry_after)
+                # The race of Python >= 3.12's wait_for: the timeout fired after the request was dispatched
+                # (it holds a slot and the router's counts): serve it, as it was in time.
+                i = fut.result()
             except asyncio.CancelledError:
-                if not d.cancel(req) and fut.done() and not fut.cancelled():
+                if not d.cancel(req) and fut.done() and not fut.cancelled() and fut.result() != _NO_BACKEND:
                     d.finish(req, fut.result(), self.now(), ok=False, backend_fault=False)
                     self._pump()
-                status = 499
                 raise
-            self.metrics.queue.observe(self.now() - t_arr)
-            try:
-                resp, status = await self._forward(request, req, parsed.stream, raw, endpoint, i)
-            except asyncio.CancelledError:
-                status = 499  # nginx's "client closed request"
-                raise
-            return resp
-        finally:
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            if self.recorder is not None and req is not None and parsed is not None:
-                self.recorder.record(req, status, parsed.stream, request.headers.get(self.recorder.class_header),
-                                     parsed.body.get("priority"))
+        if i == _NO_BACKEND:
+            return self._err(conn, 503, "every backend was drained or removed while the request was queued",
+                             "service_unavailable", headers=self._retry_after)
+        self.metrics.queue.observe(self.now() - t_arr)
+        return await self._forward(conn, req, parsed, r.body, endpoint, i, out)
 
-    async def _forward(self, request: web.Request, req: Request, stream: bool, raw: bytes, endpoint: str,
-                       i: int) -> tuple[web.StreamResponse, int]:
+    async def _forward(self, conn: ServerConnection, req: Request, parsed: Parsed, raw: bytes, endpoint: str,
+                       i: int, out: Outcome) -> int:
         """Send to backend `i`, retrying elsewhere on failure before the client's first byte."""
         d = self.dispatcher
         tried: frozenset[int] = frozenset()
-        last = ""
         while True:
-            b = d.backends[i]
+            out.backend = i
             try:
-                out = await self._attempt(request, req, stream, raw, endpoint, i)
+                status, fault = await self._attempt(conn, req, parsed, raw, endpoint, i, out)
             except _UpstreamFailure as e:
-                last = f"backend {b.url}: {e}"
+                last = f"backend {d.backends[i].url}: {e}"
                 d.finish(req, i, self.now(), ok=False)
                 tried = tried | {i}
                 nxt = d.retry(req, i, tried, self.now()) if len(tried) <= self.cfg.retries else None
                 if nxt is None:
                     self._pump()
-                    return _err(502, f"upstream failed before responding ({last}); no backend left to retry",
-                                "upstream_error"), 502
+                    return self._err(conn, 502, f"upstream failed before responding ({last}); no backend left to "
+                                     "retry", "upstream_error")
                 i = nxt
                 continue
-            except BaseException:  # client gone (CancelledError): the upstream request closes with this task
+            except BaseException:  # client gone (CancelledError): the upstream request was aborted
                 d.finish(req, i, self.now(), ok=False, backend_fault=False)
                 self._pump()
                 raise
-            resp, status, fault = out
             d.finish(req, i, self.now(), ok=status < 400, backend_fault=fault)
             self._pump()
-            return resp, status
+            return status
 
-    async def _attempt(self, request: web.Request, req: Request, stream: bool, raw: bytes, endpoint: str,
-                       i: int) -> tuple[web.StreamResponse, int, bool]:
-        """One upstream exchange. Returns (response, status, backend_fault) or raises `_UpstreamFailure`."""
-        assert self._session is not None
-        d = self.dispatcher
-        url = d.backends[i].url + endpoint
-        # identity: the body goes back to the client as is, so it must not come compressed.
-        headers = {"Content-Type": _JSON, "Accept-Encoding": "identity"}
-        try:
-            if stream:
-                async with asyncio.timeout(self.cfg.timeouts.first_byte):
-                    up = await self._session.post(url, data=raw, headers=headers)
-            else:
-                up = await self._session.post(url, data=raw, headers=headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _UpstreamFailure(f"{type(e).__name__}: {e}") from None
-        try:
-            if up.status >= 500:
-                try:
-                    detail = (await up.read())[:300].decode(errors="replace")
-                except (aiohttp.ClientError, TimeoutError, OSError):
-                    detail = ""
-                raise _UpstreamFailure(f"HTTP {up.status} {detail}")
-            ctype = up.headers.get("Content-Type", _JSON)
-            if not (stream and up.status == 200):
-                try:
-                    body = await up.read()
-                except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                    raise _UpstreamFailure(f"{type(e).__name__} while reading the body: {e}") from None
-                d.first_token(req, i, self.now())  # a whole answer: its first token came with it
-                req.num_output = body_output_tokens(body)
-                self.metrics.e2e.labels(endpoint).observe(self.now() - req.arrival)
-                return web.Response(status=up.status, body=body, headers={"Content-Type": ctype}), up.status, False
-            # Streaming. vLLM sends its headers before the prefill; the first chunk is the first token. Until it
-            # comes the client has nothing, so a backend that dies during the prefill is retried elsewhere.
-            chunks_in = up.content.iter_any()
+    def _pool(self, i: int) -> Pool:
+        pool = self._pools.get(i)
+        if pool is None:
+            pool = self._pools[i] = Pool(self.dispatcher.backends[i].url, self.cfg.timeouts.connect)
+        return pool
+
+    @staticmethod
+    def _expire(up: Upstream, ex: Any, why: str) -> None:
+        ex._fail(UpstreamError(why))
+        up.abort()
+
+    async def _attempt(self, conn: ServerConnection, req: Request, parsed: Parsed, raw: bytes, endpoint: str,
+                       i: int, out: Outcome) -> tuple[int, bool]:
+        """One upstream exchange. Returns (status, backend_fault) or raises `_UpstreamFailure`."""
+        pool = self._pool(i)
+        tm = self.cfg.timeouts
+        internal = (not parsed.stream and self.cfg.stream_internally
+                    and not any(parsed.body.get(k) not in (None, False) for k in _NO_INTERNAL_STREAM))
+        body = _as_stream(raw) if internal else (raw,)
+        head = pool.head(endpoint, sum(map(len, body)))
+        loop = asyncio.get_running_loop()
+        for fresh in (False, True):
             try:
-                async with asyncio.timeout(self.cfg.timeouts.first_byte):
-                    first = await anext(chunks_in)
-            except StopAsyncIteration:
-                raise _UpstreamFailure("stream ended before its first chunk") from None
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                raise _UpstreamFailure(f"{type(e).__name__} before the first chunk: {e}") from None
-            t_first = self.now()
-            d.first_token(req, i, t_first)
-            self.metrics.ttft.labels(endpoint).observe(t_first - req.arrival)
-            out = web.StreamResponse(status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
-            await out.prepare(request)
-            chunks = first.count(b"data: ")
-            t_last = t_first
-            tail = first[-2:]
-            chunk = first
+                up = await pool.acquire(fresh)
+            except (OSError, TimeoutError) as e:
+                raise _UpstreamFailure(f"{type(e).__name__}: {e}") from None
+            att = _Attempt(self, conn, req, i, out, up, internal)
+            ex = att.ex = up.send(head, body, att.on_head)
+            timer = loop.call_later(tm.total, self._expire, up, ex, f"no complete answer within {tm.total} s")
+            if parsed.stream or internal:  # the first chunk is the first token: bounded by first_byte
+                att.fb_timer = loop.call_later(tm.first_byte, self._expire, up, ex,
+                                               f"no first chunk within {tm.first_byte} s")
             try:
-                await out.write(first)
-                async for chunk in chunks_in:
-                    chunks += chunk.count(b"data: ")
-                    t_last = self.now()
-                    tail = (tail + chunk)[-2:]
-                    await out.write(chunk)
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                up.close()  # client left mid-stream: abort the upstream request
-                raise asyncio.CancelledError from None
-            except (aiohttp.ClientError, TimeoutError) as e:
-                # Bytes already reached the client: no retry; end the stream with an explicit error event,
-                # after closing any event the upstream left half-sent (SSE events end with a blank line).
-                msg = error_body(f"upstream stream broke: {type(e).__name__}: {e}", "upstream_error", None, 502)
-                sep = b"" if tail == b"\n\n" else b"\n\n"
-                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    await out.write(sep + b"data: " + msg + b"\n\ndata: [DONE]\n\n")
-                    await out.write_eof()
-                return out, 502, True
-            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                await out.write_eof()
-            req.num_output = stream_output_tokens(first, chunk, chunks, endpoint == CHAT)
-            now = self.now()
-            self.metrics.e2e.labels(endpoint).observe(now - req.arrival)
-            if chunks > 2:  # the last event is [DONE]
-                self.metrics.tpot.labels(endpoint).observe((t_last - t_first) / (chunks - 2))
-            return out, 200, False
-        finally:
-            up.release()
+                try:
+                    await ex.done
+                except UpstreamError as e:
+                    if up.reused and ex.received == 0 and not fresh:
+                        continue  # a kept-alive connection the backend had closed: once more on a new one
+                    return att.failed(e)
+                return att.finish(endpoint)
+            finally:
+                timer.cancel()
+                if att.fb_timer is not None:
+                    att.fb_timer.cancel()
+                conn.on_writable = None
+                if not ex.done.done() or ex.done.cancelled():  # abandoned (client gone: the task's cancel
+                    # cancels the future it awaits; or an error): the backend sees the close and aborts
+                    up.abort()
+        raise AssertionError("unreachable")
 
     # -- other endpoints --------------------------------------------------------------------------------
-    async def _models(self, request: web.Request) -> web.Response:
-        assert self._session is not None
+    @staticmethod
+    def _json(obj: Any, status: int = 200) -> tuple[int, bytes, bytes]:
+        return status, json.dumps(obj).encode(), _JSON
+
+    async def _models(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         now = self.now()
         for b in self.dispatcher.live():
             if b.draining or not b.breaker.available(now):
                 continue
             try:
-                async with self._probe.get(b.url + "/v1/models") as r:  # type: ignore[union-attr]
-                    if r.status == 200:
-                        return web.Response(body=await r.read(), content_type=_JSON)
+                async with self._probe.get(b.url + "/v1/models") as resp:  # type: ignore[union-attr]
+                    if resp.status == 200:
+                        return 200, await resp.read(), _JSON
             except (aiohttp.ClientError, TimeoutError, OSError):
                 continue
         data = [{"id": self.cfg.model_name, "object": "model", "owned_by": "llmsched"}] if self.cfg.model_name else []
-        return web.json_response({"object": "list", "data": data})
+        return self._json({"object": "list", "data": data})
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _health(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         now = self.now()
         up = sum(1 for b in self.dispatcher.live() if not b.draining and b.breaker.available(now))
         ok = up > 0 and not self.closing
-        return web.json_response({"status": "ok" if ok else "unavailable", "backends_up": up,
-                                  "queued": self.dispatcher.queued, "in_flight": self.dispatcher.in_flight},
-                                 status=200 if ok else 503)
+        return self._json({"status": "ok" if ok else "unavailable", "backends_up": up,
+                           "queued": self.dispatcher.queued, "in_flight": self.dispatcher.in_flight},
+                          200 if ok else 503)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+    async def _metrics(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8"
 
     # -- admin ------------------------------------------------------------------------------------------
     def _backend_info(self) -> list[dict[str, Any]]:
         return [{"index": b.index, "url": b.url, "state": b.state, "in_flight": b.in_flight, "served": b.served,
                  "failed": b.failed, "scraped": b.scraped} for b in self.dispatcher.live()]
 
-    async def _admin_url(self, request: web.Request) -> str:
-        url = request.query.get("url")
+    @staticmethod
+    def _admin_url(r: HttpRequest) -> str:
+        url = r.query.get("url")
         if url is None:
             try:
-                body = json.loads(await request.read() or b"{}")
+                body = json.loads(r.body or b"{}")
             except ValueError:
                 raise BadRequest("body must be JSON like {\"url\": \"http://host:port\"}") from None
             url = body.get("url") if isinstance(body, dict) else None
@@ -418,28 +659,28 @@ class Gateway:
             raise BadRequest("'url' must be an http(s) URL", "url")
         return url.rstrip("/")
 
-    async def _admin_list(self, request: web.Request) -> web.Response:
-        return web.json_response({"backends": self._backend_info(), "queued": self.dispatcher.queued})
+    async def _admin_list(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return self._json({"backends": self._backend_info(), "queued": self.dispatcher.queued})
 
-    async def _admin_add(self, request: web.Request) -> web.Response:
-        b = self.dispatcher.add_backend(await self._admin_url(request), self.now())
+    async def _admin_add(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        b = self.dispatcher.add_backend(self._admin_url(r), self.now())
         task = asyncio.create_task(self._scrape_one(b.index))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._pump()
-        return web.json_response({"added": b.url, "index": b.index, "backends": self._backend_info()})
+        return self._json({"added": b.url, "index": b.index, "backends": self._backend_info()})
 
-    async def _admin_drain(self, request: web.Request) -> web.Response:
-        url = await self._admin_url(request)
+    async def _admin_drain(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        url = self._admin_url(r)
         try:
             self.dispatcher.drain(url)
         except KeyError:
             raise BadRequest(f"no backend {url}", "url", status=404) from None
-        return web.json_response({"draining": url, "backends": self._backend_info()})
+        return self._json({"draining": url, "backends": self._backend_info()})
 
-    async def _admin_remove(self, request: web.Request) -> web.Response:
+    async def _admin_remove(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         """Drain, wait for the backend's in-flight requests to finish, then forget it."""
-        url = await self._admin_url(request)
+        url = self._admin_url(r)
         try:
             b = self.dispatcher.drain(url)
         except KeyError:
@@ -448,12 +689,15 @@ class Gateway:
         while b.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if b.in_flight:
-            return _err(409, f"{url} still has {b.in_flight} requests in flight after {self.cfg.drain_timeout} s; "
-                        "it stays draining", "conflict")
+            raise BadRequest(f"{url} still has {b.in_flight} requests in flight after {self.cfg.drain_timeout} s; "
+                             "it stays draining", status=409, code="conflict")
         if not b.draining:  # re-added meanwhile: keep it
-            return _err(409, f"{url} was re-added while it drained; not removed", "conflict")
+            raise BadRequest(f"{url} was re-added while it drained; not removed", status=409, code="conflict")
         b.removed = True
-        return web.json_response({"removed": url, "backends": self._backend_info()})
+        pool = self._pools.pop(b.index, None)
+        if pool is not None:
+            pool.close()
+        return self._json({"removed": url, "backends": self._backend_info()})
 
     # -- health & metrics scraping ----------------------------------------------------------------------
     async def _scrape_one(self, i: int) -> None:

@@ -30,6 +30,7 @@ class FakeBackend:
         self.max_tokens_cap = max_tokens_cap
         self.model = model
         self.mode = "ok"
+        self.metrics_text: str | None = None  # when set, /metrics answers this instead (e.g. garbage)
         self.received = 0
         self.cancelled = 0
         self.running = 0
@@ -75,6 +76,8 @@ class FakeBackend:
         return web.Response(status=200 if self.mode != "error" else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_text is not None:
+            return web.Response(text=self.metrics_text, content_type="text/plain")
         text = (
             "# TYPE vllm:num_requests_running gauge\n"
             f'vllm:num_requests_running{{model_name="{self.model}"}} {self.running}\n'
@@ -124,6 +127,11 @@ class FakeBackend:
                     delta["finish_reason"] = "length"
                 chunk = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [delta]}
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            so = body.get("stream_options")
+            if isinstance(so, dict) and so.get("include_usage"):
+                use = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+                usage = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [], "usage": use}
+                await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp

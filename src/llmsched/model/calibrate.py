@@ -12,6 +12,14 @@ Network: `network/<node>/all_reduce.csv` and `send_recv.csv` (message size in by
 latency + bytes / bw, fitted by non-negative least squares on relative error, per worker count, intra-node
 (all workers on one node) and inter-node.
 
+Decode attention: the shipped rows of Vidur's A100 `attention.csv` (`llmsched/data/calibration`, see its
+README) give decode attention's kernel floor and HBM bandwidth efficiency (the model is linear in both), fitted
+by the same robust least squares on relative error: `ATTN_DECODE[gpu] = {bw_eff, latency_s, mape, rows}`.
+
+Custom all-reduce: vLLM's kernel timed on H100 at tp 2/4/8 (sglang PR #2904, shipped beside the attention rows)
+gives its latency per barrier phase and the bytes each GPU moves per second, fitted the same way through the
+model's own `all_reduce_time` (one-/two-shot by vLLM's rule): `CUSTOM_ALL_REDUCE[gpu]`.
+
 `--write` rewrites `llmsched/model/fitted.py` with the figures and the MAPE table.
 """
 
@@ -26,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from llmsched.model.presets import LlmPreset, get_gpu
+from llmsched.model import fitted
+from llmsched.model.presets import GpuPreset, LlmPreset, get_gpu
 from llmsched.model.roofline import ComputeFit, CostModel
 
 # Operators of one layer in Vidur's mlp.csv (emb is per model, not per layer).
@@ -38,6 +47,9 @@ SHAPE_COLS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", 
               "num_tensor_parallel_workers")
 GPU_OF_KEY = {"a100": "a100-80g", "h100": "h100"}  # profile directory -> GPU preset (80GB DGX boxes)
 FITTED_PY = Path(__file__).with_name("fitted.py")
+ATTN_DECODE_CSV = Path(__file__).resolve().parents[1] / "data" / "calibration" / "vidur_a100_attention_decode.csv"
+ATTN_COLS = ("gpu", "n_embd", "n_q_head", "n_kv_head", "tp", "batch_size", "kv_cache_size", "attn_decode_median_ms")
+CUSTOM_AR_CSV = ATTN_DECODE_CSV.with_name("sglang_pr2904_vllm_custom_allreduce_h100.csv")
 
 
 @dataclass
@@ -202,6 +214,76 @@ def fit_network(root: Path) -> tuple[dict, dict, dict[str, float]]:
     return all_reduce, send_recv, mape
 
 
+def _attn_rows(path: Path) -> dict[str, list[tuple[LlmPreset, int, float, float, float]]]:
+    """Decode-attention rows by GPU key: (shape, tp, sequences, context tokens, seconds per layer)."""
+    out: dict[str, list[tuple[LlmPreset, int, float, float, float]]] = {}
+    for ln, r in _read_csv(path, ATTN_COLS):
+        key = r["gpu"]
+        if key not in GPU_OF_KEY:
+            raise ValueError(f"{path}:{ln}: unknown GPU {key!r}; known: {', '.join(GPU_OF_KEY)}")
+        hidden, heads, kv = (int(_num(path, ln, r, c)) for c in ("n_embd", "n_q_head", "n_kv_head"))
+        shape = LlmPreset(name="attn", num_layers=1, hidden=hidden, num_heads=heads, num_kv_heads=kv,
+                          head_dim=hidden // heads, ffn=1, vocab=1)
+        b, ctx = _num(path, ln, r, "batch_size"), _num(path, ln, r, "kv_cache_size")
+        out.setdefault(key, []).append((shape, int(_num(path, ln, r, "tp")), b, b * ctx,
+                                        _num(path, ln, r, "attn_decode_median_ms") * 1e-3))
+    return out
+
+
+def _attn_predict(rows: list, key: str, fit: ComputeFit, eff: float, latency: float) -> np.ndarray:
+    gpu = get_gpu(GPU_OF_KEY[key])
+    return np.array([float(CostModel(shape, gpu, tp=tp, fit=fit, attn_bw_eff=eff, attn_latency_s=latency)
+                           .decode_attention_time(b, kv)) for shape, tp, b, kv, _ in rows])
+
+
+def fit_attention_decode(path: Path, fits: dict[str, ComputeFit]) -> dict[str, dict[str, float]]:
+    """ATTN_DECODE[gpu] = {bw_eff, latency_s, mape (%), rows}: t = floor + bytes / (bw x eff) per layer. The
+    model is linear in (floor, 1 / eff), so two predictions separate the byte term; robust least squares."""
+    out = {}
+    for key, rows in _attn_rows(path).items():
+        fit = fits.get(key) or ComputeFit(**fitted.COMPUTE[key])
+        t = np.array([r[-1] for r in rows])
+        at1, at2 = _attn_predict(rows, key, fit, 1.0, 0.0), _attn_predict(rows, key, fit, 0.5, 0.0)
+        per_inv = at2 - at1  # bytes / bw: the time per unit of 1 / eff
+
+        def residuals(z: np.ndarray, per_inv: np.ndarray = per_inv, t: np.ndarray = t) -> np.ndarray:
+            return (z[0] * 1e-6 + per_inv * z[1] - t) / t
+
+        sol = least_squares(residuals, [10.0, 1.3], bounds=([0.0, 1.0], [100.0, 20.0]), loss="soft_l1", f_scale=0.05)
+        latency, eff = float(sol.x[0]) * 1e-6, 1.0 / float(sol.x[1])
+        pred = _attn_predict(rows, key, fit, eff, latency)
+        out[key] = {"bw_eff": eff, "latency_s": latency, "mape": float(np.mean(np.abs(pred - t) / t) * 100),
+                    "rows": len(rows)}
+    return out
+
+
+def fit_custom_all_reduce(path: Path) -> dict[str, dict[str, float]]:
+    """CUSTOM_ALL_REDUCE[gpu] = {latency_s, bw, mape (%), rows} from (tp, size_bytes, latency_us) rows."""
+    by_gpu: dict[str, list[tuple[int, float, float]]] = {}
+    for ln, r in _read_csv(path, ("gpu", "tp", "size_bytes", "latency_us")):
+        if r["gpu"] not in GPU_OF_KEY:
+            raise ValueError(f"{path}:{ln}: unknown GPU {r['gpu']!r}; known: {', '.join(GPU_OF_KEY)}")
+        by_gpu.setdefault(r["gpu"], []).append((int(_num(path, ln, r, "tp")), _num(path, ln, r, "size_bytes"),
+                                                _num(path, ln, r, "latency_us") * 1e-6))
+    shape = LlmPreset(name="ar", num_layers=1, hidden=8192, num_heads=64, num_kv_heads=8, head_dim=128, ffn=1, vocab=1)
+    out = {}
+    for key, rows in by_gpu.items():
+        gpu = get_gpu(GPU_OF_KEY[key])
+        t = np.array([r[2] for r in rows])
+
+        def predict(z: np.ndarray, rows: list = rows, gpu: GpuPreset = gpu) -> np.ndarray:
+            return np.array([float(CostModel(shape, gpu, tp=tp, custom_ar_max_bytes=float("inf"),
+                                             custom_ar_latency_s=z[0] * 1e-6, custom_ar_bw=z[1] * 1e9)
+                                   .all_reduce_time(size)) for tp, size, _ in rows])
+
+        sol = least_squares(lambda z, t=t: (predict(z) - t) / t, [10.0, 100.0], bounds=([0.0, 1.0], [100.0, 5000.0]),
+                            loss="soft_l1", f_scale=0.05)
+        pred = predict(sol.x)
+        out[key] = {"latency_s": float(sol.x[0]) * 1e-6, "bw": float(sol.x[1]) * 1e9,
+                    "mape": float(np.mean(np.abs(pred - t) / t) * 100), "rows": len(rows)}
+    return out
+
+
 def calibrate(root: Path) -> tuple[dict[str, ComputeFit], dict[str, float], dict, dict, dict[str, float]]:
     """Fit everything under a Vidur profiling directory; returns fits, per-profile MAPE and network fits."""
     profiles = load_profiles(root)
@@ -221,18 +303,24 @@ def _round(x: float) -> float:
 
 
 def render_fitted(fits: dict[str, ComputeFit], mape: dict[str, float], all_reduce: dict, send_recv: dict,
-                  net_mape: dict[str, float]) -> str:
+                  net_mape: dict[str, float], attn: dict[str, dict[str, float]] | None = None,
+                  car: dict[str, dict[str, float]] | None = None) -> str:
     compute = {k: {f: _round(v) for f, v in asdict(fit).items()} for k, fit in fits.items()}
     ar = {k: {kind: {n: (_round(a), _round(b)) for n, (a, b) in d.items()} for kind, d in v.items()}
           for k, v in all_reduce.items()}
     sr = {k: {kind: (_round(a), _round(b)) for kind, (a, b) in v.items()} for k, v in send_recv.items()}
     fmt = lambda obj: pprint.pformat(obj, width=110, sort_dicts=True)  # noqa: E731
+    attn = {k: {f: _round(v) for f, v in d.items()} for k, d in (attn or {}).items()}
+    car = {k: {f: _round(v) for f, v in d.items()} for k, d in (car or {}).items()}
     return f'''"""Fitted figures of the roofline cost model. GENERATED: do not edit by hand.
 
 Made by `python -m llmsched.model.calibrate <vidur>/profiling --write` from Vidur's public operator profiles
 (compute/<gpu>/<model>/mlp.csv, medians) and NCCL profiles (network/<node>/{{all_reduce,send_recv}}.csv):
 COMPUTE by robust least squares over each GPU kind's profiles jointly; links (latency_s, bytes/s) by
 non-negative least squares on relative error. MAPE: per-layer token-level time per profile, and per link fit (%).
+ATTN_DECODE: decode attention's bandwidth efficiency and kernel floor, fitted to the shipped Vidur A100 rows.
+CUSTOM_ALL_REDUCE: vLLM's custom all-reduce (latency per barrier phase, bytes/s per GPU), fitted to the shipped
+sglang PR #2904 H100 timings.
 """
 
 COMPUTE = {fmt(compute)}
@@ -244,6 +332,10 @@ SEND_RECV = {fmt(sr)}
 MAPE = {fmt({k: round(v, 2) for k, v in mape.items()})}
 
 NETWORK_MAPE = {fmt({k: round(v, 2) for k, v in net_mape.items()})}
+
+ATTN_DECODE = {fmt(attn)}
+
+CUSTOM_ALL_REDUCE = {fmt(car)}
 '''
 
 
@@ -263,8 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         key, coll, kind, nw = name.split("/")
         lat, bw = all_reduce[key][kind][int(nw)] if coll == "all_reduce" else send_recv[key][kind]
         print(f"{name:40s} {lat * 1e6:10.1f} {bw / 1e9:8.1f} {v:8.2f}")
+    attn = fit_attention_decode(ATTN_DECODE_CSV, fits)
+    print(f"\n{'decode attention':40s} {'bw eff':>10s} {'floor us':>9s} {'rows':>6s} {'MAPE %':>8s}")
+    for key, d in attn.items():
+        print(f"{key:40s} {d['bw_eff']:10.3f} {d['latency_s'] * 1e6:9.1f} {int(d['rows']):6d} {d['mape']:8.2f}")
+    car = fit_custom_all_reduce(CUSTOM_AR_CSV)
+    print(f"\n{'vLLM custom all-reduce':40s} {'latency us':>10s} {'GB/s':>8s} {'rows':>6s} {'MAPE %':>8s}")
+    for key, d in car.items():
+        print(f"{key:40s} {d['latency_s'] * 1e6:10.2f} {d['bw'] / 1e9:8.1f} {int(d['rows']):6d} {d['mape']:8.2f}")
     if args.write:
-        FITTED_PY.write_text(render_fitted(fits, mape, all_reduce, send_recv, net_mape))
+        FITTED_PY.write_text(render_fitted(fits, mape, all_reduce, send_recv, net_mape, attn, car))
         print(f"\nwrote {FITTED_PY}")
     return 0
 

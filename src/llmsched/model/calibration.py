@@ -27,6 +27,14 @@ class Calibration(BaseModel):
     step_overhead_s: float | None = Field(None, ge=0, description="fixed CPU/launch time per iteration, seconds")
     compute_scale: float | None = Field(None, gt=0, description="multiplier on the fitted FLOP efficiencies")
     bandwidth_scale: float | None = Field(None, gt=0, description="multiplier on the fitted bandwidth efficiencies")
+    seq_overhead_s: float | None = Field(None, ge=0, description="CPU time per scheduled sequence per iteration")
+    attn_flops_eff: float | None = Field(None, gt=0, le=1, description="prefill attention fraction of peak FLOP/s")
+    attn_bw_eff: float | None = Field(None, gt=0, le=1, description="decode attention fraction of HBM bandwidth")
+    attn_latency_s: float | None = Field(None, ge=0, description="attention kernel floor per layer, seconds")
+    custom_ar_max_bytes: float | None = Field(None, ge=0, description="largest all-reduce on vLLM's custom kernel")
+    custom_ar_latency_s: float | None = Field(None, ge=0, description="custom all-reduce latency per phase")
+    custom_ar_bw: float | None = Field(None, gt=0, description="custom all-reduce bytes per GPU per second")
+    moe_layer_overhead_s: float | None = Field(None, ge=0, description="extra fixed time per MoE layer, seconds")
     meta: dict[str, Any] = Field(default_factory=dict, description="provenance; not read by the model")
 
     def knobs(self) -> dict[str, float]:

@@ -15,8 +15,10 @@ sums converge to. Cross-GPU traffic: the first MoE layer
 dispatches from the token's home GPU (a share 1 - 1/G is remote); between consecutive layers a token's state
 sits on the GPU of its previous expert (the ExFlow communication model), so a hop is local with probability
 (1 - affinity) u_l . u_{l+1} + affinity sum_e p_l[e] d_l[e], u = share of the layer's tokens per GPU and
-d_l[e] = chance that e and its successor share a GPU. When attention is tensor parallel over the whole
-instance (one DP group), the MoE output rides the layer's all-reduce as in the base model: no all-to-all.
+d_l[e] = chance that e and its successor share a GPU. Over several nodes the same expression over node shares
+gives the chance a hop stays in its node: remote hops inside the node ride NVLink, the others InfiniBand (in
+parallel; the slower sets the time). When attention is tensor parallel over the whole instance (one DP group),
+the MoE output rides the layer's all-reduce as in the base model: no all-to-all.
 
 State and the engine's decode runs: the engine may cut a run short (`Engine.interrupt`); the model learns it
 at its next call (the `now` of that call tells how many of the run's steps ended) and commits only those
@@ -43,7 +45,9 @@ class MoEParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redundant_slots: int | None = Field(None, ge=0, description="extra expert slots; default one per GPU")
+    redundant_slots: int | None = Field(
+        None, ge=0, description="extra expert slots; default one per GPU (the padding to a multiple of the GPUs "
+        "when the experts do not split evenly)")
     num_groups: int | None = Field(None, ge=1, description="expert groups; default 8 for deepseek presets, else 1")
     migration: Literal["stall", "background"] = "stall"
     migration_gbps: float | None = Field(None, gt=0, description="GB/s per GPU for weight copies; default link")
@@ -75,9 +79,10 @@ class MoECostModel:
         per_node = base.gpu.gpus_per_node
         nodes = max(1, -(-G // per_node))
         groups = p.num_groups or (8 if llm.name.startswith("deepseek") else 1)
-        red = G if p.redundant_slots is None else p.redundant_slots
-        if red % G:
-            raise ValueError(f"redundant_slots ({red}) must be a multiple of the {G} GPUs")
+        pad = -llm.num_experts % G  # uneven expert parallelism: slots padded up to a multiple of the GPUs
+        red = (pad or G) if p.redundant_slots is None else p.redundant_slots
+        if (llm.num_experts + red) % G:
+            raise ValueError(f"redundant_slots ({red}) + {llm.num_experts} experts must be a multiple of the {G} GPUs")
         self.topology = Topology(base.num_moe_layers, llm.num_experts, G, llm.num_experts + red, nodes, groups)
         if (routing.num_layers, routing.num_experts) != (base.num_moe_layers, llm.num_experts):
             raise ValueError(f"routing model is {routing.num_layers} x {routing.num_experts}, model "
@@ -87,9 +92,8 @@ class MoECostModel:
         self._act_bytes = float(llm.hidden * llm.dtype_bytes)
         self._expert_bytes = 3.0 * llm.hidden * llm.expert_ffn * llm.dtype_bytes
         self._a2a = base.dp > 1
-        local = min(G, per_node)
-        self._intra_share = (local - 1) / (G - 1) if G > 1 else 1.0
-        self._multi_node = local < G
+        self._nodes = nodes
+        self._multi_node = nodes > 1
         bw = p.migration_gbps * 1e9 if p.migration_gbps else (base.gpu.internode_bw if nodes > 1 else base.gpu.nvlink_bw)
         self._migration_bw = float(bw)
 
@@ -106,6 +110,7 @@ class MoECostModel:
         # statistics
         self._tokens = 0.0
         self._a2a_bytes = 0.0
+        self._a2a_far_bytes = 0.0
         self._copies = 0
         self._rebalances = 0
         self._stall_total = 0.0
@@ -131,13 +136,15 @@ class MoECostModel:
         self._gather = (placement.phy2log + np.arange(L)[:, None] * t.num_experts).ravel()
         self._inv_cnt = placement.slot_weights().ravel()
         a = getattr(self.routing, "affinity", 0.0)
+        self._succ_local = self._succ_node = None
         if self._a2a and a > 0 and L > 1:
             share = placement.gpu_share(t.num_gpus)
             succ = self.routing.successor
             nxt = np.take_along_axis(share[1:], succ[:, :, None], axis=1)
-            self._succ_local = (share[:-1] * nxt).sum(-1)  # [L-1, E]
-        else:
-            self._succ_local = None
+            self._succ_local = (share[:-1] * nxt).sum(-1)  # [L-1, E]: e and its successor on one GPU
+            if self._multi_node:
+                node = lambda x: x.reshape(*x.shape[:2], self._nodes, -1).sum(-1)  # noqa: E731
+                self._succ_node = (node(share[:-1]) * node(nxt)).sum(-1)  # ... on one node
 
     def _migration(self, new: Placement) -> tuple[float, int]:
         """(seconds, expert copies) to switch to `new`: slots whose expert changed, per GPU, over the link."""
@@ -150,13 +157,16 @@ class MoECostModel:
     # ---- pricing ----------------------------------------------------------------------------------------
 
     def _class_terms(self, cls: str, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(GPU shares P [L, G] of a layer's assignments, successor-local share A [L-1]) of one class."""
+        """(GPU shares P [L, G] of a layer's assignments, successor-local shares A [2, L-1]: same GPU, same
+        node) of one class."""
         key = (cls, epoch)
         hit = self._terms.get(key)
         if hit is None:
             p = self.routing.class_popularity(cls or None, epoch)
             P = (p.ravel()[self._gather] * self._inv_cnt).reshape(p.shape[0], self.topology.num_gpus, -1).sum(-1)
-            A = (p[:-1] * self._succ_local).sum(-1) if self._succ_local is not None else None
+            A = None
+            if self._succ_local is not None:
+                A = np.stack([(p[:-1] * s).sum(-1) for s in (self._succ_local, self._succ_node) if s is not None])
             if len(self._terms) > 64:
                 self._terms.clear()
             hit = self._terms[key] = (P, A)
@@ -182,28 +192,43 @@ class MoECostModel:
         return P, A, weights, epoch  # type: ignore[return-value]
 
     def _moe(self, gpu: np.ndarray, A: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Times [k] and all-to-all bytes [k] of per-step GPU loads [k, L, G] (token assignments)."""
+        """Times [k] and all-to-all bytes [2, k] (all remote, inter-node) of per-step GPU loads [k, L, G]."""
         k, L, G = gpu.shape
         t = self.base.expert_layer_time_per_gpu(gpu, self._slots_per_gpu)
         if self._a2a:
             tot = gpu.sum(-1)
             u = gpu / np.where(tot > 0, tot, 1.0)[..., None]
-            local = np.empty((k, L))
-            local[:, 0] = 1.0 / G
-            if L > 1:
-                a = self.routing.affinity
-                local[:, 1:] = (1 - a) * (u[:, :-1] * u[:, 1:]).sum(-1)
-                if A is not None:
-                    local[:, 1:] += a * A
-            recv = gpu * (1.0 - np.clip(local, 0.0, 1.0))[..., None] * self._act_bytes
-            comm = self.base.all_to_all_time(recv * self._intra_share, True)
+            local = self._same(u, A, 0, 1.0 / G)
             if self._multi_node:
-                comm = np.maximum(comm, self.base.all_to_all_time(recv * (1 - self._intra_share), False))
+                # Remote hops split by where the previous expert sat: another GPU of the node (NVLink) or
+                # another node (InfiniBand), from the placement's node shares.
+                same_node = np.maximum(self._same(u.reshape(k, L, self._nodes, -1).sum(-1), A, 1, 1.0 / self._nodes),
+                                       local)
+                recv = gpu * (1.0 - local)[..., None] * self._act_bytes
+                far = gpu * (1.0 - same_node)[..., None] * self._act_bytes
+                comm = np.maximum(self.base.all_to_all_time(recv - far, True), self.base.all_to_all_time(far, False))
+                a2a = 2.0 * np.stack([recv.sum((1, 2)), far.sum((1, 2))])
+            else:
+                recv = gpu * (1.0 - local)[..., None] * self._act_bytes
+                comm = self.base.all_to_all_time(recv, True)
+                a2a = 2.0 * np.stack([recv.sum((1, 2)), np.zeros(k)])
             t = t + 2.0 * comm
-            a2a = 2.0 * recv.sum((1, 2))
         else:
-            a2a = np.zeros(k)
+            a2a = np.zeros((2, k))
         return np.ascontiguousarray(t.max(-1)).sum(-1), a2a
+
+    def _same(self, u: np.ndarray, A: np.ndarray | None, level: int, first: float) -> np.ndarray:
+        """[k, L]: chance a layer's assignment is served where the token's previous expert sat (one GPU or one
+        node: shares u [k, L, units]); the first MoE layer dispatches from a uniformly spread home."""
+        k, L = u.shape[:2]
+        out = np.empty((k, L))
+        out[:, 0] = first
+        if L > 1:
+            a = self.routing.affinity
+            out[:, 1:] = (1 - a) * (u[:, :-1] * u[:, 1:]).sum(-1)
+            if A is not None:
+                out[:, 1:] += a * A[level]
+        return np.clip(out, 0.0, 1.0)
 
     def _dense(self, n: int) -> float:
         """The base model's balanced expert + dispatch time for n tokens (memoised: n repeats a lot)."""
@@ -254,7 +279,7 @@ class MoECostModel:
             ends, gpu, a2a, n, weights, epoch = self._pending
             self._pending = None
             done = max(1, int(np.searchsorted(ends, now * (1 + 1e-12) + 1e-12, side="right")))
-            self._commit(ends[:done], gpu[:done], a2a[:done], n, weights, epoch)
+            self._commit(ends[:done], gpu[:done], a2a[:, :done], n, weights, epoch)
         if self._switch is not None and now >= self._switch[0]:
             _, placement, copies = self._switch
             self._switch = None
@@ -284,7 +309,8 @@ class MoECostModel:
             self.placer.observe_repeated(expected * (n * self._top_k), self._step, k)
         self._step += k
         self._tokens += n * k
-        self._a2a_bytes += float(a2a.sum())
+        self._a2a_bytes += float(a2a[0, :k].sum())
+        self._a2a_far_bytes += float(a2a[1, :k].sum())
         w = self.params.balance_window
         i = 0
         while i < k:
@@ -322,6 +348,7 @@ class MoECostModel:
             "expert_balancedness": self._bal_sum / self._bal_w if self._bal_w else 1.0,
             "expert_balancedness_steps": self._bal_steps_sum / self._bal_steps_n if self._bal_steps_n else 1.0,
             "a2a_bytes_per_token": self._a2a_bytes / self._tokens if self._tokens else 0.0,
+            "a2a_inter_node_bytes_per_token": self._a2a_far_bytes / self._tokens if self._tokens else 0.0,
             "expert_migrations": self._copies,
             "expert_rebalances": self._rebalances,
             "migration_stall_s": self._stall_total,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmsched.core.names import unknown
+
 MIB = 1024 * 1024
 
 
@@ -157,11 +159,11 @@ def get_gpu(name: str) -> GpuPreset:
     try:
         return GPUS[name]
     except KeyError:
-        raise ValueError(f"unknown GPU preset {name!r}; known: {', '.join(list_gpus())}") from None
+        raise ValueError(unknown("GPU preset", name, GPUS)) from None
 
 
 def get_llm(name: str) -> LlmPreset:
     try:
         return LLMS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(list_llms())}") from None
+        raise ValueError(unknown("model preset", name, LLMS)) from None

@@ -7,7 +7,10 @@ first principles: prefill costs its query-key pairs in FLOPs, decode costs the K
 
 An instance has `num_gpus` GPUs: attention and the dense layers run tensor-parallel over `tp` of them, in
 `num_gpus / tp` data-parallel groups (DP attention) that split the batch evenly; MoE routed experts are spread
-over all `num_gpus` (expert parallelism) and priced as perfectly balanced. The imbalanced case belongs to the
+over all `num_gpus` (expert parallelism) and priced as balanced routing, the GPU with the most experts
+setting the time when the GPUs do not divide the experts. Tensor-parallel all-reduces use vLLM's custom
+kernel below its size limit, NCCL above; decode attention streams KV at its own bandwidth efficiency; the
+CPU costs a fixed term plus a term per scheduled sequence. The imbalanced case belongs to the
 MoE wrapper, which reuses the public primitives `gemm_time`, `expert_layer_time_per_gpu`, `routed_expert_time`
 and `all_to_all_time`.
 
@@ -18,7 +21,7 @@ in the same order, so both give the same floats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,8 +31,11 @@ from llmsched.model.presets import GpuPreset, LlmPreset, get_gpu, get_llm
 
 GIB = 1024**3
 
-# Defaults that no profile here speaks to (see docs/cost-model.md).
-STEP_OVERHEAD_S = 1.0e-3  # CPU scheduling + input preparation + launch per iteration (vLLM v1, CUDA graphs)
+# Defaults that no profile here speaks to (see docs/cost-model.md for each source).
+STEP_OVERHEAD_S = 1.0e-3  # fixed CPU/launch floor per iteration (engine loop, CUDA-graph replay, output sync)
+SEQ_OVERHEAD_S = 2.5e-6  # CPU per scheduled sequence: schedule() + update_from_output() + input preparation
+CUSTOM_AR_MAX_BYTES = 8 * 2**20  # vLLM CustomAllreduce default max_size: larger messages go to NCCL
+CUSTOM_AR_MAX_BYTES_BY_GPU = {"h100": {6: 2**19, 8: 2**18}}  # vLLM's sm90 limits when symmetric memory is on
 ATTN_FLOPS_EFF = 0.55  # FlashAttention-2/3 forward reach ~50-75% of dense peak on A100/H100
 ACT_RESERVE_TOKENS = 8192  # vLLM profiles activations with max_num_batched_tokens (default 8192)
 ACT_RESERVE_SEQS = 256  # ... and samples max_num_seqs (default 256) sequences' fp32 logits
@@ -65,19 +71,28 @@ class LinkFit:
         return self.latency_s + nbytes / self.bw
 
 
+def attn_decode_fit(key: str) -> tuple[float, float]:
+    """(HBM bandwidth efficiency, kernel floor s) of decode attention for a calibration key: its own fit where
+    a decode-attention profile exists, else the A100 one (the only such profile shipped)."""
+    hit = fitted.ATTN_DECODE.get(key) or fitted.ATTN_DECODE["a100"]
+    return float(hit["bw_eff"]), float(hit["latency_s"])
+
+
+def custom_ar_fit(gpu: GpuPreset) -> tuple[float, float]:
+    """(latency per barrier phase s, bytes each GPU moves per s) of vLLM's custom all-reduce: the fit of the
+    GPU's calibration key, else the H100 fit with its bandwidth scaled by the NVLink bandwidth ratio."""
+    hit = fitted.CUSTOM_ALL_REDUCE.get(gpu.calibration)
+    if hit:
+        return float(hit["latency_s"]), float(hit["bw"])
+    ref = fitted.CUSTOM_ALL_REDUCE["h100"]
+    return float(ref["latency_s"]), float(ref["bw"]) * gpu.nvlink_bw / get_gpu("h100").nvlink_bw
+
+
 def compute_fit(key: str) -> ComputeFit:
     try:
         return ComputeFit(**fitted.COMPUTE[key])
     except KeyError:
         raise ValueError(f"no fitted compute efficiencies for {key!r}; known: {', '.join(fitted.COMPUTE)}") from None
-
-
-def _scaled(f: ComputeFit, compute: float, bandwidth: float) -> ComputeFit:
-    """The fit with its FLOP efficiency times `compute` and its bandwidth efficiencies times `bandwidth`."""
-    if compute == 1.0 and bandwidth == 1.0:
-        return f
-    return replace(f, gemm_flops_eff=f.gemm_flops_eff * compute, gemm_bw_eff=f.gemm_bw_eff * bandwidth,
-                   elem_bw_eff=f.elem_bw_eff * bandwidth)
 
 
 def all_reduce_fit(gpu: GpuPreset, n: int) -> LinkFit:
@@ -104,13 +119,27 @@ class CostModel:
         llm, gpu: presets (see `llmsched.model.presets`).
         tp: tensor-parallel degree of attention and dense layers (default: the model's `default_tp`).
         num_gpus: GPUs of the instance (default: the model's `default_gpus`, else tp). Dense models need
-            num_gpus == tp; MoE models need tp | num_gpus and num_gpus | num_experts.
+            num_gpus == tp; MoE models need tp | num_gpus (experts need not split evenly: the GPU with the
+            most experts sets the time).
         fit: kernel efficiencies (default: the shipped fit of the GPU's calibration key).
         step_overhead_s: fixed CPU/launch cost per iteration.
+        seq_overhead_s: CPU cost per scheduled sequence per iteration (scheduling, output processing, inputs),
+            paid by each data-parallel rank for its own sequences.
         attn_flops_eff: fraction of peak FLOP/s the prefill attention kernel reaches.
+        attn_bw_eff: fraction of HBM bandwidth decode attention streams KV at (default: fitted to Vidur's
+            A100 decode-attention rows, `fitted.ATTN_DECODE`; not the GEMM efficiency).
+        attn_latency_s: attention kernel floor per layer (default: the same fit).
+        custom_ar_max_bytes: all-reduces below this size use vLLM's custom one-/two-shot kernel (tp <= 8,
+            one node), larger ones NCCL (default: vLLM's limit for the GPU and tp; 0 = NCCL only).
+        custom_ar_latency_s: the custom kernel's latency per barrier phase (one-shot: one, two-shot: two);
+            default fitted (`fitted.CUSTOM_ALL_REDUCE`).
+        custom_ar_bw: bytes each GPU moves per second in the custom kernel (default fitted; other GPUs than
+            H100 scale it by their NVLink bandwidth).
+        moe_layer_overhead_s: extra fixed time per MoE layer beyond the priced routing kernels.
         compute_scale: multiplies every FLOP efficiency (GEMMs, attention) of the fit; a calibration knob
             (`llmsched calibrate`), 1.0 = the shipped fit.
-        bandwidth_scale: multiplies every memory-bandwidth efficiency (GEMM, elementwise, KV reads); 1.0 = fit.
+        bandwidth_scale: multiplies every memory-bandwidth efficiency (GEMM, elementwise incl. the MoE routing
+            kernels, decode-attention KV/q/o traffic at `attn_bw_eff`); 1.0 = the fit.
     """
 
     needs_class_tokens = False
@@ -124,8 +153,16 @@ class CostModel:
         fit: ComputeFit | None = None,
         step_overhead_s: float = STEP_OVERHEAD_S,
         attn_flops_eff: float = ATTN_FLOPS_EFF,
+        *,
         compute_scale: float = 1.0,
         bandwidth_scale: float = 1.0,
+        seq_overhead_s: float = SEQ_OVERHEAD_S,
+        attn_bw_eff: float | None = None,
+        attn_latency_s: float | None = None,
+        custom_ar_max_bytes: float | None = None,
+        custom_ar_latency_s: float | None = None,
+        custom_ar_bw: float | None = None,
+        moe_layer_overhead_s: float = 0.0,
     ) -> None:
         tp = tp or llm.default_tp
         if num_gpus is None:
@@ -134,45 +171,64 @@ class CostModel:
             raise ValueError(f"{llm.name}: num_gpus ({num_gpus}) must be a positive multiple of tp ({tp})")
         if not llm.is_moe and num_gpus != tp:
             raise ValueError(f"{llm.name} is dense: num_gpus ({num_gpus}) must equal tp ({tp})")
-        if llm.is_moe and llm.num_experts % num_gpus:
-            raise ValueError(f"{llm.name}: {llm.num_experts} experts do not split over {num_gpus} GPUs")
+        if llm.is_moe and llm.num_experts < num_gpus:
+            raise ValueError(f"{llm.name}: {llm.num_experts} experts cannot cover {num_gpus} GPUs")
         if llm.num_heads % tp:
             raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
-        if step_overhead_s < 0 or not 0 < attn_flops_eff <= 1:
-            raise ValueError("step_overhead_s must be >= 0 and attn_flops_eff in (0, 1]")
+        if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s or 0.0, moe_layer_overhead_s,
+               attn_latency_s or 0.0) < 0 or (custom_ar_bw is not None and custom_ar_bw <= 0):
+            raise ValueError("step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s, "
+                             "attn_latency_s must be >= 0 and custom_ar_bw > 0")
+        if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
+            raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
         if not (compute_scale > 0 and bandwidth_scale > 0):
             raise ValueError(f"compute_scale and bandwidth_scale must be > 0, got {compute_scale}, {bandwidth_scale}")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
         self.dp = num_gpus // tp
-        self.fit = _scaled(fit or compute_fit(gpu.calibration), compute_scale, bandwidth_scale)
-        self.compute_scale, self.bandwidth_scale = float(compute_scale), float(bandwidth_scale)
+        self.fit = fit or compute_fit(gpu.calibration)
         self.num_moe_layers = llm.num_moe_layers
         self.num_dense_layers = llm.num_layers - llm.num_moe_layers
-        self.experts_per_gpu = llm.num_experts // num_gpus if llm.is_moe else 0
+        # Uneven expert parallelism (num_gpus does not divide num_experts): some GPUs host one expert more;
+        # under balanced routing their token share is proportional, so the busiest GPU hosts ceil(E / G).
+        self.experts_per_gpu = -(-llm.num_experts // num_gpus) if llm.is_moe else 0
         self.step_overhead_s = float(step_overhead_s)
+        self.seq_overhead_s = float(seq_overhead_s)
+        self._cpu_seq = self.seq_overhead_s / self.dp  # each DP rank's engine core handles its own sequences
+        self.moe_layer_overhead_s = float(moe_layer_overhead_s)
 
         f = self.fit
         peak = gpu.peak_fp8_flops if (llm.dtype_bytes == 1 and gpu.peak_fp8_flops) else gpu.peak_flops
         self._dt = float(llm.dtype_bytes)
-        self._inv_flops = 1.0 / (peak * f.gemm_flops_eff)
-        self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff)
-        self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff)
-        self._gemm_lat, self._elem_lat = f.gemm_latency_s, f.elem_latency_s
-        self._knee_p = float(f.gemm_knee_p)
+        # compute_scale / bandwidth_scale (calibration) multiply the fitted efficiencies here and in the
+        # attention figures below; no attribute of their own (the shared-key cap below).
+        self._inv_flops = 1.0 / (peak * f.gemm_flops_eff * compute_scale)
+        self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff * bandwidth_scale)
+        self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff * bandwidth_scale)
         self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
-        self._a2a_intra = LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"])
-        self._a2a_inter = LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"])
+        # Keep the instance within CPython's 30 shared-key attributes (specialised attribute access on the hot
+        # path; 27 now, tests/test_cost_model.py checks it): related figures travel in tuples.
+        car_lat, car_bw = custom_ar_fit(gpu)
+        self._car = (self._custom_ar_limit(custom_ar_max_bytes),  # limit (bytes), latency per phase, bytes/s
+                     car_lat if custom_ar_latency_s is None else float(custom_ar_latency_s),
+                     car_bw if custom_ar_bw is None else float(custom_ar_bw))
+        self._a2a = (LinkFit(*fitted.SEND_RECV[gpu.calibration]["intra"]),
+                     LinkFit(*fitted.SEND_RECV[gpu.calibration]["inter"]))
 
         # Attention constants, already summed over layers and divided over DP groups (balanced).
         hd = llm.head_dim
         heads_g = llm.num_heads / tp
         kv_elems_g = llm.kv_elems_per_token_layer / min(tp, llm.num_kv_heads)
         per = llm.num_layers / self.dp
-        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff * compute_scale)  # attention runs in bf16 whatever the weights
+        # attention runs in bf16 whatever the weights
+        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff * compute_scale)
+        fit_eff, fit_lat = attn_decode_fit(gpu.calibration)
+        self.attn_bw_eff = fit_eff if attn_bw_eff is None else float(attn_bw_eff)
+        attn_lat = fit_lat if attn_latency_s is None else float(attn_latency_s)
+        inv_attn_bw = 1.0 / (gpu.mem_bw * self.attn_bw_eff * bandwidth_scale)
         self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
-        self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * self._inv_gemm_bw  # s per KV token read/written
-        self._a_q = 2.0 * heads_g * hd * 2 * per * self._inv_gemm_bw  # s per query token (q read, out written)
-        self._a_lat = per * self._elem_lat
+        self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * inv_attn_bw  # s per KV token read/written
+        self._a_q = 2.0 * heads_g * hd * 2 * per * inv_attn_bw  # s per query token (q read, out written)
+        self._a_lat = per * attn_lat
         self._tok_cache: dict[int, float] = {}
         self._seq_cache: dict[int, float] = {}
 
@@ -181,7 +237,7 @@ class CostModel:
     def _roof(self, compute_s: np.ndarray, memory_s: np.ndarray) -> np.ndarray:
         """GEMM roofline: the p-norm of compute and memory time (the max when p is infinite)."""
         top = np.maximum(compute_s, memory_s)
-        p = self._knee_p
+        p = float(self.fit.gemm_knee_p)
         if p == float("inf"):
             return top
         safe = np.where(top > 0, top, 1.0)
@@ -192,21 +248,59 @@ class CostModel:
         m = np.asarray(m, dtype=np.float64)
         flops = 2.0 * m * n * k
         nbytes = self._dt * (m * k + k * n + m * n)
-        return self._roof(flops * self._inv_flops, nbytes * self._inv_gemm_bw) + self._gemm_lat
+        return self._roof(flops * self._inv_flops, nbytes * self._inv_gemm_bw) + self.fit.gemm_latency_s
 
     def elem_time(self, nbytes: float | np.ndarray) -> np.ndarray:
         """A memory-bound elementwise kernel (norm, activation, rope, add, gather) moving nbytes."""
-        return np.asarray(nbytes, dtype=np.float64) * self._inv_elem_bw + self._elem_lat
+        return np.asarray(nbytes, dtype=np.float64) * self._inv_elem_bw + self.fit.elem_latency_s
+
+    def decode_attention_time(self, decode_tokens: float | np.ndarray, kv_tokens: float | np.ndarray) -> np.ndarray:
+        """Decode attention of all layers on one GPU (batch split over DP groups): per layer one kernel floor,
+        plus the KV bytes read (context) and written (one row per sequence) and q/o bytes at `attn_bw_eff`,
+        or the FLOPs if those are larger. The same float operations as `step_time`'s decode part."""
+        d = np.asarray(decode_tokens, dtype=np.float64)
+        kv = np.asarray(kv_tokens, dtype=np.float64)
+        return self._a_lat + np.maximum(kv * self._a_flops, (kv + d) * self._a_kv + d * self._a_q)
+
+    @property
+    def custom_ar_max_bytes(self) -> float:
+        """All-reduces below this many bytes use vLLM's custom kernel (0: NCCL only)."""
+        return self._car[0]
+
+    def _custom_ar_limit(self, override: float | None) -> float:
+        """Largest message (exclusive) vLLM's custom all-reduce takes: tp 2..8 inside one NVLink node only."""
+        tp = self.tp
+        if tp < 2 or tp > min(8, self.gpu.gpus_per_node):
+            return 0.0
+        if override is not None:
+            return float(override)
+        return float(CUSTOM_AR_MAX_BYTES_BY_GPU.get(self.gpu.calibration, {}).get(tp, CUSTOM_AR_MAX_BYTES))
 
     def all_reduce_time(self, nbytes: float | np.ndarray) -> np.ndarray:
-        """One all-reduce over the tp group (0 when tp == 1)."""
+        """One all-reduce over the tp group (0 when tp == 1).
+
+        Below the custom all-reduce limit, vLLM's kernel: one-shot (each GPU reads the tp - 1 peer buffers;
+        tp == 2, or under 512 KiB at tp <= 4 / 256 KiB at tp <= 8) with one barrier phase, else two-shot
+        (reduce-scatter + all-gather: 2 (tp - 1) / tp of the message) with two; latency and bytes per second
+        fitted to measurements of the kernel. At and above the limit: the fitted NCCL profile.
+        """
+        b = np.asarray(nbytes, dtype=np.float64)
         if self._all_reduce is None:
-            return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
-        return np.asarray(self._all_reduce.time(np.asarray(nbytes, dtype=np.float64)))
+            return np.zeros_like(b)
+        nccl = np.asarray(self._all_reduce.time(b))
+        limit, lat, bw = self._car
+        if limit <= 0:
+            return nccl
+        tp = self.tp
+        one = (b < 512 * 1024) if tp <= 4 else (b < 256 * 1024)
+        if tp == 2:
+            one = np.ones_like(b, dtype=bool)
+        car = np.where(one, lat + (tp - 1) * b / bw, 2 * lat + 2 * (tp - 1) / tp * b / bw)
+        return np.where(b < limit, car, nccl)
 
     def all_to_all_time(self, bytes_per_gpu: float | np.ndarray, intra_node: bool) -> np.ndarray:
         """Each GPU sends bytes_per_gpu to its peers over NVLink (intra_node) or InfiniBand; fitted p2p links."""
-        link = self._a2a_intra if intra_node else self._a2a_inter
+        link = self._a2a[0] if intra_node else self._a2a[1]
         return np.asarray(link.time(np.asarray(bytes_per_gpu, dtype=np.float64)))
 
     def expert_layer_time_per_gpu(self, tokens_per_gpu: np.ndarray, experts_per_gpu: int) -> np.ndarray:
@@ -226,8 +320,9 @@ class CostModel:
         w_bytes = active * 3.0 * h * fe * self._dt
         act_bytes = t * (2.0 * h + 3.0 * fe) * self._dt
         flops = 6.0 * t * h * fe
-        gemm = self._roof(flops * self._inv_flops, (w_bytes + act_bytes) * self._inv_gemm_bw) + 2 * self._gemm_lat
-        elem = (3.0 * fe + 2.0 * h) * self._dt * t * self._inv_elem_bw + 2 * self._elem_lat
+        f = self.fit
+        gemm = self._roof(flops * self._inv_flops, (w_bytes + act_bytes) * self._inv_gemm_bw) + 2 * f.gemm_latency_s
+        elem = (3.0 * fe + 2.0 * h) * self._dt * t * self._inv_elem_bw + 2 * f.elem_latency_s
         return gemm + elem
 
     def routed_expert_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
@@ -235,7 +330,7 @@ class CostModel:
         n = np.asarray(num_tokens, dtype=np.float64)
         if not self.llm.is_moe:
             return np.zeros_like(n)
-        per_gpu = n * self.llm.top_k / self.num_gpus
+        per_gpu = n * self.llm.top_k * self.experts_per_gpu / self.llm.num_experts  # the busiest GPU's share
         return self.num_moe_layers * self.expert_layer_time_per_gpu(per_gpu, self.experts_per_gpu)
 
     def moe_comm_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
@@ -252,6 +347,17 @@ class CostModel:
         if local < g:
             t = np.maximum(t, self.all_to_all_time(sent * (1.0 - intra_share), False))
         return 2.0 * self.num_moe_layers * t
+
+    def moe_routing_time(self, n: float | np.ndarray) -> np.ndarray:
+        """The kernels of one MoE layer besides router GEMM and expert GEMMs, for the n tokens of one GPU:
+        top-k softmax over the router logits, the token align/sort by expert, and the sum of each token's
+        top-k expert outputs (three launches at the fitted elementwise floor), plus `moe_layer_overhead_s`."""
+        n = np.asarray(n, dtype=np.float64)
+        k, h, dt = float(self.llm.top_k), float(self.llm.hidden), self._dt
+        topk = self.elem_time(n * (self.llm.num_experts * dt + k * 8.0))  # logits in, (weight, id) pairs out
+        align = self.elem_time(n * k * 4.0 * 3.0)  # ids in, sorted ids + expert offsets out (int32)
+        reduce = self.elem_time(n * (k + 1.0) * h * dt)  # k expert outputs in, one hidden state out
+        return topk + align + reduce + self.moe_layer_overhead_s
 
     # ---- per-layer token-level operators ------------------------------------------------------------------
 
@@ -298,7 +404,8 @@ class CostModel:
             t = t + self.num_dense_layers * (self.layer_time(ng) + 2 * ar)
         if self.num_moe_layers:
             shared = llm.num_shared_experts * llm.expert_ffn
-            moe_layer = self.layer_time(ng, ffn=shared) + self.gemm_time(ng, llm.num_experts, llm.hidden)
+            moe_layer = (self.layer_time(ng, ffn=shared) + self.gemm_time(ng, llm.num_experts, llm.hidden)
+                         + self.moe_routing_time(ng))
             n_ar = 2 if self.dp == 1 else 1
             t = t + self.num_moe_layers * (moe_layer + n_ar * ar)
             t = t + self.routed_expert_time(n) + self.moe_comm_time(n)
@@ -339,7 +446,8 @@ class CostModel:
 
     def _fixed(self, b: BatchStats, n: int) -> float:
         """The part of an iteration's time that does not depend on the decode context (KV tokens read)."""
-        base = self.step_overhead_s + self._tok(n) + self._seq(b.prefill_seqs + b.decode_tokens)
+        s = b.prefill_seqs + b.decode_tokens
+        base = self.step_overhead_s + self._cpu_seq * s + self._tok(n) + self._seq(s)
         pre = 0.0
         if b.prefill_tokens:
             pre = max(b.prefill_pairs * self._a_flops, b.prefill_tokens * (self._a_kv + self._a_q))
@@ -383,7 +491,8 @@ class CostModel:
 
     def weight_bytes_per_gpu(self) -> float:
         p = self.llm.param_counts()
-        return (p["dense"] / self.tp + p["experts"] / self.num_gpus) * self._dt
+        experts = p["experts"] * self.experts_per_gpu / self.llm.num_experts if self.llm.is_moe else 0.0
+        return (p["dense"] / self.tp + experts) * self._dt
 
     def activation_reserve_bytes(self) -> float:
         """Per-GPU memory vLLM's profiling run leaves to activations (peak of one max-size step) and workspaces."""
@@ -415,8 +524,8 @@ class CostModel:
 
 
 def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None,
-                     **knobs: float) -> CostModel:
-    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's).
-
-    `knobs`: further `CostModel` keyword arguments (a calibration: step_overhead_s, compute_scale, ...)."""
+                     **knobs: float | None) -> CostModel:
+    """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's);
+    `knobs` are `CostModel`'s keyword arguments (overheads, efficiencies, custom all-reduce; a
+    calibration's step_overhead_s, compute_scale, bandwidth_scale, ...)."""
     return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus, **knobs)

@@ -36,13 +36,22 @@ def build_cluster(cfg: SimConfig) -> Cluster:
             cost = build_moe_cost(cost, cfg.expert_policy or "static", dict(cfg.expert_params), cfg.seed * 1000 + i)
         elif cfg.expert_policy not in (None, "static"):
             raise ValueError(f"--expert-policy {cfg.expert_policy!r} needs an MoE model; {cfg.model} is dense")
+        if cfg.engine_kind == "vllm":
+            if cfg.engine.lora is not None:
+                raise ValueError("engine.lora needs engine_kind llmsched: the vLLM-scheduler engine has no LoRA model")
+            from llmsched.vllm.sim_engine import build_vllm_engine
+
+            engines.append(build_vllm_engine(cost, cfg, i))
+            continue
         policy = req_cls(**_with_run_params(req_cls, cfg.request_params, seed=cfg.seed))
         engines.append(
             Engine(cost, policy, cfg.engine, instance=i, record_token_times=cfg.record_token_times, collect_tokens=False)
         )
     router_cls = ROUTERS.get(cfg.router)
     router = router_cls(
-        **_with_run_params(router_cls, cfg.router_params, seed=cfg.seed, block_size=cfg.engine.block_size)
+        **_with_run_params(router_cls, cfg.router_params, seed=cfg.seed, block_size=cfg.engine.block_size,
+                           max_num_seqs=cfg.engine.max_num_seqs,
+                           max_num_batched_tokens=cfg.engine.max_num_batched_tokens)
     )
     return Cluster(engines, router, cfg.metrics_interval_s)
 
@@ -61,7 +70,7 @@ def simulate(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run one simulation. `requests` overrides the workload (tests); they are consumed (mutated)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     reqs = list(requests) if requests is not None else load_requests(cfg)
     t_load = time.perf_counter() - t0
     cluster = build_cluster(cfg)
@@ -78,7 +87,9 @@ def simulate(
     else:
         cluster.run(reqs, (lambda k: on_progress(k, len(reqs))) if on_progress else None)
     wall = time.perf_counter() - t1
-    return report(cfg, cluster, reqs, wall, t_load, keep_samples)
+    res = report(cfg, cluster, reqs, wall, t_load, keep_samples)
+    res["cpu_s"] = time.process_time() - c0  # CPU seconds of the whole call: wall_s grows on a busy machine
+    return res
 
 
 def report(
@@ -89,6 +100,7 @@ def report(
     duration = max(0.0, (m.last_finish if len(m) else first) - first)
     res = m.summary(duration)
     engines = cluster.engines
+    base_cost = getattr(engines[0].cost, "base", engines[0].cost) if engines else None
     queries = sum(e.kv.queries for e in engines)
     hits = sum(e.kv.hits for e in engines)
     res.update(
@@ -96,20 +108,29 @@ def report(
             "submitted": len(reqs),
             "rejected": len(cluster.rejected),
             "wall_s": wall,
-            "load_s": t_load,
+            "workload_wall_s": t_load,  # wall seconds spent reading or generating the workload
             "sim_requests_per_wall_s": len(reqs) / wall if wall > 0 else 0.0,
             "prefix_hit_rate": hits / queries if queries else 0.0,
             "preemptions": sum(e.stats.preemptions for e in engines),
             "simulated": {
                 "model": cfg.model,
                 "gpu": cfg.gpu,
-                "tp": getattr(engines[0].cost, "tp", cfg.tp),
+                "tp": getattr(base_cost, "tp", cfg.tp),
+                "gpus_per_instance": getattr(base_cost, "num_gpus", None),
+                "expert_parallel": base_cost.num_gpus if getattr(getattr(base_cost, "llm", None), "is_moe", False) else None,
                 "instances": cfg.instances,
                 "request_policy": cfg.request_policy,
+                "engine_kind": cfg.engine_kind,
                 "router": cfg.router,
                 "expert_policy": cfg.expert_policy,
                 "metrics_interval_s": cfg.metrics_interval_s,
                 "seed": cfg.seed,
+                "engine": {k: getattr(cfg.engine, k) for k in (
+                    "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill",
+                    "enable_prefix_caching", "num_gpu_blocks")},
+                "kv_blocks_per_instance": engines[0].kv.num_blocks if engines else None,
+                "workload": workload_block(cfg, reqs),
+                "llmsched_version": version(),
                 **({"calibration": cfg.calibration.knobs()} if cfg.calibration is not None else {}),
             },
             "per_instance": [
@@ -138,6 +159,33 @@ def report(
         if moe and "balancedness_series" in moe[0]:
             res["balancedness_series"] = moe[0]["balancedness_series"]
     return res
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        return pkg_version("llmsched")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+        return "unknown"
+
+
+def workload_block(cfg: SimConfig, reqs: Sequence[Request]) -> dict[str, Any]:
+    """What ran: the workload as configured plus the requests it gave (count, offered rate)."""
+    wl = cfg.workload
+    span = (reqs[-1].arrival - reqs[0].arrival) if len(reqs) >= 2 else 0.0
+    return {
+        "kind": wl.kind,
+        "name": wl.path if wl.kind == "trace" else wl.name,
+        **({"format": wl.name} if wl.kind == "trace" else {}),
+        "rate": wl.rate,
+        "rate_scale": wl.rate_scale,
+        "num_requests": len(reqs),
+        "offered_rate_rps": (len(reqs) - 1) / span if span > 0 else None,
+        "window": list(wl.window) if wl.window else None,
+        "params": dict(wl.params),
+    }
 
 
 def _merge_moe(stats: list[dict[str, Any]]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ class Columns:
     # Per row: hashes of the answer's blocks, continuing `hashes` (multi-turn generators know them).
     out_hashes: list[Hashes] | None = None
     priority: np.ndarray | None = None  # per row (vLLM semantics, lower first); None: all 0
+    # Per row: the LoRA adapter the request names (None: the base model); None when no row names one.
+    adapter: list[str | None] | None = None
 
     @classmethod
     def single_class(
@@ -83,6 +85,7 @@ class Columns:
             dict(self.notes),
             None if self.out_hashes is None else [self.out_hashes[i] for i in sel],
             None if self.priority is None else self.priority[idx],
+            None if self.adapter is None else [self.adapter[i] for i in sel],
         )
 
     @staticmethod
@@ -101,6 +104,7 @@ class Columns:
         any_hashes = any(p.hashes is not None for p in parts)
         any_out = any(p.out_hashes is not None for p in parts)
         any_prio = any(p.priority is not None for p in parts)
+        any_adapter = any(p.adapter is not None for p in parts)
         notes: dict[str, int] = {}
         for p in parts:
             for k, v in p.notes.items():
@@ -117,6 +121,7 @@ class Columns:
             [h for p in parts for h in (p.out_hashes or [None] * len(p))] if any_out else None,
             np.concatenate([p.priority if p.priority is not None else np.zeros(len(p), np.int64) for p in parts])
             if any_prio else None,
+            [a for p in parts for a in (p.adapter or [None] * len(p))] if any_adapter else None,
         )
 
     def iter_requests(self) -> Iterator[Request]:
@@ -127,6 +132,7 @@ class Columns:
         hashes = self.hashes if self.hashes is not None else [None] * len(self)
         outs = self.out_hashes if self.out_hashes is not None else [None] * len(self)
         prios = self.priority.tolist() if self.priority is not None else [0] * len(self)
+        adapters = self.adapter if self.adapter is not None else [None] * len(self)
         rows = zip(
             self.arrival.tolist(),
             self.prompt.tolist(),
@@ -136,10 +142,11 @@ class Columns:
             sessions,
             outs,
             prios,
+            adapters,
             strict=True,
         )
-        for rid, (t, p, o, h, c, s, oh, pr) in enumerate(rows):
-            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, pr, output_hashes=oh)
+        for rid, (t, p, o, h, c, s, oh, pr, a) in enumerate(rows):
+            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, pr, output_hashes=oh, adapter=a)
 
     def to_requests(self) -> list[Request]:
         return list(self.iter_requests())

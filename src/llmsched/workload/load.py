@@ -6,16 +6,19 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from llmsched.core.names import unknown
 from llmsched.core.types import Request
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.shaping import shape
 from llmsched.workload.spec import WorkloadSpec
 from llmsched.workload.synthetic import GENERATORS
+from llmsched.workload.synthetic.base import assign_adapters
 from llmsched.workload.traces import FORMATS, load_traces
 
 DEFAULT_NUM_REQUESTS = 1000
 SYNTHETIC_DEFAULT_NAME = WorkloadSpec.model_fields["name"].default
+_ADAPTER_STREAM = 0x10A  # seeds the adapter draws apart from the generator's own stream
 
 
 def load_columns(spec: WorkloadSpec, block_size: int = 16, seed: int = 0) -> Columns:
@@ -24,8 +27,14 @@ def load_columns(spec: WorkloadSpec, block_size: int = 16, seed: int = 0) -> Col
         raise WorkloadError(f"block_size must be >= 1, got {block_size}")
     if spec.kind == "synthetic":
         cols = _synthetic(spec, block_size, seed)
-        return shape(cols, window=spec.window, rate_scale=spec.rate_scale, limit=spec.limit)
-    return _trace(spec, block_size)
+        cols = shape(cols, window=spec.window, rate_scale=spec.rate_scale, limit=spec.limit)
+    else:
+        cols = _trace(spec, block_size)
+    if len(cols) == 0:  # never report 0/0 requests with zero latencies as if something ran
+        what = f"trace {spec.path}" if spec.kind == "trace" else f"generator {spec.name!r}"
+        why = " after the window" if spec.window is not None else " (no data rows)" if spec.kind == "trace" else ""
+        raise WorkloadError(f"the workload is empty: {what} gives no requests{why}")
+    return cols
 
 
 def load_workload(spec: WorkloadSpec, block_size: int = 16, seed: int = 0) -> list[Request]:
@@ -52,14 +61,16 @@ def _synthetic(spec: WorkloadSpec, block_size: int, seed: int) -> Columns:
             f"path {spec.path!r} given for a synthetic workload; set kind: trace to replay it"
         )
     if spec.name not in GENERATORS:
-        raise WorkloadError(f"unknown generator {spec.name!r}; known: {', '.join(GENERATORS.names())}")
+        raise WorkloadError(unknown("generator", spec.name, GENERATORS.names()))
     try:
         gen = GENERATORS.create(spec.name, spec.params)
     except ValueError as e:
         raise WorkloadError(str(e)) from None
     n = spec.num_requests or spec.limit or DEFAULT_NUM_REQUESTS
     rate = spec.rate or gen.default_rate
-    return gen.generate(n, rate, np.random.default_rng(seed), block_size)
+    cols = gen.generate(n, rate, np.random.default_rng(seed), block_size)
+    # Adapters from a stream of their own: the same seed gives the same requests with or without them.
+    return assign_adapters(cols, gen.params, np.random.default_rng([seed, _ADAPTER_STREAM]))
 
 
 def _trace(spec: WorkloadSpec, block_size: int) -> Columns:

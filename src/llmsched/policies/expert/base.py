@@ -143,11 +143,13 @@ def balancedness(gpu_loads: np.ndarray) -> float:
 
 
 def static_phy2log(topology: Topology, use_redundant: bool = False) -> np.ndarray:
-    """Contiguous placement: slot r holds expert r mod E (vLLM's initial placement)."""
+    """Contiguous placement: slot r holds expert r mod E (vLLM's initial placement).
+
+    When the experts do not split evenly over the GPUs, every slot is used (the layout wraps into the padding
+    slots, whose copies halve their expert's load): the busiest GPUs host ceil(E / G) whole experts, as in
+    vLLM's uneven expert map."""
     t = topology
-    if not use_redundant and t.num_experts % t.num_gpus:
-        raise ValueError(f"static placement needs experts ({t.num_experts}) divisible by GPUs ({t.num_gpus})")
-    r = t.num_slots if use_redundant else t.num_experts
+    r = t.num_slots if use_redundant or t.num_experts % t.num_gpus else t.num_experts
     return np.broadcast_to(np.arange(r) % t.num_experts, (t.num_layers, r)).copy()
 
 
@@ -156,6 +158,8 @@ def padded_static_phy2log(topology: Topology) -> np.ndarray:
     of its own experts, so per-GPU loads equal static's for any load (the starting point of online placers,
     and the fallback that keeps every placer at least as balanced as static)."""
     t = topology
+    if t.num_experts % t.num_gpus:
+        return static_phy2log(t, use_redundant=True)
     base = static_phy2log(t).reshape(t.num_layers, t.num_gpus, -1)
     extra = t.slots_per_gpu - base.shape[-1]
     pad = base[:, :, np.arange(extra) % base.shape[-1]]

@@ -24,7 +24,8 @@ from llmsched.policies.expert.eplb_algo import rebalance_experts
 from llmsched.policies.expert.window import WindowedPlacer, WindowRecorder
 
 
-def eplb_placement(loads: np.ndarray, topology: Topology, mode: str = "auto") -> Placement:
+def eplb_placement(loads: np.ndarray, topology: Topology, mode: str = "auto", guard: bool = True) -> Placement:
+    """EPLB's placement for `loads` [L, E]; `guard` applies `at_least_static` (False: the algorithm raw)."""
     t = topology
     hier = None if mode == "auto" else mode == "hierarchical"
     if hier and t.num_groups % t.num_nodes:
@@ -33,7 +34,8 @@ def eplb_placement(loads: np.ndarray, topology: Topology, mode: str = "auto") ->
     if w.shape != (t.num_layers, t.num_experts):
         raise ValueError(f"loads have shape {w.shape}, expected ({t.num_layers}, {t.num_experts})")
     phy2log, _ = rebalance_experts(w, t.num_slots, t.num_groups, t.num_nodes, t.num_gpus, hier)
-    return at_least_static(Placement.from_phy2log(phy2log, t.num_experts), w, t)
+    placement = Placement.from_phy2log(phy2log, t.num_experts)
+    return at_least_static(placement, w, t) if guard else placement
 
 
 def keep_in_place(new: Placement, old: Placement, num_gpus: int) -> Placement:
@@ -83,6 +85,10 @@ class EPLB(ExpertPlacer):
 
     def place(self, loads: np.ndarray, topology: Topology, flows: np.ndarray | None = None) -> Placement:
         return eplb_placement(loads, topology, self.params.mode)
+
+    def place_raw(self, loads: np.ndarray, topology: Topology, flows: np.ndarray | None = None) -> Placement:
+        """EPLB itself, before the `at_least_static` guard of `place`."""
+        return eplb_placement(loads, topology, self.params.mode, guard=False)
 
 
 @EXPERT_PLACERS.register("eplb-online")

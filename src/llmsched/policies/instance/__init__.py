@@ -8,6 +8,7 @@ from llmsched.policies.instance import (  # noqa: F401
     linear,
     llmd_weighted,
     lmetric,
+    lora_affinity,
     power_of_two,
     prefix,
     random_router,

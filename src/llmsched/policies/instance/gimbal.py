@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.policies.instance.base import ROUTERS
-from llmsched.policies.instance.tracked import TrackedParams, TrackedRouter
+from llmsched.policies.instance.tracked import TrackedParams, TrackedRouter, lexmin
 
 
 class GimbalParams(TrackedParams):
@@ -41,26 +42,18 @@ class GimbalRouter(TrackedRouter):
         self.sessions_: OrderedDict[str, int] = OrderedDict()
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
-        self.sync(snapshots, now)
+        tab = self.sync(snapshots, now)
         p = self.params
-        cands = self.healthy(snapshots)
-        m = self.matched_blocks(req)
-        soft, slope = p.kv_soft, p.kv_penalty / (1.0 - p.kv_soft)
-        plen, bs = req.prompt_len, p.block_size
-        pend, base = self.pending_prefill_, self.base_pending_
-        cost = {}
-        for i in cands:
-            s = snapshots[i]
-            w = s.pending_prefill_tokens + pend[i] - base[i]  # pending_est, inlined: the hot loop
-            c = (w if w > 0 else 0) + max(1, plen - m[i] * bs)
-            if s.kv_usage > soft:
-                c += slope * (s.kv_usage - soft)
-            cost[i] = c
-        load = self.in_flight_
-        best = min(cands, key=lambda i: (cost[i], load[i]))
+        c = tab.healthy_rows()
+        cost = (self.pending() + self.new_tokens_all(req)).astype(np.float64)
+        soft = p.kv_soft
+        if tab.kv_upper.max(initial=0.0) > soft:  # an upper bound: exact usage only computed when it may bite
+            over = np.maximum(tab.kv_usage - soft, 0.0)
+            cost += np.where(over > 0, p.kv_penalty / (1.0 - soft) * over, 0.0)
+        best = int(lexmin(c, cost, self.in_flight_)[0])
         if req.session is not None:
             j = self.sessions_.get(req.session)
-            if j is not None and j in cost and j != best:
+            if j is not None and (c is None or j in c) and j != best:
                 if cost[j] <= cost[best] * (1.0 + p.stick_rel) + p.stick_abs:
                     self.decisions["sticky"] += 1
                     return j

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
@@ -31,41 +32,23 @@ class IndicatorParams(TrackedParams):
 
 
 def indicators(
-    router: TrackedRouter, req: Request, snapshots: Sequence[InstanceSnapshot], cands: Sequence[int]
-) -> tuple[list[int], list[int], list[int]]:
-    """(P, B, Q) per instance, Q the queue (running + waiting) estimate; lists by instance, `cands` filled."""
+    router: TrackedRouter, req: Request, snapshots: Sequence[InstanceSnapshot], cands: object = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P, B, Q) per instance as int64 arrays, Q the queue (running + waiting) estimate. Call after `sync`;
+    every instance is filled (`cands` is accepted for callers that name candidates, and ignored)."""
     p = router.params
-    n = router.num_instances_
-    m = router.matched_blocks(req)
-    bs = p.block_size
-    plen = req.prompt_len
-    with_pending = p.prefill == "request+pending"
-    batch = p.batch
-    inflight = router.in_flight_
-    base_if = router.base_in_flight_
-    pend = router.pending_prefill_
-    base_pend = router.base_pending_
-    P = [0] * n
-    B = [0] * n
-    Q = [0] * n
-    for i in cands:
-        s = snapshots[i]
-        new = plen - m[i] * bs
-        if new < 1:
-            new = 1
-        if with_pending:
-            q = s.pending_prefill_tokens + pend[i] - base_pend[i]
-            if q > 0:
-                new += q
-        P[i] = new
-        d = inflight[i] - base_if[i]
-        run = s.num_running + d
-        q = run + s.num_waiting
-        Q[i] = q if q > 0 else 0
-        if batch == "in-flight":
-            B[i] = inflight[i]
-        elif batch == "queue":
-            B[i] = Q[i]
-        else:
-            B[i] = run if run > 0 else 0
+    if router.index_ is None or not req.block_hashes:  # no prefix to match: two operations
+        P = np.maximum(router.w_est_, 0) if p.prefill == "request+pending" else np.zeros(router.num_instances_, np.int64)
+        P += max(1, req.prompt_len)
+    else:
+        P = router.new_tokens_all(req)
+        if p.prefill == "request+pending":
+            P += router.pending()
+    Q = router.queue()
+    if p.batch == "in-flight":
+        B = router.in_flight_.copy()
+    elif p.batch == "queue":
+        B = Q
+    else:
+        B = router.running()
     return P, B, Q

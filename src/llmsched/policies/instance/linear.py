@@ -13,7 +13,7 @@ from pydantic import Field
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.policies.instance.base import ROUTERS
 from llmsched.policies.instance.indicators import IndicatorParams, indicators
-from llmsched.policies.instance.tracked import TrackedRouter
+from llmsched.policies.instance.tracked import TrackedRouter, lexmin
 
 
 class LinearParams(IndicatorParams):
@@ -27,11 +27,9 @@ class LinearRouter(TrackedRouter):
     uses_index = True
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
-        self.sync(snapshots, now)
-        cands = self.healthy(snapshots)
-        P, B, _ = indicators(self, req, snapshots, cands)
+        tab = self.sync(snapshots, now)
+        P, B, _ = indicators(self, req, snapshots)
         wp, wb = self.params.w_prefill, self.params.w_batch
-        inflight = self.in_flight_
-        best = min(cands, key=lambda i: (wp * P[i] + wb * B[i], inflight[i]))
+        best = int(lexmin(tab.healthy_rows(), wp * P + wb * B, self.in_flight_)[0])
         self.decisions["linear"] += 1
         return best

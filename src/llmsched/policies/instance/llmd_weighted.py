@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.policies.instance.base import ROUTERS
-from llmsched.policies.instance.tracked import TrackedParams, TrackedRouter
+from llmsched.policies.instance.tracked import TrackedParams, TrackedRouter, lexmin
 
 
 class LlmdParams(TrackedParams):
@@ -30,24 +31,18 @@ class LlmdWeighted(TrackedRouter):
     uses_index = True
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
-        self.sync(snapshots, now)
+        tab = self.sync(snapshots, now)
         p = self.params
-        cands = self.healthy(snapshots)
+        c = tab.healthy_rows()
+        waiting = tab.waiting
         if p.correct_stale:
-            waiting = {i: max(0, snapshots[i].num_waiting + self.delta(i)) for i in cands}
-        else:
-            waiting = {i: snapshots[i].num_waiting for i in cands}
-        lo, hi = min(waiting.values()), max(waiting.values())
+            waiting = np.maximum(waiting + self.in_flight_ - self.base_in_flight_, 0)
+        wc = waiting if c is None else waiting[c]
+        lo, hi = int(wc.min()), int(wc.max())
         span = hi - lo
-        m = self.matched_blocks(req)
+        q = (hi - waiting) / span if span else np.ones(len(waiting))
         nblocks = len(req.block_hashes) if req.block_hashes else 0
-        best, best_score = cands[0], float("-inf")
-        load = self.in_flight_
-        for i in cands:
-            q = (hi - waiting[i]) / span if span else 1.0
-            pre = m[i] / nblocks if nblocks else 0.0
-            score = p.queue_weight * q + p.kv_weight * (1.0 - snapshots[i].kv_usage) + p.prefix_weight * pre
-            if score > best_score or (score == best_score and load[i] < load[best]):
-                best, best_score = i, score
+        pre = self.matched_blocks(req) / nblocks if nblocks else np.zeros(len(waiting))
+        score = p.queue_weight * q + p.kv_weight * (1.0 - tab.kv_usage) + p.prefix_weight * pre
         self.decisions["weighted"] += 1
-        return best
+        return int(lexmin(c, -score, self.in_flight_)[0])

@@ -1,45 +1,60 @@
-"""LMetric: route to the instance with the smallest P_i x (B_i + 1), with its failure cases guarded.
+"""LMetric: route to the instance with the smallest P_i x (B_i + 1), with its failure cases detected.
 
 With `prefill="additive-pending"` the score is P_i x (B_i + 1) + W_i (W_i the prefill queued there), the
 first-order cost model of docs/routers.md of which the plain product is the W_i = 0 case.
 
 P_i and B_i are `indicators.indicators` (new prefill tokens, batch). The product needs no weights: scaling
-either indicator scales every score alike. docs/routers.md derives when it misleads; each case has a detector
-here, applied in this order, and a counter in `self.decisions` when it changed the choice:
+either indicator scales every score alike. docs/routers.md derives, from the engine's cost model, the
+conditions under which the product's ordering contradicts the predicted TTFT ordering
+T_i ~ (W_i + P_i) / (M - B_i) (M the token budget of an iteration); each detector tests one, with no free
+threshold, and counts in `self.decisions` when it changed the choice:
 
-- `kv-pressure`: instances whose KV usage >= `kv_guard` are skipped while others exist (the product ignores
-  memory; a full cache means preemptions, not a cheap prefill).
-- `stale`: a snapshot older than `stale_after_s` makes B_i fall back to the router's own in-flight count.
-- `load-guard`: the product's pick has a queue above `guard_rel` x min queue + `guard_abs` (a full prefix hit
-  scores ~0 whatever the load: hot-spot "death spiral"), so the overloaded instances are excluded.
-- `prefill-floor`: P_i is floored at `prefill_floor` tokens, so among (near) full hits load still counts.
-- `near-tie`: products within `tie_tolerance` of the best but different expected prefill work ahead
-  (pending + own tokens): take the least work (products that agree do not mean queues that agree).
+- `kv-pressure`: the instance lacks the KV blocks its queued and new prefill need plus one block per running
+  decode (free < ceil((W_i + P_i) / block) + B_i): the request would wait for memory or cause preemptions,
+  a term T has and the product lacks. Such instances are skipped while others exist.
+- `load-guard`: the queue has reached `max_num_seqs` (the engine's): a new request waits for a running one to
+  finish, a whole decode, which no prefill term prices. Such instances are excluded while others exist.
+- `prefill-floor`: P_i is known only to the prefix index's resolution (index_stride x block_size tokens): P_i
+  below it is floored there, so among full hits the batch decides.
+- `near-tie`: products closer to the best than the index's resolution allows to tell apart
+  ((B_best + 1) x resolution) are ties; among them the least predicted TTFT wins.
+There is no staleness switch: with one router the corrected batch (snapshot + own dispatches - own finishes
+since) equals the router's in-flight count whatever the snapshot's age, and where other clients load the
+engine it is the better of the two, so switching on age never improved a decision (the ablation shows the
+old 0.5 s switch firing on half the decisions and changing none).
+`detectors` switches each on or off (the ablation of benchmarks/bench_lmetric_detectors.py).
 Ties go to the lower (P, B), then to a seeded random choice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.policies.instance.base import ROUTERS
 from llmsched.policies.instance.indicators import IndicatorParams, indicators
-from llmsched.policies.instance.tracked import TrackedRouter
+from llmsched.policies.instance.tracked import TrackedRouter, lexmin
+
+Detector = Literal["kv-pressure", "load-guard", "prefill-floor", "near-tie"]
+DETECTORS: tuple[Detector, ...] = ("kv-pressure", "load-guard", "prefill-floor", "near-tie")
 
 
 class LMetricParams(IndicatorParams):
     plus_one: bool = Field(True, description="B + 1 (without it an idle instance scores 0 whatever P)")
-    guards: bool = Field(True, description="master switch of the failure-case detectors below")
-    prefill_floor: int = Field(64, ge=0, description="tokens; floor of P_i")
-    guard_rel: float = Field(2.0, ge=1, description="load guard: queue > guard_rel x min queue + guard_abs")
-    guard_abs: int = Field(8, ge=0)
-    tie_tolerance: float = Field(0.05, ge=0, description="relative band of products treated as a tie")
-    stale_after_s: float | None = Field(0.5, gt=0, description="snapshot age that switches B to in-flight")
-    kv_guard: float = Field(0.97, gt=0, le=1, description="skip instances at or above this KV usage")
+    guards: bool = Field(True, description="master switch of the failure-case detectors")
+    detectors: tuple[Detector, ...] = Field(DETECTORS, description="the detectors switched on (with guards)")
+    max_num_seqs: int = Field(256, ge=1, description="the engines' max_num_seqs (the simulator passes its own)")
+    max_num_batched_tokens: int = Field(8192, ge=1, description="the engines' token budget M per iteration")
     seed: int = 0
+
+
+def _argmin(v: np.ndarray, c: np.ndarray | None) -> int:
+    """Index of the first minimum of `v` over candidates `c` (None: all)."""
+    return int(v.argmin()) if c is None else int(c[v[c].argmin()])
 
 
 @ROUTERS.register("lmetric")
@@ -48,91 +63,79 @@ class LMetric(TrackedRouter):
     uses_index = True
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
-        self.sync(snapshots, now)
+        """Vectorised over instances: a handful of numpy operations, whatever the instance count."""
+        tab = self.sync(snapshots, now)
         p = self.params
-        cands = self.healthy(snapshots)
-        P, B, Q = indicators(self, req, snapshots, cands)
+        c = tab.healthy_rows()  # None: every instance is a candidate
+        P, B, Q = indicators(self, req, snapshots)
         one = 1 if p.plus_one else 0
-        if not p.guards:
-            if p.prefill == "additive-pending":
-                return self._pick(cands, {i: P[i] * (B[i] + one) + self.pending_est(snapshots[i]) for i in cands}, P, B)
-            return self._pick(cands, {i: P[i] * (B[i] + one) for i in cands}, P, B)
-
-        # One pass for the snapshot-based detectors (the hot path of every decision, kept flat).
-        dec = self.decisions
-        kv_guard = p.kv_guard
-        horizon = now - p.stale_after_s if p.stale_after_s is not None and p.batch != "in-flight" else -1e300
-        inflight = self.in_flight_
-        ok = []
-        stale = False
-        for i in cands:
-            s = snapshots[i]
-            if s.time < horizon:
-                B[i] = inflight[i]
-                stale = True
-            if s.kv_usage < kv_guard:
-                ok.append(i)
-        if stale:
-            dec["stale"] += 1
-        if ok and len(ok) < len(cands):
-            dec["kv-pressure"] += 1
-            cands = ok
-
-        first, first_v, qmin = cands[0], float("inf"), Q[cands[0]]
-        for i in cands:
-            v = P[i] * (B[i] + one)
-            if v < first_v:
-                first, first_v = i, v
-            if Q[i] < qmin:
-                qmin = Q[i]
-        limit = p.guard_rel * qmin + p.guard_abs
-        if Q[first] > limit:
-            dec["load-guard"] += 1
-            cands = [i for i in cands if Q[i] <= limit]
-
-        floor = p.prefill_floor
         additive = p.prefill == "additive-pending"
-        score = {}
-        best, best_v = cands[0], float("inf")
-        for i in cands:
-            v = (P[i] if P[i] > floor else floor) * (B[i] + one)
+        if not p.guards:
+            score = P * (B + one)
             if additive:
-                v += self.pending_est(snapshots[i])
-            score[i] = v
-            if v < best_v:
-                best, best_v = i, v
-        if P[first] < floor and best != first and first in score:
+                score += self.pending()
+            return self._pick(np.arange(self.num_instances_) if c is None else c, score, P, B)
+
+        on = p.detectors
+        dec = self.decisions
+        bs = p.block_size
+        if "kv-pressure" in on:
+            # Blocks the request waits for: its own and the queued prefill's, one more per running decode.
+            work = P if p.prefill == "request+pending" else P + self.pending()
+            need = -(-work // bs) + B
+            if (tab.free_lower < need).any():  # a lower bound of the free blocks first: exact usage only then
+                short = (tab.free_blocks < need) & (tab.total > 0)
+                ok = np.flatnonzero(~short) if c is None else c[~short[c]]
+                n_c = self.num_instances_ if c is None else len(c)
+                if len(ok) and len(ok) < n_c:
+                    dec["kv-pressure"] += 1
+                    c = ok
+
+        b1 = B + one
+        prod = P * b1
+        first = _argmin(prod, c)
+        if "load-guard" in on and Q[first] >= p.max_num_seqs:
+            room = np.flatnonzero(p.max_num_seqs > Q) if c is None else c[Q[c] < p.max_num_seqs]
+            if len(room):
+                dec["load-guard"] += 1
+                c = room
+
+        # The prefix index resolves matches to index_stride x block_size tokens; without a prefix, P is exact.
+        res = p.index_stride * bs if self.index_ is not None and req.block_hashes else 0
+        floor = res if "prefill-floor" in on else 0
+        if additive:
+            score = np.maximum(P, floor) * b1 + self.pending()
+        elif not floor or int(P.min() if c is None else P[c].min()) >= floor:
+            score = prod  # the floor changes nothing
+        else:
+            score = np.maximum(P, floor) * b1
+        best = first if score is prod and (c is None or first in c) else _argmin(score, c)
+        if floor and P[first] < floor and best != first and (c is None or first in c):
             dec["prefill-floor"] += 1
 
-        if p.tie_tolerance > 0:
-            band = best_v * (1.0 + p.tie_tolerance)
-            near = [i for i in cands if score[i] <= band]
-            if len(near) > 1:
-                if p.prefill == "request+pending":
-                    work = {i: P[i] for i in near}
-                else:
-                    work = {i: P[i] + self.pending_est(snapshots[i]) for i in near}
-                least = min(work.values())
-                lightest = [i for i in near if work[i] == least]
-                if best not in lightest:
-                    dec["near-tie"] += 1
-                    return self._pick(lightest, score, P, B)
-                if len(near) < len(cands):
-                    cands = near
-        return self._pick(cands, score, P, B)
+        band = score[best] + (int(B[best]) + one) * res if "near-tie" in on else score[best]
+        near = np.flatnonzero(score <= band) if c is None else c[score[c] <= band]
+        if len(near) > 1 and band > score[best]:
+            # Indistinguishable products: the least predicted TTFT, (W + P) / (M - B), wins.
+            work = P[near] if p.prefill == "request+pending" else P[near] + self.pending()[near]
+            ttft = work / np.maximum(p.max_num_batched_tokens - B[near], 1)
+            fastest = near[ttft == ttft.min()]
+            if best not in fastest:
+                dec["near-tie"] += 1
+                return self._pick(fastest, score, P, B)
+            near = near[score[near] == score[best]]
+        # `near` now ties in score: the lower (P, B) decides (no dominated pick), then a seeded draw.
+        return self._pick(near if len(near) == 1 else lexmin(near, P, B), score, P, B, final=True)
 
-    def _pick(self, cands: Sequence[int], score: dict[int, float], P: Sequence[int], B: Sequence[int]) -> int:
-        """Lowest score; ties to the lower (P, B) (never a dominated one, even under the floor), then random."""
-        lo = None
-        ties: list[int] = []
-        for i in cands:
-            key = (score[i], P[i], B[i])
-            if lo is None or key < lo:
-                lo, ties = key, [i]
-            elif key == lo:
-                ties.append(i)
+    def _pick(
+        self, near: np.ndarray, score: np.ndarray, P: np.ndarray, B: np.ndarray, final: bool = False
+    ) -> int:
+        """Lowest score among `near` (the candidates within the tie band of the best, or the tie-break's
+        choice); ties to the lower (P, B) (never a dominated one, even under the floor), then random.
+        `final`: `near` are already tied in (score, P, B)."""
+        ties = near if final or len(near) == 1 else lexmin(near, score, P, B)
         if len(ties) == 1:
             self.decisions["product"] += 1
-            return ties[0]
+            return int(ties[0])
         self.decisions["random-tie"] += 1
-        return ties[int(self.rng_.integers(len(ties)))]
+        return int(ties[int(self.rng_.integers(len(ties)))])

@@ -22,7 +22,9 @@ see it).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 
 
 class PrefixIndex:
@@ -36,7 +38,7 @@ class PrefixIndex:
             blocks come in, the smoothest latency).
     """
 
-    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.0) -> None:
+    def __init__(self, num_instances: int, capacity_blocks: int, slack: float = 0.0, track_age: bool = True) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
         if slack < 0:
@@ -48,6 +50,9 @@ class PrefixIndex:
         self.capacity_: list[int] = []
         self.max_capacity_: list[int] = []
         self.checkpoints_: list[deque[tuple[float, int]]] = []  # per instance: (touch time, last stamp given)
+        # Without `age_out` (no TTL) nothing reads the checkpoints: one tuple per dispatch kept forever (~100 MB
+        # per million requests in a gateway). track_age=False keeps none.
+        self.track_age = track_age
         self.clock_ = 0
         self.version_ = 0  # bumped on every change, so callers can cache a lookup
         self.evicted_ = 0
@@ -80,13 +85,11 @@ class PrefixIndex:
         return len(self.stamps_[instance])
 
     # ---- lookups -----------------------------------------------------------------------------------------
-    def match(self, hashes: Sequence[int]) -> list[int]:
-        """Leading blocks of `hashes` each instance holds (longest prefix match, per instance)."""
-        n = len(self.stamps_)
-        out = [0] * n
+    def _levels(self, hashes: Sequence[int]) -> Iterator[tuple[int, int]]:
+        """(bitmask of instances whose match ends here, depth) along the chain, deepest last."""
         total = len(hashes)
         if not total:
-            return out
+            return
         get = self.owners_.get
         mask = get(hashes[0], 0)
         lo = 0
@@ -101,14 +104,35 @@ class PrefixIndex:
                 else:
                     b = mid - 1
             nxt = get(hashes[a + 1], 0) & mask if a + 1 < total else 0
-            gone = mask & ~nxt
-            depth = a + 1
+            yield mask & ~nxt, a + 1
+            mask = nxt
+            lo = a + 1
+
+    def match(self, hashes: Sequence[int]) -> list[int]:
+        """Leading blocks of `hashes` each instance holds (longest prefix match, per instance)."""
+        out = [0] * len(self.stamps_)
+        for gone, depth in self._levels(hashes):
             while gone:
                 low = gone & -gone
                 out[low.bit_length() - 1] = depth
                 gone ^= low
-            mask = nxt
-            lo = depth
+        return out
+
+    def match_array(self, hashes: Sequence[int], n: int | None = None) -> np.ndarray:
+        """`match` as a numpy array of length `n` (default: instances indexed), all owners in one pass: the
+        instances whose match ends at the same depth form one bitmask, unpacked at C speed when large."""
+        n = len(self.stamps_) if n is None else n
+        out = np.zeros(n, np.int64)
+        nbytes = (max(n, len(self.stamps_)) + 7) // 8
+        for gone, depth in self._levels(hashes):
+            if gone.bit_count() > 8:
+                bits = np.unpackbits(np.frombuffer(gone.to_bytes(nbytes, "little"), np.uint8), bitorder="little")
+                out[bits[:n].astype(bool)] = depth
+            else:
+                while gone:
+                    low = gone & -gone
+                    out[low.bit_length() - 1] = depth
+                    gone ^= low
         return out
 
     def match_instance(self, instance: int, hashes: Sequence[int]) -> int:
@@ -169,7 +193,8 @@ class PrefixIndex:
             get = owners.get
             for h in hashes[have:]:
                 owners[h] = get(h, 0) | bit
-        self.checkpoints_[instance].append((now, self.clock_))
+        if self.track_age:
+            self.checkpoints_[instance].append((now, self.clock_))
         self.version_ += 1
         self._maybe_evict(instance)
 

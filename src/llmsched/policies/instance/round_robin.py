@@ -18,6 +18,11 @@ class RoundRobin(Router):
 
     def route(self, req: Request, snapshots: Sequence[InstanceSnapshot], now: float) -> int:
         n = len(snapshots)
+        if getattr(snapshots, "num_unhealthy", None) == 0:  # a SnapshotTable, all healthy: no row to read
+            i = self.next_ % n
+            self.next_ = (i + 1) % n
+            self.decisions["rotate"] += 1
+            return i
         for k in range(n):
             i = (self.next_ + k) % n
             if snapshots[i].healthy:

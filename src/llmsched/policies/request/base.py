@@ -54,7 +54,8 @@ class RequestPolicy(Configurable, ABC):
         """Feedback: `req` finished at `now` with all its timestamps set."""
 
     def on_prefill(self, tokens: int, seconds: float, now: float) -> None:  # noqa: B027 - optional hook
-        """Feedback: a prefill of `tokens` new tokens took `seconds` of step time."""
+        """Feedback: the prefill chunks of an iteration, `tokens` new tokens, took `seconds`: the iteration's time
+        less its decode part as the cost model prices it (a lone prefill: the whole iteration)."""
 
     def __bool__(self) -> bool:
         return len(self) > 0

@@ -7,8 +7,9 @@ The policy composes the four components, each a module of its own:
 2. `ewsjf_routing.QueueSet`: queue choice at arrival, bubble queues in the gaps, bubble pruning;
 3. `ewsjf_scoring`: the density-weighted score of each queue head (FCFS inside a queue, so the head is the
    queue's longest waiter), with C_prefill fitted online from `on_prefill`;
-4. `ewsjf_tuner.MetaOptimizer`: one Bayesian trial of {a_u, b_u, a_f, b_f, alpha} per window of completions
-   reported through `on_finish`.
+4. `ewsjf_tuner.TwinTuner`: Bayesian trials of {a_u, b_u, a_f, b_f, alpha}, each judged by replaying a window
+   of real arrivals (closed once `on_finish` reported all their first tokens) through a twin of this policy;
+   live traffic only runs the incumbent, which changes only for a challenger confirmed on fresh windows.
 
 Batch fill: the engine pops repeatedly at one `now` to fill one iteration. The first pop of a new `now` scores
 the queue heads and picks the best queue; later pops at the same `now` keep taking that queue's requests, and
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any
+from collections import deque
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -36,7 +38,7 @@ from llmsched.policies.request.base import REQUEST_POLICIES, RequestPolicy
 from llmsched.policies.request.ewsjf_partition import refine_and_prune
 from llmsched.policies.request.ewsjf_routing import LengthQueue, QueueSet
 from llmsched.policies.request.ewsjf_scoring import PrefillFit, ScoreWeights, score_line
-from llmsched.policies.request.ewsjf_tuner import MetaOptimizer
+from llmsched.policies.request.ewsjf_tuner import TwinTuner, Window
 from llmsched.policies.request.keyed import GuardParams
 
 Entry = tuple[float, int, int, Request]  # (arrival, rid, seq, request)
@@ -78,13 +80,24 @@ class EWSJFParams(GuardParams):
     use_uncached: bool = Field(True, description="size requests by uncached prompt tokens when estimated")
     # 4. meta-optimisation
     meta_optimize: bool = True
-    meta_window: int = Field(200, ge=2, description="completions per tuner trial")
-    meta_trials: int = Field(30, ge=1, description="trials before the tuner freezes on the best")
-    seed: int = 0
-    meta_tail_weight: float = Field(0.25, ge=0)
-    burst_ratio: float = Field(
-        2.5, gt=1, description="a window whose arrival rate is off by this factor is discarded"
+    meta_window: int = Field(200, ge=20, description="arrivals per tuning window (replayed by the twin)")
+    meta_trials: int = Field(60, ge=0, description="twin trials in all; then the tuner stops proposing")
+    meta_per_window: int = Field(4, ge=1, description="twin trials judged on each window")
+    meta_tail_limit: float = Field(
+        1.5, gt=0, description="constraint: long-tail p99 TTFT <= this x FCFS's on the same arrivals (twin)"
     )
+    meta_batch_tokens: int = Field(
+        8192, ge=1, description="the twin's token budget per iteration (the engine's max_num_batched_tokens)"
+    )
+    meta_margin: float = Field(
+        0.05, ge=0, lt=1, description="a challenger must be better by this fraction, on two windows"
+    )
+    meta_screen: bool = Field(True, description="first trials: each parameter at either end of its range")
+    meta_confirm: int = Field(2, ge=1, description="fresh windows a challenger must win before it is adopted")
+    meta_objective: Literal["short", "mean"] = Field(
+        "short", description="minimise the mean TTFT of the short half (by size) or of every request"
+    )
+    seed: int = 0
 
 
 @REQUEST_POLICIES.register("ewsjf")
@@ -118,18 +131,31 @@ class EWSJF(RequestPolicy):
         self._guard_turn = False
         self.partitions_ = 0
         self.splits_ = 0
-        self.tuner_: MetaOptimizer | None = None
+        self.tuner_: TwinTuner | None = None
+        # Tuning windows: records [arrival, size, ttft, KV held, decode s, rid] in arrival order (ttft NaN until the
+        # request finished, None once removed); `_block` gathers the finished head until it holds a window.
+        self._recs: deque[list[Any]] = deque()
+        self._rec_of: dict[int, list[Any]] = {}
+        self._block: list[list[Any]] = []
+        self._prev: list[list[Any]] = []  # the last closed window (the twin's context for the next one)
+        self._parts: dict[float, Any] = {}  # twin partitions of the live size window, by alpha
         if p.meta_optimize:
             start = {"a_u": p.a_u, "b_u": p.b_u, "a_f": p.a_f, "b_f": p.b_f, "alpha": p.alpha}
-            self.tuner_ = MetaOptimizer(
+            self.tuner_ = TwinTuner(
                 start,
-                p.seed,
-                p.meta_window,
-                p.meta_trials,
-                tail_weight=p.meta_tail_weight,
-                burst_ratio=p.burst_ratio,
+                self._twin,
+                self._cost,
+                budget=p.meta_batch_tokens,
+                seed=p.seed,
+                per_window=p.meta_per_window,
+                max_trials=p.meta_trials,
+                tail_limit=p.meta_tail_limit,
+                margin=p.meta_margin,
+                objective=p.meta_objective,
+                confirm=p.meta_confirm,
+                screen=p.meta_screen,
             )
-            self._apply(self.tuner_.current)
+            self._apply(self.tuner_.incumbent)
 
     # -- parameters ------------------------------------------------------------------------------------
     def _apply(self, theta: dict[str, float]) -> None:
@@ -169,8 +195,10 @@ class EWSJF(RequestPolicy):
         self._win[self._seen % p.window] = s
         self._seen += 1
         self._recent.append(s)
-        if self.tuner_ is not None:
-            self.tuner_.record_arrival(now)
+        if self.tuner_ is not None and not self.tuner_.done:
+            rec = [req.arrival, s, float("nan"), 0.0, 0.0, req.rid]
+            self._recs.append(rec)
+            self._rec_of[req.rid] = rec
         if self._force_partition or (
             len(self._recent) >= (p.repartition_every if self._partitioned else p.min_samples)
         ):
@@ -296,6 +324,9 @@ class EWSJF(RequestPolicy):
         return True
 
     def remove(self, req: Request) -> bool:
+        rec = self._rec_of.pop(req.rid, None)
+        if rec is not None:
+            rec[2] = None  # cancelled: never gets a first token, left out of its window
         return self._drop(req.rid)
 
     def _rebuild_old(self) -> None:
@@ -313,12 +344,59 @@ class EWSJF(RequestPolicy):
             self._sver += 1
 
     def on_finish(self, req: Request, now: float) -> None:
-        if self.tuner_ is None:
+        rec = self._rec_of.pop(req.rid, None)
+        if rec is None or self.tuner_ is None:
             return
-        ttft = (req.first_token if req.first_token >= 0 else now) - req.arrival
-        theta = self.tuner_.record(ttft / self.fit_.cost(self.size(req)), now)
-        if theta is not None:
-            self._apply(theta)
+        first = req.first_token if req.first_token >= 0 else now
+        rec[2:5] = first - req.arrival, req.prompt_len + max(req.num_output, 1), max(now - first, 0.0)
+        recs, block = self._recs, self._block
+        p: EWSJFParams = self.params  # type: ignore[assignment]
+        # The head moves on past removed or finished records (ttft not NaN); past an unfinished one only when
+        # 8 windows wait behind it (a request that failed or was aborted while running never finishes).
+        while recs and (recs[0][2] is None or recs[0][2] == recs[0][2] or len(recs) > 8 * p.meta_window):
+            r = recs.popleft()
+            if r[2] is None or r[2] != r[2]:
+                self._rec_of.pop(r[5], None)
+                continue
+            block.append(r)
+            if len(block) >= p.meta_window:
+                # The previous window is replayed first as context: the backlog it left is what the new
+                # window's requests queued behind.
+                a = np.array(self._prev + block, dtype=np.float64)
+                warm = len(self._prev)
+                self._prev, self._block, block = block, [], []
+                self._parts.clear()
+                theta = self.tuner_.close(Window(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], warm))
+                if theta is not None:
+                    self._apply(theta)
+                if self.tuner_.done:
+                    recs.clear()
+                    self._rec_of.clear()
+                    return
+
+    # -- the tuner's twin ------------------------------------------------------------------------------
+    def _cost(self, tokens: float) -> float:
+        return self.fit_.cost(int(tokens))
+
+    def _twin(self, theta: dict[str, float]) -> EWSJF:
+        """A fresh EWSJF with `theta`, this policy's other settings and cost fit, and the partition that
+        Refine-and-Prune gives on the live size window with theta's alpha; it never re-partitions itself."""
+        p: EWSJFParams = self.params  # type: ignore[assignment]
+        never = 10**9
+        twin = EWSJF(**{
+            **p.model_dump(), **theta, "meta_optimize": False, "window": 10, "min_samples": never,
+            "repartition_every": never, "split_check_every": never,
+            "prefill_coeff": self.fit_.coeff, "prefill_exp": self.fit_.exp,
+        })
+        alpha = theta["alpha"]
+        part = self._parts.get(alpha)
+        if part is None and self._seen:
+            win = self._win[: min(self._seen, p.window)]
+            part = self._parts[alpha] = refine_and_prune(win, alpha, p.max_queues, p.seed_clusters, p.min_width)
+        if part is not None:
+            twin.queues_.set_partition(part, 0)
+            twin._partitioned = True
+        return twin
 
     # -- structure -------------------------------------------------------------------------------------
     def _entries(self, queues: list[LengthQueue]) -> list[Entry]:

@@ -1,35 +1,47 @@
-"""EWSJF component 4: Bayesian meta-optimisation of the scoring weights and the refine threshold.
+"""EWSJF component 4: Bayesian meta-optimisation of Theta = {a_u, b_u, a_f, b_f, alpha}, judged on a twin.
 
-One trial per window of `window` completions, through Optuna's ask/tell interface with its seeded TPE sampler
-(a Bayesian sampler: a density-ratio surrogate of the objective with an expected-improvement criterion; the GP
-sampler needs torch, which this project does not ship). The search space is the paper's bounded box
-Theta = {a_u, b_u, a_f, b_f, alpha} (`RANGES`), so no trial can leave it.
+Live traffic only ever runs the *incumbent* parameters (the configured defaults until a challenger proves
+better), so a bad trial costs no user anything. Trials are judged on a *twin* instead: a window of real traffic
+(a contiguous block of `window` arrivals, closed once all of them have finished: arrival, size, measured TTFT,
+KV held = prompt + answer tokens, measured decode time), preceded by the previous window as unscored context
+(the backlog it left is what the window's requests queue behind), replayed through a fresh EWSJF with the trial's
+parameters (its partition fitted on the live size window with the trial's alpha) in front of a model engine
+(`replay`): each iteration admits in the policy's order while prompts fit the token budget and KV fits the
+capacity, takes C_prefill(tokens admitted) seconds (the live fit, which now models exactly that), and a request
+holds its KV for the decode time it really had. The KV capacity is the one unknown: it is calibrated on every
+window (bisection) so that the incumbent's twin reproduces the mean TTFT the window measured. On `mixed` the
+calibrated capacity comes out at 45-69k tokens against the simulated engine's 60.7k: queueing there is mostly
+waiting for KV, which is what makes the order of long and short requests matter. Every trial of a window sees
+the same arrivals: comparisons are paired, and a load burst moves the incumbent and the trial alike.
 
-Objective of a window (lower is better), from the completions' measured TTFT:
+Objective of a window (what the user sees, from the twin's TTFTs):
+    J    = mean TTFT of the window's short half (requests at or below the window's median size; `objective`
+           "mean": of every request),
+    tail = p99 TTFT of its long tail (sizes at or above the 90th percentile),
+subject to tail <= `tail_limit` x the same tail under FCFS in the same twin. A trial's violation is
+v = max(0, tail / (tail_limit x tail_fcfs) - 1). Optuna's seeded TPE sampler (ask/tell; a Bayesian density-ratio
+surrogate with an expected-improvement criterion) proposes `per_window` trials a window over the paper's box
+(`RANGES`), the first ones a one-factor-at-a-time screen (`screen`: each parameter at either end of its range,
+the others at the incumbent's values), and is told ln(J / J_incumbent) + 10 v, lower is better.
 
-    J = mean(ln(1 + s)) + tail_weight * q95(ln(1 + s)),   s = TTFT / C_prefill(prompt)
-
-s is the slowdown: TTFT in units of the request's own prefill time. The mean slowdown is the quantity SJF-like
-orders minimise and it weighs a short request's wait as much as a long one's relative to their sizes (mean TTFT
-would let long requests dominate); the log keeps a handful of burst-delayed requests from swamping a window;
-the 95th percentile term charges a setting for sacrificing the long class.
-
-Bursty arrivals: a window's latencies mostly reflect its load, not the trial's parameters. The tuner measures
-each window's arrival rate; when it differs from the median rate of the last five windows by more than `burst_ratio` either way,
-the trial is told as FAILED, so the surrogate never learns from it, and the same parameters are retried on the
-next window. The first `warmup_windows` windows (an empty system filling up) are discarded the same way.
-After `max_trials` told trials the tuner freezes on the best parameters seen: it converges
-rather than keeps exploring. Both keep it from diverging under bursts.
+Adoption: a trial *beats* the incumbent on a window when its J is lower by the fraction `margin` and its tail
+is no further beyond the constraint (v no larger). The window's best such trial becomes the challenger; it is
+replayed on the next `confirm` windows (fresh arrivals) and adopted only if it beats the incumbent on each.
+After `max_trials` trials the tuner stops proposing; a pending challenger still gets its confirmation.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-import optuna
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
+
+from llmsched.core.types import Request
+from llmsched.policies.request.base import RequestPolicy
+from llmsched.policies.request.fcfs import FCFS
 
 RANGES: dict[str, tuple[float, float]] = {
     "a_u": (-0.001, 0.01),
@@ -38,105 +50,204 @@ RANGES: dict[str, tuple[float, float]] = {
     "b_f": (0.01, 2.0),
     "alpha": (0.5, 3.0),
 }
+Theta = dict[str, float]
 
 
-def window_objective(slowdowns: np.ndarray, tail_weight: float = 0.25) -> float:
-    """J of one window (see the module docstring)."""
-    z = np.log1p(np.maximum(np.asarray(slowdowns, dtype=np.float64), 0.0))
-    return float(z.mean() + tail_weight * np.quantile(z, 0.95))
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A contiguous block of arrivals, all with their first token: what the twin replays."""
+
+    arrival: np.ndarray  # seconds, ascending
+    size: np.ndarray  # tokens the policy sized each request by
+    ttft: np.ndarray  # measured TTFT, seconds
+    hold: np.ndarray  # KV tokens held while decoding (prompt + answer)
+    decode: np.ndarray  # measured seconds from first token to finish
+    warm: int = 0  # the first `warm` rows (the previous window) are replayed as context, not scored
 
 
-class MetaOptimizer:
-    """Ask/tell loop: `record` each completion's slowdown; a finished window returns the next parameters."""
+@dataclass(frozen=True, slots=True)
+class Score:
+    j: float  # mean TTFT of the short half
+    violation: float  # relative excess of the long tail over tail_limit x FCFS's
+
+    def beats(self, other: Score, margin: float) -> bool:
+        """Lower J by the margin, with a long tail no further beyond the constraint than `other`'s."""
+        return self.violation <= other.violation and self.j < (1.0 - margin) * other.j
+
+
+def replay(pol: RequestPolicy, w: Window, cost: Callable[[float], float], budget: int, kv: float) -> np.ndarray:
+    """TTFT of each request of `w` in the twin, admitted in `pol`'s order.
+
+    The twin engine admits, at the start of each iteration, requests in `pol`'s order (popping at one `now`,
+    as the engine does) while their prompts fit the token budget (the first one always goes) and their KV
+    (prompt + answer tokens, `w.hold`) fits the free share of `kv`; the iteration takes cost(tokens admitted)
+    seconds and its requests get their first token at its end. A request then holds its KV for the decode time
+    it really had (`w.decode`). When nothing fits, time moves to the next release or arrival.
+    """
+    n = len(w.arrival)
+    sizes = [max(1, int(x)) for x in w.size.tolist()]
+    arr = w.arrival.tolist()
+    hold = np.minimum(w.hold, kv).tolist()
+    dec = w.decode.tolist()
+    reqs = [Request(i, a, s, 1) for i, (a, s) in enumerate(zip(arr, sizes, strict=True))]
+    ttft = np.empty(n)
+    held: list[tuple[float, float]] = []  # (release time, KV tokens)
+    used = 0.0
+    t, k = -math.inf, 0
+    while k < n or pol:
+        while held and held[0][0] <= t:
+            used -= heapq.heappop(held)[1]
+        if not held:
+            used = 0.0  # no rounding residue: an empty engine always admits
+        if not pol and k < n:
+            t = max(t, arr[k])
+        while k < n and arr[k] <= t:
+            pol.push(reqs[k], arr[k])
+            k += 1
+        batch: list[int] = []
+        tokens = 0
+        while (r := pol.peek(t)) is not None and used + hold[r.rid] <= kv + 1e-9:
+            if batch and tokens + sizes[r.rid] > budget:
+                break
+            pol.pop(t)
+            batch.append(r.rid)
+            tokens += sizes[r.rid]
+            used += hold[r.rid]
+        if not batch:  # KV full: wait for a release (or an arrival, which may be smaller)
+            nxt = [x for x in (held[0][0] if held else None, arr[k] if k < n else None) if x is not None and x > t]
+            t = min(nxt) if nxt else t
+            continue
+        t += cost(tokens)
+        for i in batch:
+            ttft[i] = t - arr[i]
+            heapq.heappush(held, (t + dec[i], hold[i]))
+    return ttft
+
+
+class TwinTuner:
+    """Ask/tell over `RANGES` with a twin judge; `close(window)` returns new live parameters when adopted.
+
+    `make(theta)` builds a fresh policy with those parameters (its partition fitted on the live size window);
+    `cost(tokens)` is the live C_prefill; `budget` the engine's token budget per iteration.
+    """
 
     def __init__(
         self,
-        start: dict[str, float],
+        start: Theta,
+        make: Callable[[Theta], RequestPolicy],
+        cost: Callable[[float], float],
+        budget: int = 8192,
         seed: int = 0,
-        window: int = 200,
-        max_trials: int = 30,
-        startup_trials: int = 6,
-        tail_weight: float = 0.25,
-        burst_ratio: float = 2.5,
+        per_window: int = 4,
+        max_trials: int = 60,
+        tail_limit: float = 1.5,
+        margin: float = 0.05,
+        objective: str = "short",
+        confirm: int = 2,
+        screen: bool = True,
+        startup_trials: int = 8,
         ranges: dict[str, tuple[float, float]] | None = None,
-        warmup_windows: int = 1,
     ) -> None:
-        if window < 2 or max_trials < 1 or burst_ratio <= 1:
+        if per_window < 1 or max_trials < 0 or tail_limit <= 0 or not 0 <= margin < 1:
             raise ValueError(
-                f"need window >= 2, max_trials >= 1, burst_ratio > 1; got {window}, {max_trials}, {burst_ratio}"
+                "need per_window >= 1, max_trials >= 0, tail_limit > 0, 0 <= margin < 1; got "
+                f"{per_window}, {max_trials}, {tail_limit}, {margin}"
             )
         self.ranges = dict(ranges or RANGES)
+        import optuna  # here, not at module level: listing the policies (`llmsched presets`) stays fast
+        from optuna.distributions import FloatDistribution
+
         self.dists = {k: FloatDistribution(lo, hi) for k, (lo, hi) in self.ranges.items()}
-        self.window = window
+        self.make = make
+        self.cost = cost
+        self.budget = budget
+        self.per_window = per_window
         self.max_trials = max_trials
-        self.tail_weight = tail_weight
-        self.burst_ratio = burst_ratio
-        self._warmup = warmup_windows
+        self.tail_limit = tail_limit
+        self.margin = margin
+        if objective not in ("short", "mean"):
+            raise ValueError(f"objective must be 'short' or 'mean', got {objective!r}")
+        self.objective = objective
+        self.confirm = confirm
+        self._confirmed = 0  # windows the pending challenger has beaten the incumbent on so far
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # a trial per window would flood the log
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
-        self.study = optuna.create_study(direction="minimize", sampler=sampler)
-        # The first trial evaluates the configured defaults (clipped into the box).
-        self.study.enqueue_trial({k: min(hi, max(lo, start[k])) for k, (lo, hi) in self.ranges.items()})
-        self.trial = self.study.ask(self.dists)
-        self.current: dict[str, float] = dict(self.trial.params)
-        self.frozen = False
-        self.told = 0
-        self.failed = 0
-        self.history: list[tuple[dict[str, float], float]] = []
-        self._buf: list[float] = []
-        self._arrivals = 0
-        self._t0: float | None = None
-        self._rates: list[float] = []  # arrival rates of the last windows
+        self.study = optuna.create_study(
+            direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+        )
+        self.incumbent: Theta = {k: min(hi, max(lo, start[k])) for k, (lo, hi) in self.ranges.items()}
+        if screen:  # one factor at a time: each parameter at either end of its range, the others at the start
+            for k, ends in self.ranges.items():
+                for v in ends:
+                    self.study.enqueue_trial({**self.incumbent, k: v})
+        self.challenger: Theta | None = None
+        self.trials = 0
+        self.windows = 0
+        self.adopted = 0
+        self.history: list[tuple[Theta, float]] = []  # (trial, told value)
+        self.kv = 0.0  # the last window's calibrated KV capacity (tokens)
 
-    def record_arrival(self, now: float) -> None:
-        self._arrivals += 1
-        if self._t0 is None:
-            self._t0 = now
+    # -- the twin ----------------------------------------------------------------------------------------
+    def run(self, pol: RequestPolicy, w: Window, kv: float) -> np.ndarray:
+        return replay(pol, w, self.cost, self.budget, kv)
 
-    def record(self, slowdown: float, now: float) -> dict[str, float] | None:
-        """Add one completion; returns new parameters to apply when this completion closed a window."""
-        if self.frozen:
-            return None
-        if self._t0 is None:
-            self._t0 = now
-        self._buf.append(slowdown)
-        if len(self._buf) < self.window:
-            return None
-        return self._close(now)
+    def calibrate(self, w: Window) -> float:
+        """The KV capacity (tokens) at which the incumbent's twin has the measured mean TTFT: bisection on its
+        log between the largest single request and the whole window (more KV, less waiting)."""
+        target = float(w.ttft[w.warm :].mean())
+        lo, hi = math.log(float(w.hold.max())), math.log(float(w.hold.sum()) + 1.0)
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            if float(self.run(self.make(self.incumbent), w, math.exp(mid))[w.warm :].mean()) > target:
+                lo = mid
+            else:
+                hi = mid
+        return math.exp(hi)  # the smallest capacity found whose twin waits no longer than measured
 
-    def _close(self, now: float) -> dict[str, float] | None:
-        span = max(now - (now if self._t0 is None else self._t0), 1e-9)
-        rate = self._arrivals / span
-        j = window_objective(np.asarray(self._buf), self.tail_weight)
-        self._buf.clear()
-        self._arrivals, self._t0 = 0, now
-        ref = float(np.median(self._rates)) if self._rates else None
-        burst = ref is not None and rate > 0 and abs(math.log(rate / ref)) > math.log(self.burst_ratio)
-        self._rates.append(rate)
-        del self._rates[:-5]  # a lasting change of load becomes the reference after three windows
-        warm = self._warmup > 0
-        self._warmup -= 1
-        if burst or warm:
-            # Same parameters on the next window; the surrogate does not see this one.
-            self.study.tell(self.trial, state=TrialState.FAIL)
-            self.failed += 1
-            self.study.enqueue_trial(self.current)
-        else:
-            self.study.tell(self.trial, j)
-            self.told += 1
-            self.history.append((dict(self.current), j))
-        if self.told >= self.max_trials:
-            self.frozen = True
-            self.current = dict(self.study.best_params)
-            return dict(self.current)
-        self.trial = self.study.ask(self.dists)
-        self.current = dict(self.trial.params)
-        return dict(self.current)
+    def score(self, ttft: np.ndarray, w: Window, tail_fcfs: float) -> Score:
+        ttft, size = ttft[w.warm :], w.size[w.warm :]
+        short = size <= np.median(size) if self.objective == "short" else slice(None)
+        long = size >= np.quantile(size, 0.9)
+        tail = float(np.quantile(ttft[long], 0.99))
+        return Score(float(ttft[short].mean()), max(0.0, tail / (self.tail_limit * tail_fcfs) - 1.0))
+
+    def judge(self, theta: Theta, w: Window, tail_fcfs: float) -> Score:
+        return self.score(self.run(self.make(theta), w, self.kv), w, tail_fcfs)
+
+    # -- one window --------------------------------------------------------------------------------------
+    def close(self, w: Window) -> Theta | None:
+        """Judge the pending challenger and this window's trials on `w`; the new incumbent if one is adopted."""
+        self.windows += 1
+        self.kv = self.calibrate(w)
+        size = w.size[w.warm :]
+        long = size >= np.quantile(size, 0.9)
+        tail_fcfs = max(float(np.quantile(self.run(FCFS(), w, self.kv)[w.warm :][long], 0.99)), 1e-9)
+        inc = self.judge(self.incumbent, w, tail_fcfs)
+        adopted = None
+        if self.challenger is not None:
+            if not self.judge(self.challenger, w, tail_fcfs).beats(inc, self.margin):
+                self.challenger = None
+            else:
+                self._confirmed += 1
+                if self._confirmed >= self.confirm:
+                    self.incumbent = adopted = self.challenger
+                    self.adopted += 1
+                    self.challenger = None
+                    inc = self.judge(self.incumbent, w, tail_fcfs)
+        best: tuple[Score, Theta] | None = None
+        for _ in range(min(self.per_window, self.max_trials - self.trials)):
+            trial = self.study.ask(self.dists)
+            theta = dict(trial.params)
+            s = self.judge(theta, w, tail_fcfs)
+            value = math.log(max(s.j, 1e-12) / max(inc.j, 1e-12)) + 10.0 * s.violation
+            self.study.tell(trial, value)
+            self.history.append((theta, value))
+            self.trials += 1
+            if s.beats(inc, self.margin) and (best is None or s.beats(best[0], 0.0)):
+                best = (s, theta)
+        if best is not None and self.challenger is None:
+            self.challenger, self._confirmed = best[1], 0
+        return None if adopted is None else dict(adopted)
 
     @property
-    def best(self) -> tuple[dict[str, float], float] | None:
-        done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
-        if not done:
-            return None
-        t = min(done, key=lambda t: t.value if t.value is not None else math.inf)
-        return dict(t.params), float(t.value or 0.0)
+    def done(self) -> bool:
+        return self.trials >= self.max_trials and self.challenger is None

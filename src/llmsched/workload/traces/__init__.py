@@ -1,4 +1,4 @@
-"""Trace files: format detection, the `builtin:` samples, and mixing several files into one workload.
+"""Trace files: format detection, the `builtin:` traces shipped in the package, and mixing several files into one workload.
 
 A trace path may list several files separated by commas; each file is one source with its own class label
 (from `params["classes"]`, else derived from the file name, see `default_label`). Each source is shifted so
@@ -9,20 +9,30 @@ block ids get disjoint hash namespaces: ids of different files never alias.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from importlib import resources
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.traces.azure import is_azure_header, load_azure
 from llmsched.workload.traces.burstgpt import is_burstgpt_header, load_burstgpt
+from llmsched.workload.traces.files import (
+    BUILTIN_PREFIX,
+    BUILTIN_TRACES,
+    builtin_names,
+    open_text,
+    plain_stem,
+    plain_suffix,
+    resolve_path,
+)
 from llmsched.workload.traces.mooncake import load_mooncake
 from llmsched.workload.traces.record import is_record_header, load_record
 
 FORMATS = ("azure", "mooncake", "burstgpt", "record")
-BUILTIN_PREFIX = "builtin:"
 
 Loader = Callable[[Path, int, int], Columns]
 _LOADERS: dict[str, Loader] = {
@@ -33,35 +43,38 @@ _LOADERS: dict[str, Loader] = {
 }
 
 
-def builtin_names() -> list[str]:
-    base = resources.files("llmsched").joinpath("data/traces")
-    return sorted(p.name.rsplit(".", 1)[0] for p in base.iterdir() if p.name.endswith((".jsonl", ".csv")))
+_CACHE: OrderedDict[tuple[Any, ...], Columns] = OrderedDict()
+_CACHE_SIZE = 4
 
 
-def resolve_path(path: str) -> Path:
-    """A file path, or `builtin:NAME` for a trace shipped in the package (`src/llmsched/data/traces`)."""
-    path = path.strip()
-    if path.startswith(BUILTIN_PREFIX):
-        name = path[len(BUILTIN_PREFIX) :]
-        base = resources.files("llmsched").joinpath("data/traces")
-        for ext in (".jsonl", ".csv"):
-            p = base.joinpath(name + ext)
-            if p.is_file():
-                return Path(str(p))
-        raise WorkloadError(f"unknown built-in trace {path!r}; known: {', '.join(builtin_names())}")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise WorkloadError(f"trace file not found: {p}")
-    return p
+def _load_file(path: Path, fmt: str, block_size: int, root: int) -> Columns:
+    """A parsed trace file, cached per process by (file identity, format, block size, namespace): a scenario
+    replays one trace under many policy sets, and a worker process would otherwise parse it for each (the
+    Mooncake trace takes over a second). Callers get a copy whose fields they may reassign."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, fmt, block_size, root)
+    cols = _CACHE.get(key)
+    if cols is None:
+        cols = _LOADERS[fmt](path, block_size, root)
+        _CACHE[key] = cols
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return replace(cols, cls_names=list(cols.cls_names), notes=dict(cols.notes),
+                   session=None if cols.session is None else list(cols.session),
+                   hashes=None if cols.hashes is None else list(cols.hashes),
+                   out_hashes=None if cols.out_hashes is None else list(cols.out_hashes))
 
 
 def detect_format(path: Path) -> str:
-    """A gateway recording by its header line; else by extension (`.jsonl` -> mooncake), else by CSV header."""
-    with path.open(encoding="utf-8") as f:
+    """A gateway recording by its header line; else by extension (`.jsonl` -> mooncake, also under .gz/.xz),
+    else by the CSV header."""
+    with open_text(path) as f:
         first = f.readline().strip()
     if is_record_header(first):
         return "record"
-    if path.suffix.lower() in (".jsonl", ".json"):
+    if plain_suffix(path) in (".jsonl", ".json"):
         return "mooncake"
     if is_azure_header(first):
         return "azure"
@@ -69,12 +82,19 @@ def detect_format(path: Path) -> str:
         return "burstgpt"
     if first.startswith("{"):
         return "mooncake"
-    raise WorkloadError.at(path, 1, f"cannot tell the trace format from header {first[:120]!r}; set name")
+    if not first:
+        raise WorkloadError.at(path, 1, "the trace file is empty")
+    raise WorkloadError.at(path, 1, f"cannot tell the trace format from header {first[:120]!r}; expected an "
+                           "Azure 2023 (TIMESTAMP,ContextTokens,GeneratedTokens) or BurstGPT header, or JSON "
+                           "lines (set the format: --trace-format / name)")
 
 
 def default_label(path: Path) -> str:
     """`AzureLLMInferenceTrace_conv.csv` -> `conv`, `conversation_trace.jsonl` -> `conversation`."""
-    stem = path.stem
+    packaged = next((t for t in BUILTIN_TRACES.values() if t.label and t.file == path.name), None)
+    if packaged is not None:
+        return packaged.label
+    stem = plain_stem(path)
     if stem.startswith("AzureLLMInferenceTrace_"):
         return stem[len("AzureLLMInferenceTrace_") :]
     for suffix in ("_trace", "-trace"):
@@ -108,7 +128,7 @@ def load_traces(
         path = resolve_path(raw)
         f = detect_format(path) if fmt == "auto" else fmt
         root = ROOT if k == 0 else hash((ROOT, -1, k))
-        cols = _LOADERS[f](path, block_size, root)
+        cols = _load_file(path, f, block_size, root)
         explicit = classes[k] if classes is not None else None
         if explicit is not None:
             cols.relabel(explicit)
@@ -120,3 +140,7 @@ def load_traces(
             cols.session = [None if s is None else f"{k}:{s}" for s in cols.session]
         out.append(cols)
     return out[0] if len(out) == 1 else Columns.concat(out)
+
+
+__all__ = ["BUILTIN_PREFIX", "BUILTIN_TRACES", "FORMATS", "builtin_names", "default_label", "detect_format",
+           "load_traces", "resolve_path"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
+from llmsched.workload.traces.files import read_text
 
 HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
@@ -22,7 +23,7 @@ def is_azure_header(line: str) -> bool:
 
 
 def load_azure(path: Path) -> Columns:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     lines = text.splitlines()
     if not lines or not is_azure_header(lines[0]):
         got = lines[0] if lines else "<empty file>"

@@ -16,6 +16,7 @@ import numpy as np
 
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
+from llmsched.workload.traces.files import open_text
 
 REQUIRED = ("Timestamp", "Request tokens", "Response tokens")
 
@@ -34,7 +35,7 @@ def class_of(log_type: str) -> str | None:
 
 
 def load_burstgpt(path: Path) -> Columns:
-    with path.open(encoding="utf-8", newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:

@@ -19,6 +19,7 @@ from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.prefix import BlockIdExpander, BlockRef
+from llmsched.workload.traces.files import open_text
 from llmsched.workload.traces.jsonl import json_lines
 
 SRC_BLOCK = 512
@@ -33,7 +34,7 @@ def load_mooncake(path: Path, block_size: int, root: int = ROOT) -> Columns:
     sessions: list[str | None] = []
     codes: list[int] = []
     classes: dict[str | None, int] = {}
-    with path.open(encoding="utf-8") as f:
+    with open_text(path) as f:
         for i, row in json_lines(f, path):
             t, n_in, n_out, ids = _check_row(path, i, row)
             ts.append(t)

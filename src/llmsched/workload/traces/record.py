@@ -22,6 +22,7 @@ import numpy as np
 from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
+from llmsched.workload.traces.files import open_text
 from llmsched.workload.traces.jsonl import json_lines
 
 MAGIC = "llmsched_record"
@@ -87,7 +88,7 @@ def _num(path: Path, i: int, row: dict[str, Any], key: str, kind: type, none_ok:
 
 
 def _header(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as f:
+    with open_text(path) as f:
         first = f.readline()
     try:
         head = json.loads(first)
@@ -105,7 +106,7 @@ def read_recording(path: Path) -> Recording:
     cols: dict[str, list[Any]] = {k: [] for k in ("arrival", "prompt", "output", "max_tokens", "backend", "ttft",
                                                    "e2e", "status", "hashes", "session", "cls", "priority")}
     for seg in segments(path):
-        with seg.open(encoding="utf-8") as f:
+        with open_text(seg) as f:
             f.readline()
             head = _header(seg)
             if head.get(MAGIC) != 1:
