@@ -9,6 +9,7 @@ command, without code here: `clikit.LazyGroup.invoke` turns them into that line.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +28,8 @@ class _Group(LazyGroup):
                   "Run the OpenAI-compatible gateway in front of vLLM/SGLang (or emulated) engines."),
         "emulate": ("llmsched.emulator.cli:emulate_cmd",
                     "Serve vLLM's OpenAI-compatible API and /metrics, driven in real time by the engine model."),
+        "calibrate": ("llmsched.bench.calibrate_cli:calibrate_cmd",
+                      "Fit the cost model's knobs to a gateway recording or live /metrics; writes a calibration file."),
     }
 
 
@@ -85,11 +88,13 @@ TRACE_NAMES = "builtin:azure-code, builtin:azure-conv, builtin:mooncake-conv, bu
 @app.command()
 def simulate(
     trace: Annotated[str | None, typer.Option(
-        help=f"trace file (Azure 2023 CSV, Mooncake JSONL, BurstGPT CSV; .gz/.xz too) or {TRACE_NAMES} "
+        help=f"trace file (Azure 2023 CSV, Mooncake JSONL, BurstGPT CSV, a `serve --record` "
+        f"recording; .gz/.xz too) or {TRACE_NAMES} "
         "(see `llmsched traces`)")] = None,
     synthetic: Annotated[str | None, typer.Option(
         help=f"synthetic workload (default chat): {GENERATOR_NAMES}")] = None,
-    trace_format: Annotated[str, typer.Option(help="trace format: auto, azure, mooncake, burstgpt")] = "auto",
+    trace_format: Annotated[str, typer.Option(help="trace format: auto, azure, mooncake, burstgpt, "
+                                                          "record")] = "auto",
     rate: Annotated[float | None, typer.Option(
                                                help="mean arrivals per second (synthetic; a trace's target rate)")] = None,
     num_requests: Annotated[int | None, typer.Option(min=1, help="number of requests (synthetic, default 1000) / "
@@ -121,10 +126,12 @@ def simulate(
     engine: Annotated[str, typer.Option(help="llmsched (fast engine model) or vllm (vLLM's real scheduler, "
                                         "exact, slower; needs llmsched[vllm])")] = "llmsched",
     seed: Annotated[int, typer.Option(min=0, help="seed: the same seed gives the same numbers")] = 0,
+    calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file (docs/calibration.md)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Simulate one cluster on one workload and print its latency and throughput (simulated figures)."""
     from llmsched.engine.config import EngineConfig
+    from llmsched.model.calibration import load_calibration
     from llmsched.sim.config import SimConfig
     from llmsched.sim.run import simulate as run_sim
     from llmsched.vllm.harness import VllmMissing
@@ -161,6 +168,7 @@ def simulate(
         router=router, router_params=_json_arg(router_params, "--router-params"),
         expert_policy=expert_policy, expert_params=_json_arg(expert_params, "--expert-params"),
         metrics_interval_s=metrics_interval, seed=seed, engine_kind=engine,
+        calibration=load_calibration(calibration) if calibration is not None else None,
     )
     try:
         res = run_sim(cfg, progress=not as_json and sys.stderr.isatty())

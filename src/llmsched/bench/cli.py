@@ -60,6 +60,12 @@ def compare_cmd(
                                                 "packaged traces (else $LLMSCHED_TRACES)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="local worker processes")] = 2,
     seed: Annotated[int | None, typer.Option(min=0, help="override every scenario's seed")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file for every run")] = None,
+    trace: Annotated[Path | None, typer.Option(help="what-if on a `serve --record` recording instead of "
+                                               "scenarios (docs/calibration.md)")] = None,
+    model: Annotated[str, typer.Option(help="--trace: LLM preset of the recorded backends")] = "llama-3.1-8b",
+    gpu: Annotated[str, typer.Option(help="--trace: GPU preset of the recorded backends")] = "h100",
+    tp: Annotated[int | None, typer.Option(min=1, help="--trace: tensor-parallel degree")] = None,
 ) -> None:
     """Compare policy sets on built-in or YAML scenarios (simulated); tables plus a report folder."""
     import json as jsonlib
@@ -71,10 +77,24 @@ def compare_cmd(
     from llmsched.bench.tables import rich_tables
 
     t0 = time.perf_counter()
+    cal = None
+    if calibration is not None:
+        from llmsched.model.calibration import load_calibration
+
+        cal = load_calibration(calibration)  # a bad file: one `error:` line (clikit)
+    if trace is not None:
+        from llmsched.bench.whatif import print_what_if, what_if
+
+        res = what_if(trace, model, gpu, tp, cal, seeds=3)
+        if json:
+            out_console.file.write(jsonlib.dumps(res, default=str) + "\n")
+        else:
+            print_what_if(res)
+        return
     if not scenario:
         quick = True  # the README's main job: a quick pass over every built-in scenario
     check_out_dir(out)
-    comp = cmp.prepare(scenario, quick, seed, traces)
+    comp = cmp.prepare(scenario, quick, seed, traces, cal)
     _note_skipped(comp.skipped)
     try:
         with LocalPool(jobs) as pool, _progress(transient=True) as progress:
@@ -121,6 +141,7 @@ def sweep_cmd(
                                          help="keep the runs already in OUT/runs.jsonl")] = True,
     traces: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="trace folder overriding the "
                                                 "packaged traces (else $LLMSCHED_TRACES)")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file for every run")] = None,
 ) -> None:
     """Run a grid of scenarios x policy sets x loads x seeds; resumable; report with 95% CIs across seeds."""
     from llmsched.bench.executors import Executor, LocalPool, RayPool, RunFailed
@@ -132,6 +153,11 @@ def sweep_cmd(
     t0 = time.perf_counter()
     check_out_dir(out, keep=("runs.jsonl",))
     spec, scenarios = load_sweep(file)
+    if calibration is not None:
+        from llmsched.model.calibration import load_calibration
+
+        cal = load_calibration(calibration)
+        scenarios = [sc.with_calibration(cal) for sc in scenarios]
     plan = plan_sweep(spec, scenarios, traces)
     log = RunLog(out / "runs.jsonl")
     log.load() if resume else log.reset()

@@ -24,8 +24,9 @@ class Comparison:
 
 
 def prepare(names: list[str] | None, quick: bool, seed: int | None = None,
-            traces: Path | None = None) -> Comparison:
-    """Scenarios (every built-in one when `names` is empty), their cells and saturation runs."""
+            traces: Path | None = None, calibration: Any = None) -> Comparison:
+    """Scenarios (every built-in one when `names` is empty), their cells and saturation runs; `calibration`
+    (a `Calibration`) goes into every scenario's base."""
     scenarios, cells, caps, skipped = [], [], {}, []
     for name in names or builtin_names():
         sc = load_scenario(name)
@@ -33,6 +34,8 @@ def prepare(names: list[str] | None, quick: bool, seed: int | None = None,
             sc = sc.with_quick()
         if seed is not None:
             sc = sc.with_seed(seed)
+        if calibration is not None:
+            sc = sc.with_calibration(calibration)
         sc, skip = resolve_traces(sc, traces)
         skipped += skip
         c, k = expand(sc)

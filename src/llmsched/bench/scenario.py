@@ -183,6 +183,12 @@ class Scenario(BaseModel):
         out._source = self._source
         return out
 
+    def with_calibration(self, cal: Any) -> Scenario:
+        """This scenario with a cost-model `Calibration` in its base (every run uses it)."""
+        out = self.model_copy(update={"base": {**self.base, "calibration": cal.model_dump()}})
+        out._source = self._source
+        return out
+
     def with_seed(self, seed: int) -> Scenario:
         out = self.model_copy(update={"base": {**self.base, "seed": seed}})
         out._source = self._source

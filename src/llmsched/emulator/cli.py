@@ -31,6 +31,9 @@ def emulate_cmd(
     ] = 8192,
     block_size: Annotated[int, typer.Option(help="KV block size in tokens.")] = 16,
     enable_prefix_caching: Annotated[bool, typer.Option(help="Automatic prefix caching.")] = True,
+    calibration: Annotated[
+        str | None, typer.Option(help="Cost-model calibration file (docs/calibration.md).")
+    ] = None,
 ) -> None:
     """Serve vLLM's OpenAI-compatible API and /metrics, driven in real time by the engine model."""
     from llmsched.emulator.server import EmulatorServer
@@ -42,6 +45,12 @@ def emulate_cmd(
         enable_prefix_caching=enable_prefix_caching,
     )
     try:
+        cost = None
+        if calibration is not None:
+            from llmsched.model import build_cost_model
+            from llmsched.model.calibration import load_calibration
+
+            cost = build_cost_model(model, gpu, tp, **load_calibration(calibration).knobs())
         server = EmulatorServer(
             model=model,
             gpu=gpu,
@@ -52,6 +61,7 @@ def emulate_cmd(
             served_model_name=served_model_name,
             seed=seed,
             max_model_len=max_model_len,
+            cost=cost,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -27,6 +27,21 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
                    240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def request_tokens_buckets(max_model_len: int) -> tuple[float, ...]:
+    """vLLM's 1-2-5 series up to the context window (`build_1_2_5_buckets`)."""
+    out: list[float] = []
+    e = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * e > max_model_len:
+                return tuple(out)
+            out.append(float(m * e))
+        e *= 10
+
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -89,6 +104,7 @@ class EmulatorMetrics:
         snapshot: Callable[[], InstanceSnapshot],
         cache_config: dict[str, str],
         preemptions: Callable[[], int] = lambda: 0,
+        max_model_len: int = 32768,
     ) -> None:
         self.model_name = model_name
         self._snapshot = snapshot
@@ -101,6 +117,10 @@ class EmulatorMetrics:
         self.itl = FoldedHistogram(ITL_BUCKETS)
         self.e2e = FoldedHistogram(LATENCY_BUCKETS)
         self.queue = FoldedHistogram(LATENCY_BUCKETS)
+        self.iteration_tokens = FoldedHistogram(ITERATION_TOKENS_BUCKETS)
+        self.request_prompt = FoldedHistogram(request_tokens_buckets(max_model_len))
+        self.request_generation = FoldedHistogram(request_tokens_buckets(max_model_len))
+        self.request_tpot = FoldedHistogram(ITL_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -117,10 +137,18 @@ class EmulatorMetrics:
         elif n > 1:
             self.itl.observe((now - stream.req.first_token) / (n - 1), n - 1)
 
+    def on_step(self, tokens: int, steps: int) -> None:
+        """An iteration (or a run of `steps` identical ones) computed `tokens` tokens each (prompt + output)."""
+        self.iteration_tokens.observe(tokens, steps)
+
     def on_finished(self, reqs: list[Request], now: float) -> None:
         for r in reqs:
             self.success["length"] += 1
             self.e2e.observe(now - r.arrival)
+            self.request_prompt.observe(r.prompt_len)
+            self.request_generation.observe(r.num_output)
+            if r.num_output > 1:
+                self.request_tpot.observe((now - r.first_token) / (r.num_output - 1))
             if r.first_scheduled >= 0:
                 self.queue.observe(r.first_scheduled - r.arrival)
 
@@ -185,5 +213,11 @@ class _Collector(Collector):
         )
         yield hist("vllm:inter_token_latency_seconds", "Gap between output tokens, emulated seconds.", m.itl)
         yield hist("vllm:e2e_request_latency_seconds", "Arrival to last token, emulated seconds.", m.e2e)
+        yield hist("vllm:iteration_tokens_total", "Tokens per engine step (prompt + generated).",
+                   m.iteration_tokens)
+        yield hist("vllm:request_prompt_tokens", "Prompt tokens of finished requests.", m.request_prompt)
+        yield hist("vllm:request_generation_tokens", "Generated tokens of finished requests.", m.request_generation)
+        yield hist("vllm:request_time_per_output_token_seconds", "Mean gap between a finished request's output "
+                   "tokens, emulated seconds.", m.request_tpot)
         yield hist("vllm:request_queue_time_seconds", "Arrival to first scheduling, emulated seconds.",
                    m.queue)  # fmt: skip

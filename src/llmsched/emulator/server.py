@@ -68,7 +68,7 @@ class EmulatorServer:
         max_model_len: context window; default the cost model's `max_model_len`, else 32,768; never more than
             the KV cache holds.
         default_max_tokens: output length when a request gives no max_tokens.
-        token_window_s: see `EngineDriver`.
+        token_window_s, max_lag_s: see `EngineDriver`.
     """
 
     def __init__(
@@ -88,6 +88,7 @@ class EmulatorServer:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         token_window_s: float = 0.002,
         tokenizer: StandInTokenizer | None = None,
+        max_lag_s: float = 0.005,
     ) -> None:
         from llmsched.policies.request import REQUEST_POLICIES
 
@@ -118,8 +119,10 @@ class EmulatorServer:
             lambda: self.engine.snapshot(self.driver.now() if self.driver.started else 0.0),
             cache_config,
             lambda: self.engine.stats.preemptions,
+            self.max_model_len,
         )
-        self.driver = EngineDriver(self.engine, speed, self.metrics, token_window_s=token_window_s)
+        self.driver = EngineDriver(self.engine, speed, self.metrics, token_window_s=token_window_s,
+                                   max_lag_s=max_lag_s)
         self.speed = self.driver.speed
         self._next_rid = 0
         self._id_prefix = secrets.token_hex(4)

@@ -54,6 +54,8 @@ def serve_cmd(
     config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
+    record: Annotated[Path | None, typer.Option("--record", help="append one JSON line per finished request "
+                                                "to this file (docs/calibration.md)")] = None,
 ) -> None:
     """Run the OpenAI-compatible gateway in front of vLLM/SGLang (or emulated) engines."""
     overrides: dict[str, Any] = {}
@@ -61,6 +63,8 @@ def serve_cmd(
         overrides["request_policy"] = {"name": request_policy}
     if router:
         overrides["router"] = {"name": router}
+    if record is not None:  # emulated engines run `--emulator-speed` times faster than the recorded clock
+        overrides["record"] = {"path": str(record), "time_scale": emulator_speed if emulated else 1.0}
     try:
         if config is not None:
             cfg = load_config(config, overrides)

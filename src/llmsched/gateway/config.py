@@ -47,6 +47,16 @@ class BreakerConfig(_Model):
     cooldown: float = Field(5.0, gt=0, description="seconds open before one half-open probe is allowed")
 
 
+class RecordConfig(_Model):
+    """`--record`: one JSON line per finished request (docs/calibration.md)."""
+
+    path: str = Field(min_length=1, description="file to append to; rotated to PATH.1, PATH.2, ...")
+    class_header: str = Field("x-llmsched-class", min_length=1, description="header recorded as the class")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="rotate the file at this size")
+    buffer: int = Field(65536, ge=1, description="records buffered for the writer before drops (counted)")
+    time_scale: float = Field(1.0, gt=0, description="emulated seconds per real second of the backends")
+
+
 class GatewayConfig(_Model):
     backends: list[str] = Field(default_factory=list, description="base URLs of OpenAI-compatible engines")
     request_policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(name="fcfs"))
@@ -71,6 +81,7 @@ class GatewayConfig(_Model):
         True, description="send non-streamed requests upstream as streams and re-assemble the answer, so the "
                           "router learns of the first token when it happens (not at completion)",
     )
+    record: RecordConfig | None = Field(None, description="record finished requests (docs/calibration.md)")
 
     @field_validator("backends")
     @classmethod

@@ -36,6 +36,7 @@ from llmsched.gateway.openai_req import (
     error_body,
     parse_body,
 )
+from llmsched.gateway.record import Recorder
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.request import REQUEST_POLICIES
@@ -70,7 +71,7 @@ class _UpstreamFailure(Exception):
 class Outcome:
     """What is known of one request when it completes (the gateway's single completion point, `_complete`)."""
 
-    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot")
+    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded")
 
     def __init__(self, endpoint: str, arrival: float) -> None:
         self.endpoint = endpoint
@@ -82,6 +83,8 @@ class Outcome:
         self.e2e: float | None = None  # arrival to the last byte (s)
         self.tokens: int | None = None  # generated tokens (usage, else content events)
         self.tpot: float | None = None
+        # Only while `serve --record` is on: (the request, its class header, its priority field) for the recorder.
+        self.recorded: tuple[Request, str | None, Any] | None = None
 
 
 _WHOLE, _WAIT_FIRST, _STREAM, _COLLECT = range(4)
@@ -185,7 +188,12 @@ class _Attempt:
             now = gw.now()
             gw.dispatcher.first_token(self.req, self.i, now)  # a whole answer: its first token came with it
             out.e2e = now - self.req.arrival
-            conn.respond(ex.status, ex.body(), ex.ctype.encode("latin-1"))
+            body = ex.body()
+            if ex.status < 400:  # usage sits at the end of an OpenAI answer: read only its tail
+                m = _COMPLETION_TOKENS.findall(body, max(0, len(body) - 2048))
+                if m:
+                    out.tokens = int(m[-1])
+            conn.respond(ex.status, body, ex.ctype.encode("latin-1"))
             return ex.status, False
         if self.mode == _WAIT_FIRST:
             raise _UpstreamFailure("stream ended before its first chunk")
@@ -306,7 +314,8 @@ class Gateway:
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self._session_header = cfg.session_header.lower()
-        self._hash_blocks = bool(getattr(router, "uses_index", False))  # only prefix-aware routers read them
+        # Only prefix-aware routers read the prompt's block hashes, and the recorder (salted, for replay).
+        self._hash_blocks = bool(getattr(router, "uses_index", False)) or cfg.record is not None
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
@@ -327,6 +336,13 @@ class Gateway:
             "/admin/backends/drain": {"POST": self._admin_drain},
         }
         self.url = ""
+        self.recorder: Recorder | None = None
+        if cfg.record is not None:
+            r = cfg.record
+            self.recorder = Recorder(r.path, cfg.block_size, r.class_header, r.max_bytes, r.buffer,
+                                     time_scale=r.time_scale, backends=list(cfg.backends), t0=self.now())
+            self.metrics.registry.register(self.recorder.collector())
+        self._class_header = cfg.record.class_header.lower() if cfg.record is not None else ""  # headers: lower case
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -361,6 +377,8 @@ class Gateway:
             pool.close()
         if self._probe:
             await self._probe.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     # -- front door: routing of paths, auth, errors ------------------------------------------------------
     def _error_body(self, status: int, message: str) -> bytes:
@@ -459,6 +477,9 @@ class Gateway:
             e2e.observe(out.e2e)
         if out.tpot is not None:
             tpot.observe(out.tpot)
+        if out.recorded is not None:
+            req, cls, priority = out.recorded
+            self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
 
     def _histograms(self, endpoint: str) -> tuple[Any, Any, Any]:
         h = self._hists.get(endpoint)
@@ -481,6 +502,8 @@ class Gateway:
             return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
         req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
                             self._hash_blocks)
+        if self.recorder is not None:
+            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         req.shell_data = fut
         if not d.submit(req, t_arr):

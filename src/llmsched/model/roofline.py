@@ -136,6 +136,10 @@ class CostModel:
         custom_ar_bw: bytes each GPU moves per second in the custom kernel (default fitted; other GPUs than
             H100 scale it by their NVLink bandwidth).
         moe_layer_overhead_s: extra fixed time per MoE layer beyond the priced routing kernels.
+        compute_scale: multiplies every FLOP efficiency (GEMMs, attention) of the fit; a calibration knob
+            (`llmsched calibrate`), 1.0 = the shipped fit.
+        bandwidth_scale: multiplies every memory-bandwidth efficiency (GEMM, elementwise incl. the MoE routing
+            kernels, decode-attention KV/q/o traffic at `attn_bw_eff`); 1.0 = the fit.
     """
 
     needs_class_tokens = False
@@ -150,6 +154,8 @@ class CostModel:
         step_overhead_s: float = STEP_OVERHEAD_S,
         attn_flops_eff: float = ATTN_FLOPS_EFF,
         *,
+        compute_scale: float = 1.0,
+        bandwidth_scale: float = 1.0,
         seq_overhead_s: float = SEQ_OVERHEAD_S,
         attn_bw_eff: float | None = None,
         attn_latency_s: float | None = None,
@@ -175,6 +181,8 @@ class CostModel:
                              "attn_latency_s must be >= 0 and custom_ar_bw > 0")
         if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
             raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
+        if not (compute_scale > 0 and bandwidth_scale > 0):
+            raise ValueError(f"compute_scale and bandwidth_scale must be > 0, got {compute_scale}, {bandwidth_scale}")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
         self.dp = num_gpus // tp
         self.fit = fit or compute_fit(gpu.calibration)
@@ -191,9 +199,11 @@ class CostModel:
         f = self.fit
         peak = gpu.peak_fp8_flops if (llm.dtype_bytes == 1 and gpu.peak_fp8_flops) else gpu.peak_flops
         self._dt = float(llm.dtype_bytes)
-        self._inv_flops = 1.0 / (peak * f.gemm_flops_eff)
-        self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff)
-        self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff)
+        # compute_scale / bandwidth_scale (calibration) multiply the fitted efficiencies here and in the
+        # attention figures below; no attribute of their own (the shared-key cap below).
+        self._inv_flops = 1.0 / (peak * f.gemm_flops_eff * compute_scale)
+        self._inv_gemm_bw = 1.0 / (gpu.mem_bw * f.gemm_bw_eff * bandwidth_scale)
+        self._inv_elem_bw = 1.0 / (gpu.mem_bw * f.elem_bw_eff * bandwidth_scale)
         self._all_reduce = all_reduce_fit(gpu, tp) if tp > 1 else None
         # Keep the instance within CPython's 30 shared-key attributes (specialised attribute access on the hot
         # path; 27 now, tests/test_cost_model.py checks it): related figures travel in tuples.
@@ -209,11 +219,12 @@ class CostModel:
         heads_g = llm.num_heads / tp
         kv_elems_g = llm.kv_elems_per_token_layer / min(tp, llm.num_kv_heads)
         per = llm.num_layers / self.dp
-        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff)  # attention runs in bf16 whatever the weights
+        # attention runs in bf16 whatever the weights
+        inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff * compute_scale)
         fit_eff, fit_lat = attn_decode_fit(gpu.calibration)
         self.attn_bw_eff = fit_eff if attn_bw_eff is None else float(attn_bw_eff)
         attn_lat = fit_lat if attn_latency_s is None else float(attn_latency_s)
-        inv_attn_bw = 1.0 / (gpu.mem_bw * self.attn_bw_eff)
+        inv_attn_bw = 1.0 / (gpu.mem_bw * self.attn_bw_eff * bandwidth_scale)
         self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
         self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * inv_attn_bw  # s per KV token read/written
         self._a_q = 2.0 * heads_g * hd * 2 * per * inv_attn_bw  # s per query token (q read, out written)
@@ -515,5 +526,6 @@ class CostModel:
 def build_cost_model(model: str, gpu: str, tp: int | None = None, num_gpus: int | None = None,
                      **knobs: float | None) -> CostModel:
     """The cost model of one instance of preset `model` on preset `gpu` (tp defaults to the model's);
-    `knobs` are `CostModel`'s keyword arguments (overheads, efficiencies, custom all-reduce)."""
+    `knobs` are `CostModel`'s keyword arguments (overheads, efficiencies, custom all-reduce; a
+    calibration's step_overhead_s, compute_scale, bandwidth_scale, ...)."""
     return CostModel(get_llm(model), get_gpu(gpu), tp=tp, num_gpus=num_gpus, **knobs)

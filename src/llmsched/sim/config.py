@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsched.engine.config import EngineConfig
+from llmsched.model.calibration import Calibration
 from llmsched.workload.spec import WorkloadSpec
 
 
@@ -31,3 +32,4 @@ class SimConfig(BaseModel):
     metrics_interval_s: float = Field(0.0, ge=0, description="router snapshot refresh interval; 0 = live")
     seed: int = Field(0, ge=0, description="same seed, same numbers")
     record_token_times: bool = False
+    calibration: Calibration | None = Field(None, description="cost-model knobs (docs/calibration.md)")

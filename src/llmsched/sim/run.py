@@ -27,8 +27,9 @@ def build_cluster(cfg: SimConfig) -> Cluster:
     llm = get_llm(cfg.model)
     engines = []
     req_cls = REQUEST_POLICIES.get(cfg.request_policy)
+    knobs = cfg.calibration.knobs() if cfg.calibration is not None else {}
     for i in range(cfg.instances):
-        cost = build_cost_model(cfg.model, cfg.gpu, cfg.tp)
+        cost = build_cost_model(cfg.model, cfg.gpu, cfg.tp, **knobs)
         if getattr(llm, "is_moe", False):
             from llmsched.model.moe import build_moe_cost
 
@@ -130,6 +131,7 @@ def report(
                 "kv_blocks_per_instance": engines[0].kv.num_blocks if engines else None,
                 "workload": workload_block(cfg, reqs),
                 "llmsched_version": version(),
+                **({"calibration": cfg.calibration.knobs()} if cfg.calibration is not None else {}),
             },
             "per_instance": [
                 {

@@ -37,6 +37,7 @@ class Columns:
     notes: dict[str, int] = field(default_factory=dict)
     # Per row: hashes of the answer's blocks, continuing `hashes` (multi-turn generators know them).
     out_hashes: list[Hashes] | None = None
+    priority: np.ndarray | None = None  # per row (vLLM semantics, lower first); None: all 0
     # Per row: the LoRA adapter the request names (None: the base model); None when no row names one.
     adapter: list[str | None] | None = None
 
@@ -83,6 +84,7 @@ class Columns:
             None if self.hashes is None else [self.hashes[i] for i in sel],
             dict(self.notes),
             None if self.out_hashes is None else [self.out_hashes[i] for i in sel],
+            None if self.priority is None else self.priority[idx],
             None if self.adapter is None else [self.adapter[i] for i in sel],
         )
 
@@ -101,6 +103,7 @@ class Columns:
         any_session = any(p.session is not None for p in parts)
         any_hashes = any(p.hashes is not None for p in parts)
         any_out = any(p.out_hashes is not None for p in parts)
+        any_prio = any(p.priority is not None for p in parts)
         any_adapter = any(p.adapter is not None for p in parts)
         notes: dict[str, int] = {}
         for p in parts:
@@ -116,6 +119,8 @@ class Columns:
             [h for p in parts for h in (p.hashes or [None] * len(p))] if any_hashes else None,
             notes,
             [h for p in parts for h in (p.out_hashes or [None] * len(p))] if any_out else None,
+            np.concatenate([p.priority if p.priority is not None else np.zeros(len(p), np.int64) for p in parts])
+            if any_prio else None,
             [a for p in parts for a in (p.adapter or [None] * len(p))] if any_adapter else None,
         )
 
@@ -126,6 +131,7 @@ class Columns:
         sessions = self.session if self.session is not None else [None] * len(self)
         hashes = self.hashes if self.hashes is not None else [None] * len(self)
         outs = self.out_hashes if self.out_hashes is not None else [None] * len(self)
+        prios = self.priority.tolist() if self.priority is not None else [0] * len(self)
         adapters = self.adapter if self.adapter is not None else [None] * len(self)
         rows = zip(
             self.arrival.tolist(),
@@ -135,11 +141,12 @@ class Columns:
             labels,
             sessions,
             outs,
+            prios,
             adapters,
             strict=True,
         )
-        for rid, (t, p, o, h, c, s, oh, a) in enumerate(rows):
-            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, output_hashes=oh, adapter=a)
+        for rid, (t, p, o, h, c, s, oh, pr, a) in enumerate(rows):
+            yield Request(rid, t, p, o, h() if callable(h) else h, c, s, pr, output_hashes=oh, adapter=a)
 
     def to_requests(self) -> list[Request]:
         return list(self.iter_requests())

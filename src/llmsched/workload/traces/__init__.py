@@ -30,14 +30,16 @@ from llmsched.workload.traces.files import (
     resolve_path,
 )
 from llmsched.workload.traces.mooncake import load_mooncake
+from llmsched.workload.traces.record import is_record_header, load_record
 
-FORMATS = ("azure", "mooncake", "burstgpt")
+FORMATS = ("azure", "mooncake", "burstgpt", "record")
 
 Loader = Callable[[Path, int, int], Columns]
 _LOADERS: dict[str, Loader] = {
     "azure": lambda p, bs, root: load_azure(p),
     "mooncake": load_mooncake,
     "burstgpt": lambda p, bs, root: load_burstgpt(p),
+    "record": load_record,
 }
 
 
@@ -66,11 +68,14 @@ def _load_file(path: Path, fmt: str, block_size: int, root: int) -> Columns:
 
 
 def detect_format(path: Path) -> str:
-    """By extension (`.jsonl` -> mooncake, also under .gz/.xz), else by the CSV header."""
-    if plain_suffix(path) in (".jsonl", ".json"):
-        return "mooncake"
+    """A gateway recording by its header line; else by extension (`.jsonl` -> mooncake, also under .gz/.xz),
+    else by the CSV header."""
     with open_text(path) as f:
         first = f.readline().strip()
+    if is_record_header(first):
+        return "record"
+    if plain_suffix(path) in (".jsonl", ".json"):
+        return "mooncake"
     if is_azure_header(first):
         return "azure"
     if is_burstgpt_header(first):

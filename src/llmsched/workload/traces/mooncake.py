@@ -10,7 +10,6 @@ files) become the request's class and session.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.prefix import BlockIdExpander, BlockRef
 from llmsched.workload.traces.files import open_text
+from llmsched.workload.traces.jsonl import json_lines
 
 SRC_BLOCK = 512
 FIELDS = ("timestamp", "input_length", "output_length")
@@ -35,13 +35,7 @@ def load_mooncake(path: Path, block_size: int, root: int = ROOT) -> Columns:
     codes: list[int] = []
     classes: dict[str | None, int] = {}
     with open_text(path) as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError.at(path, i, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        for i, row in json_lines(f, path):
             t, n_in, n_out, ids = _check_row(path, i, row)
             ts.append(t)
             inp.append(n_in)

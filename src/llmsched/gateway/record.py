@@ -1,0 +1,210 @@
+"""`llmsched serve --record PATH`: one JSON line per finished request, for replay and calibration.
+
+The data path pays one `deque.append` of a tuple per request (`Recorder.record`); a writer thread wakes every
+`flush_interval` seconds, turns the tuples into JSON lines and appends them to PATH. The buffer is bounded: when
+it holds `buffer` records the new one is dropped and counted (`llmsched_gateway_record_dropped_total`), never
+silently and never blocking a request. When PATH reaches `max_bytes` it is renamed PATH.1 (then PATH.2, ...:
+numbered in order of creation) and a new PATH starts with its own header line.
+
+Format (docs/calibration.md): the first line of every file is a header object with `"llmsched_record": 1`;
+then one object per request. No prompt text is written: the prompt's chained block hashes (as the gateway's
+router computes them at `block_size`) are passed through a keyed 64-bit mix with a random per-recording salt
+that is never written, and stored as base64 of little-endian uint64. Equal prefixes within a recording keep
+equal hashes; nothing links them to the text or to another recording. Session/user keys are keyed BLAKE2b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import secrets
+import threading
+from base64 import b64encode
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from llmsched.core.types import Request
+
+
+class Finished(Protocol):
+    """What the recorder reads of a finished request's outcome (the gateway's `server.Outcome`)."""
+
+    status: int
+    backend: int
+    ttft: float | None
+    e2e: float | None
+    tokens: int | None
+
+
+FORMAT_VERSION = 1
+HASH_SCHEME = "mix64-salted-v1"
+
+
+def salt_hashes(hashes: np.ndarray | tuple[int, ...] | None, k0: int, k1: int) -> np.ndarray:
+    """A keyed bijective 64-bit mix (splitmix64 finaliser around salt words) of each chained hash."""
+    h = np.asarray(hashes if hashes is not None else (), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = h ^ np.uint64(k0)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+        x = (x + np.uint64(k1)) * np.uint64(0x9E3779B97F4A7C15)
+        x = x ^ (x >> np.uint64(29))
+    return x
+
+
+class Recorder:
+    """Non-blocking JSON-lines recorder of finished requests (see the module docstring).
+
+    Args:
+        path: the file; rotated segments are PATH.1, PATH.2, ...
+        block_size: the block size of the hashes (the gateway's `block_size`).
+        class_header: request header whose value is recorded as the request's class.
+        max_bytes: rotate when the current file reaches this size.
+        buffer: records held for the writer before new ones are dropped (and counted).
+        flush_interval: seconds between writer passes.
+        time_scale: emulated seconds per recorded second (the `--emulated` engines' speed; 1 for real engines).
+        backends: the backend URLs, written into each header (rows name a backend by its stable index).
+        t0: the gateway clock's reading that is arrival 0.
+    """
+
+    def __init__(self, path: str | Path, block_size: int, class_header: str = "x-llmsched-class",
+                 max_bytes: int = 256 * 1024 * 1024, buffer: int = 65536, flush_interval: float = 0.2,
+                 time_scale: float = 1.0, backends: list[str] | None = None, t0: float = 0.0) -> None:
+        self.path = Path(path)
+        self.block_size = block_size
+        self.class_header = class_header
+        self.max_bytes = max_bytes
+        self.capacity = buffer
+        self.flush_interval = flush_interval
+        self.time_scale = time_scale
+        self.backends = list(backends or [])
+        self.t0 = t0
+        self.recording = secrets.token_hex(8)
+        self._k0, self._k1 = secrets.randbits(64), secrets.randbits(64)
+        self._key = secrets.token_bytes(16)
+        self.written = 0
+        self.dropped = 0
+        self.rotations = 0
+        self._q: deque[tuple[Any, ...]] = deque()
+        self._stop = threading.Event()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self._open()
+        self._thread = threading.Thread(target=self._run, name="llmsched-recorder", daemon=True)
+        self._thread.start()
+
+    # -- data path -------------------------------------------------------------------------------------
+    def record(self, req: Request, out: Finished, cls: str | None, priority: Any) -> None:
+        """Queue one finished request; never blocks (a full buffer drops and counts the record).
+
+        `out` is the gateway's outcome of it (`server.Outcome`): status, backend index, TTFT and E2E in seconds
+        from arrival (None: not seen), generated tokens as the data path counted them (None: unknown)."""
+        if len(self._q) >= self.capacity:
+            self.dropped += 1
+            return
+        ttft, e2e, tokens = out.ttft, out.e2e, out.tokens
+        self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len,
+                        req.block_hashes, req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
+                        -1.0 if e2e is None else e2e, out.status))
+
+    # -- writer ----------------------------------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        return {"llmsched_record": FORMAT_VERSION, "recording": self.recording, "segment": self.rotations,
+                "started": datetime.now(UTC).isoformat(timespec="seconds"), "block_size": self.block_size,
+                "hash": HASH_SCHEME, "class_header": self.class_header, "time_scale": self.time_scale,
+                "backends": self.backends}
+
+    def _open(self) -> Any:
+        f = self.path.open("a", encoding="utf-8")
+        if f.tell() > 0:  # an existing file from another recording: start a new one beside it
+            f.close()
+            self._rotate_name()
+            f = self.path.open("a", encoding="utf-8")
+        f.write(json.dumps(self._header()) + "\n")
+        return f
+
+    def _rotate_name(self) -> None:
+        n = 1
+        while Path(f"{self.path}.{n}").exists():
+            n += 1
+        os.replace(self.path, f"{self.path}.{n}")
+
+    def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        # All rows' hashes salted in one numpy pass: per-row numpy calls would cost more than the rest.
+        hs = [r[4] or () for r in rows]
+        flat = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.uint64, count=sum(map(len, hs)))
+        raw = salt_hashes(flat, self._k0, self._k1).astype("<u8").tobytes()
+        out, off = [], 0
+        key, t0 = self._key, self.t0
+        fmt = ('{"arrival":%.6f,"prompt_tokens":%d,"output_tokens":%s,"max_tokens":%d,"block_hashes":"%s",'
+               '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d}')
+        for r, h in zip(rows, hs, strict=True):
+            arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status = r
+            end = off + 8 * len(h)
+            blocks = b64encode(raw[off:end]).decode("ascii")
+            off = end
+            ok = status == 200 and e2e >= 0
+            sess = ('"' + hashlib.blake2b(session.encode(), key=key, digest_size=8).hexdigest() + '"'
+                    if session else "null")
+            out.append(fmt % (
+                arrival - t0, prompt, n_out if ok and n_out >= 0 else "null", max_tokens, blocks, sess,
+                "null" if cls is None else json.dumps(cls), prio if type(prio) is int else 0, backend,
+                f"{ttft:.6f}" if ok and ttft >= 0 else "null",
+                f"{e2e:.6f}" if ok else "null", status))
+        return out
+
+    def _drain(self) -> None:
+        q = self._q
+        if not q:
+            return
+        rows = []
+        while q:
+            rows.append(q.popleft())
+        lines = self._lines(rows)
+        self._f.write("\n".join(lines) + "\n")
+        self._f.flush()
+        self.written += len(lines)
+        if self._f.tell() >= self.max_bytes:
+            self._f.close()
+            self.rotations += 1
+            self._rotate_name()
+            self._f = self._open()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self._drain()
+        self._drain()
+
+    def close(self) -> None:
+        """Write what is buffered and close the file."""
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self._f.close()
+
+    def collector(self) -> Collector:
+        return _RecorderMetrics(self)
+
+
+class _RecorderMetrics(Collector):
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+
+    def collect(self) -> Iterator[Metric]:
+        w = CounterMetricFamily("llmsched_gateway_record_written", "request records written by --record")
+        w.add_metric([], self.rec.written)
+        yield w
+        d = CounterMetricFamily("llmsched_gateway_record_dropped",
+                                "request records dropped by --record because its buffer was full")
+        d.add_metric([], self.rec.dropped)
+        yield d
