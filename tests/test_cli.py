@@ -83,6 +83,7 @@ BAD_INPUTS = [
     (["simulate", "--num-requests", "0"], "'--num-requests': must be greater than or equal to 1"),
     (["simulate", "--max-num-seqs", "0"], "'--max-num-seqs': must be greater than or equal to 1"),
     (["simulate", "--seed", "-1"], "'--seed': must be greater than or equal to 0"),
+    (["simulate", "--engine", "vlm", "--num-requests", "5"], "--engine: must be 'llmsched' or 'vllm'"),
     (["simulate", "--request-policy", "sfj", "--num-requests", "5"], "unknown request policy 'sfj' (did you mean 'sjf'?)"),
     (["simulate", "--gpu", "h10", "--num-requests", "5"], "unknown GPU preset 'h10' (did you mean 'h100'?)"),
     (["simulate", "--synthetic", "mixd"], "unknown generator 'mixd' (did you mean 'mixed'?)"),

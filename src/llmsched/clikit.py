@@ -49,7 +49,8 @@ def _option_names(cmd: Any) -> list[str]:
 
 # SimConfig / EngineConfig fields whose flag is not simply --field-name
 _FIELD_FLAGS = {"enable_prefix_caching": "--prefix-caching", "metrics_interval_s": "--metrics-interval",
-                "expert_policy": "--expert-policy", "name": "--synthetic", "path": "--trace"}
+                "expert_policy": "--expert-policy", "name": "--synthetic", "path": "--trace",
+                "engine_kind": "--engine"}
 
 
 def _flag_for(loc: Sequence[Any], options: Sequence[str]) -> str | None:
