@@ -74,15 +74,19 @@ def test_unset_policy_follows_vllm_scheduling_policy(monkeypatch) -> None:
     assert build_scheduler(Limits(), Scheduler).llmsched_policy.name == "fcfs"
 
 
-def _admission_order(policy: str, monkeypatch, params: str = "{}") -> list[str]:
+LENGTHS = {"long0": 900, "long1": 700, "short0": 20, "long2": 800, "short1": 30, "short2": 10}
+
+
+def _admission_order(policy: str, monkeypatch, params: str = "{}",
+                     priorities: dict[str, int] | None = None) -> list[str]:
     """Requests queued at once (long ones first), one admitted per step: the order they start."""
     monkeypatch.setenv(POLICY_ENV, policy)
     monkeypatch.setenv(PARAMS_ENV, params)
     sched = build_scheduler(Limits(max_num_batched_tokens=2048, max_num_seqs=1, num_blocks=400), Scheduler)
     loop = FakeRunnerLoop(sched)
-    lengths = {"long0": 900, "long1": 700, "short0": 20, "long2": 800, "short1": 30, "short2": 10}
-    for i, (rid, n) in enumerate(lengths.items()):
-        loop.add(make_request(rid, [7 + i] * n, 2, 16, arrival_time=float(i)))
+    for i, (rid, n) in enumerate(LENGTHS.items()):
+        prio = (priorities or {}).get(rid, 0)
+        loop.add(make_request(rid, [7 + i] * n, 2, 16, priority=prio, arrival_time=float(i)))
     order: list[str] = []
     while loop.has_work:
         order.extend(d.req_id for d in loop.step().output.scheduled_new_reqs)
@@ -92,6 +96,21 @@ def _admission_order(policy: str, monkeypatch, params: str = "{}") -> list[str]:
 def test_sjf_admits_short_first(monkeypatch) -> None:
     assert _admission_order("sjf", monkeypatch) == ["short2", "short0", "short1", "long1", "long2", "long0"]
     assert _admission_order("fcfs", monkeypatch) == ["long0", "long1", "short0", "long2", "short1", "short2"]
+
+
+def test_gimbal_ranks_by_priority_aged_size(monkeypatch) -> None:
+    """Gimbal's SJF with priority-aware aging through vLLM's queue: requests start in the order of
+    arrival + size / r_p with r_p = aging_rate x priority_factor^-p (vLLM: a lower value is a higher priority),
+    so the high-priority long1 starts before short requests that SJF would run first."""
+    rate, factor = 50.0, 4.0
+    prio = {"long1": -1}
+    order = _admission_order("gimbal", monkeypatch,
+                             f'{{"aging_rate": {rate}, "priority_factor": {factor}}}', prio)
+    key = {rid: i + n / (rate * factor ** -prio.get(rid, 0)) for i, (rid, n) in enumerate(LENGTHS.items())}
+    assert order == sorted(LENGTHS, key=key.__getitem__)
+    assert order.index("long1") < order.index("short1")  # its class ages 4x faster: it overtakes a short job
+    assert _admission_order("gimbal", monkeypatch, f'{{"aging_rate": {rate}, "priority_factor": {factor}}}') == \
+        sorted(LENGTHS, key=lambda r: list(LENGTHS).index(r) + LENGTHS[r] / rate)
 
 
 def test_preemption_requeues_through_the_policy(monkeypatch) -> None:
