@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--instances", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--routers", nargs="+", default=["round-robin", "lmetric"])
-    ap.add_argument("--rate-per-instance", type=float, default=15.0, help="arrivals/s per instance (~60% busy)")
+    ap.add_argument("--rate-per-instance", type=float, default=15.0, help="arrivals/s per instance (~60%% busy)")
     ap.add_argument("--interval", type=float, default=0.0, help="metrics interval (0: live snapshots)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-src", default=None, help="another source tree to run the same configurations on")
