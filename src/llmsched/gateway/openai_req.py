@@ -22,6 +22,17 @@ _decode = msgspec.json.Decoder().decode  # ~3x json.loads on 51 KiB prompts; sam
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+CLASSIFY = "/classify"
+POOLING = "/pooling"
+SCORE = ("/score", "/v1/score")
+RERANK = ("/rerank", "/v1/rerank", "/v2/rerank")
+# Pooling routes (one forward pass, no decode): the engine model sees them as a request with one output token,
+# the pooled result sampled at the end of the prefill.
+POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, *SCORE, *RERANK)
+# Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
+_SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
 
 class BadRequest(ValueError):
@@ -48,6 +59,9 @@ class Parsed:
     max_tokens: int
     user: str | None
     priority: int = 0  # vLLM's extra field: lower is served first (read by priority-aware admission queues)
+    # Prompt tokens the engine computes beyond `text`'s own: a cross-encoder scores each (query, document) pair
+    # as one sequence, so the query is computed once per document.
+    extra_tokens: int = 0
 
 
 def _text_of_content(content: Any, where: str) -> str:
@@ -105,38 +119,132 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
     n = _int_field(body, "n", 1)
     if n is not None and n > 128:
         raise BadRequest("'n' must be <= 128", "n")
+    extra = 0
     if endpoint == CHAT:
         max_tokens = _int_field(body, "max_completion_tokens", 1) or _int_field(body, "max_tokens", 1) or 256
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise BadRequest("'messages' must be a non-empty list", "messages")
-        texts = []
-        for k, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m["role"]:
-                raise BadRequest(f"messages[{k}] must be an object with a non-empty string 'role'", f"messages[{k}]")
-            texts.append(m["role"] + "\n" + _text_of_content(m.get("content"), f"messages[{k}].content"))
-        try:
-            # The shared stand-in tokenizer's chat template: the same text, hence blocks, as the emulator sees.
-            text = DEFAULT_TOKENIZER.apply_chat_template(msgs)
-        except ValueError:  # non-text parts (images...) pass through to the engine; index the text alone
-            text = "\n".join(texts)
+        text = _chat_text(body.get("messages"), "messages")
+    elif endpoint == RESPONSES:
+        max_tokens = _int_field(body, "max_output_tokens", 1) or 256
+        text = _responses_text(body)
+    elif endpoint in POOLING_ROUTES:
+        if stream:
+            raise BadRequest(f"{endpoint} does not stream", "stream")
+        max_tokens = 1
+        text, extra = _pooling_text(body, endpoint)
     else:
         max_tokens = _int_field(body, "max_tokens", 1) or 16  # OpenAI's completions default
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            text = prompt
-        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            text = "\n".join(prompt)
-        elif isinstance(prompt, list) and prompt and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            text = " ".join(map(str, prompt))
-        elif isinstance(prompt, list) and prompt and all(
-            isinstance(q, list) and q and all(isinstance(p, int) and not isinstance(p, bool) for p in q) for q in prompt
-        ):  # a batch of token-id prompts (OpenAI and vLLM accept it)
-            text = "\n".join(" ".join(map(str, q)) for q in prompt)
+        text = _prompt_text(body.get("prompt"), "prompt")
+    return Parsed(body, text, stream, max_tokens, user, priority or 0, extra)
+
+
+def _chat_text(msgs: Any, param: str) -> str:
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequest(f"'{param}' must be a non-empty list", param)
+    texts = []
+    for k, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m["role"]:
+            raise BadRequest(f"{param}[{k}] must be an object with a non-empty string 'role'", f"{param}[{k}]")
+        texts.append(m["role"] + "\n" + _text_of_content(m.get("content"), f"{param}[{k}].content"))
+    try:
+        # The shared stand-in tokenizer's chat template: the same text, hence blocks, as the emulator sees.
+        return DEFAULT_TOKENIZER.apply_chat_template(msgs)
+    except ValueError:  # non-text parts (images...) pass through to the engine; index the text alone
+        return "\n".join(texts)
+
+
+def _is_ids(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(p, int) and not isinstance(p, bool) for p in v)
+
+
+def _prompt_text(prompt: Any, param: str) -> str:
+    """A completions-style prompt: a string, a list of strings, token ids, or a list of token-id lists."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return "\n".join(prompt)
+    if _is_ids(prompt):
+        return " ".join(map(str, prompt))
+    if isinstance(prompt, list) and prompt and all(_is_ids(q) for q in prompt):
+        return "\n".join(" ".join(map(str, q)) for q in prompt)  # a batch of token-id prompts
+    raise BadRequest(f"'{param}' must be a string, a list of strings, a list of token ids or a list of such "
+                     "lists", param)
+
+
+def _responses_text(body: dict[str, Any]) -> str:
+    """The text of a Responses API request: `instructions` and every text found in `input` (a string, or a list
+    of items: messages with string or part-list content, function-call outputs...)."""
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise BadRequest("'instructions' must be a string", "instructions")
+    inp = body.get("input")
+    parts = [instructions] if instructions else []
+    if isinstance(inp, str):
+        parts.append(inp)
+    elif isinstance(inp, list) and inp:
+        for k, item in enumerate(inp):
+            if not isinstance(item, dict):
+                raise BadRequest(f"input[{k}] must be an object (a message or another input item)", f"input[{k}]")
+            content = item.get("content", item.get("output", item.get("arguments")))
+            if isinstance(content, list):
+                for j, p in enumerate(content):
+                    if not isinstance(p, dict):
+                        raise BadRequest(f"input[{k}].content[{j}] must be an object", f"input[{k}].content[{j}]")
+                    if isinstance(p.get("text"), str):
+                        parts.append(p["text"])
+            elif isinstance(content, str):
+                parts.append(content)
+    else:
+        raise BadRequest("'input' must be a string or a non-empty list of input items", "input")
+    return "\n".join(parts)
+
+
+def _score_texts(v: Any, param: str) -> list[str]:
+    """One side of a score request: a string, a multimodal `{"content": [parts]}`, or a list of those."""
+    items = v if isinstance(v, list) else [v]
+    out = []
+    for k, it in enumerate(items):
+        if isinstance(it, str):
+            out.append(it)
+        elif isinstance(it, dict) and isinstance(it.get("content"), list):
+            out.append(_text_of_content(it["content"], f"{param}[{k}].content"))
         else:
-            raise BadRequest("'prompt' must be a string, a list of strings, a list of token ids or a list of such "
-                             "lists", "prompt")
-    return Parsed(body, text, stream, max_tokens, user, priority or 0)
+            raise BadRequest(f"'{param}' must be a string, an object with 'content' parts, or a list of those",
+                             param)
+    if not out:
+        raise BadRequest(f"'{param}' must not be empty", param)
+    return out
+
+
+def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:
+    """(text to index, extra prompt tokens) of an embeddings / classify / pooling / score / rerank body."""
+    if endpoint in SCORE or endpoint in RERANK:
+        if endpoint in RERANK:
+            if not isinstance(body.get("query"), str | dict):
+                raise BadRequest("'query' must be a string (or an object with 'content' parts)", "query")
+            pair = ("query", "documents")
+        else:
+            pair = next((p for p in _SCORE_PAIRS if p[0] in body or p[1] in body), _SCORE_PAIRS[0])
+        if body.get(pair[1]) is None:
+            raise BadRequest(f"'{pair[1]}' is required", pair[1])
+        queries = _score_texts(body.get(pair[0]), pair[0])
+        docs = _score_texts(body[pair[1]], pair[1])
+        if len(queries) != 1 and len(queries) != len(docs):
+            raise BadRequest(f"'{pair[0]}' must hold one item or as many as '{pair[1]}' ({len(docs)})", pair[0])
+        top_n = body.get("top_n")
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+            raise BadRequest("'top_n' must be an integer >= 0", "top_n")
+        # A cross-encoder computes each (query, document) pair: the query once per document. Indexed text: the
+        # first pair (every pair starts with the query, so its blocks are what a prefix cache can share).
+        if len(queries) == 1:
+            extra = (len(docs) - 1) * -(-len(queries[0].encode("utf-8", errors="surrogatepass")) // 4)
+            return queries[0] + "\n" + "\n".join(docs), extra
+        return "\n".join(q + "\n" + d for q, d in zip(queries, docs, strict=True)), 0
+    if body.get("messages") is not None:  # vLLM's chat-style pooling input
+        return _chat_text(body["messages"], "messages"), 0
+    inp = body.get("input")
+    if isinstance(inp, list) and inp and all(isinstance(m, dict) and "role" in m for m in inp):
+        return _chat_text(inp, "input"), 0
+    return _prompt_text(inp, "input"), 0
 
 
 def token_ids(text: str) -> np.ndarray:
@@ -158,11 +266,12 @@ def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session
     prompt length alone is cheap (the stand-in tokenizer's 4 UTF-8 bytes a token)."""
     if hash_blocks:
         ids = token_ids(parsed.text)
-        n = len(ids)
+        n = len(ids) + parsed.extra_tokens
         hashes = block_hashes(ids, block_size)
     else:
         text = parsed.text
         n = -(-(len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))) // 4)
+        n += parsed.extra_tokens
         hashes = ()
     return Request(
         rid=rid,

@@ -29,7 +29,7 @@ from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnecti
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
     CHAT,
-    COMPLETIONS,
+    RESPONSES,
     BadRequest,
     Parsed,
     build_request,
@@ -37,6 +37,7 @@ from llmsched.gateway.openai_req import (
     parse_body,
 )
 from llmsched.gateway.record import Recorder
+from llmsched.gateway.routes import ADMITTED, Routes, assemble_response, internal_stream_ok, past_preamble
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.request import REQUEST_POLICIES
@@ -45,12 +46,9 @@ log = logging.getLogger("llmsched.gateway")
 
 _JSON = b"application/json"
 _NO_BACKEND = -1  # a queued request's future gets this when no backend is left to serve it
-# Body fields whose answer a re-assembled stream cannot reproduce: such non-streamed requests go upstream as is.
-_NO_INTERNAL_STREAM = ("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
-                       "prompt_logprobs", "use_beam_search")
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)')  # Responses: output_tokens
 _NOT_TOKENS = (b'"text":""', b'"text": ""', b'"content":""', b'"content": ""', b'"choices":[]', b'"choices": []',
                b"data: [DONE]")
 
@@ -71,7 +69,8 @@ class _UpstreamFailure(Exception):
 class Outcome:
     """What is known of one request when it completes (the gateway's single completion point, `_complete`)."""
 
-    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded")
+    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded",
+                 "response_id")
 
     def __init__(self, endpoint: str, arrival: float) -> None:
         self.endpoint = endpoint
@@ -85,6 +84,7 @@ class Outcome:
         self.tpot: float | None = None
         # Only while `serve --record` is on: (the request, its class header, its priority field) for the recorder.
         self.recorded: tuple[Request, str | None, Any] | None = None
+        self.response_id: str | None = None  # a Responses request: the id its backend stores the answer under
 
 
 _WHOLE, _WAIT_FIRST, _STREAM, _COLLECT = range(4)
@@ -102,7 +102,7 @@ class _Attempt:
     """
 
     __slots__ = ("gw", "conn", "req", "i", "out", "up", "ex", "internal", "mode", "fb_timer", "events",
-                 "usage_tokens", "t_first", "t_last", "tail", "sent")
+                 "usage_tokens", "t_first", "t_last", "tail", "sent", "hold")
 
     def __init__(self, gw: Gateway, conn: ServerConnection, req: Request, i: int, out: Outcome, up: Upstream,
                  internal: bool) -> None:
@@ -122,6 +122,8 @@ class _Attempt:
         self.t_last = 0.0
         self.tail = b""
         self.sent = False  # bytes of the answer reached the client: no retry possible
+        # A Responses stream opens with events sent before the prefill: held until one past them (routes.py).
+        self.hold: bytearray | None = bytearray() if out.endpoint == RESPONSES else None
 
     # -- callbacks from the upstream protocol ------------------------------------------------------------
     def on_head(self, ex: Any) -> None:
@@ -132,6 +134,11 @@ class _Attempt:
             self.fb_timer.cancel()
 
     def _first(self, data: bytes) -> None:
+        if self.hold is not None:
+            self.hold += data
+            if not past_preamble(self.hold):
+                return
+            data, self.hold = bytes(self.hold), None
         if self.fb_timer is not None:
             self.fb_timer.cancel()
         gw = self.gw
@@ -199,7 +206,8 @@ class _Attempt:
             raise _UpstreamFailure("stream ended before its first chunk")
         if self.mode == _COLLECT:
             try:
-                status, body, out.tokens = assemble(ex.body(), endpoint == CHAT)
+                status, body, out.tokens = (assemble_response(ex.body()) if endpoint == RESPONSES
+                                            else assemble(ex.body(), endpoint == CHAT))
             except (ValueError, TypeError, AttributeError) as e:
                 raise _UpstreamFailure(f"unreadable stream: {e}") from None
             out.e2e = gw.now() - self.req.arrival
@@ -335,6 +343,8 @@ class Gateway:
             "/admin/backends": {"GET": self._admin_list, "POST": self._admin_add, "DELETE": self._admin_remove},
             "/admin/backends/drain": {"POST": self._admin_drain},
         }
+        self.routes = Routes(self)  # the other routes of vLLM's server (gateway/routes.py)
+        self._routes.update(self.routes.table())
         self.url = ""
         self.recorder: Recorder | None = None
         if cfg.record is not None:
@@ -377,6 +387,7 @@ class Gateway:
             pool.close()
         if self._probe:
             await self._probe.close()
+        await self.routes.close()
         if self.recorder is not None:
             self.recorder.close()
 
@@ -391,7 +402,7 @@ class Gateway:
     def _too_large(self, conn: ServerConnection, r: HttpRequest) -> None:
         msg = f"request body larger than {self.cfg.max_request_bytes} bytes"
         conn.respond(413, error_body(msg, "invalid_request_error", None, 413), close=True)
-        if r.path in (COMPLETIONS, CHAT):
+        if r.path in ADMITTED:
             self._count(r.path, 413)
 
     def _count(self, endpoint: str, status: int) -> None:
@@ -408,7 +419,7 @@ class Gateway:
 
     async def _handle(self, conn: ServerConnection, r: HttpRequest) -> None:
         path = r.path
-        if path in (COMPLETIONS, CHAT):
+        if path in ADMITTED:
             if r.method != "POST":
                 self._err(conn, 405, f"method {r.method} not allowed on {path} (use POST)")
             elif self._keys and r.headers.get("authorization") not in self._keys:
@@ -417,9 +428,9 @@ class Gateway:
             else:
                 await self._proxy(conn, r, path)
             return
-        methods = self._routes.get(path.rstrip("/") or "/")
+        methods = self._routes.get(path.rstrip("/") or "/") or self.routes.match(path)
         if methods is None:
-            self._err(conn, 404, f"no endpoint {path}", "not_found_error")
+            self._err(conn, 404, self.routes.not_found(path), "not_found_error")
             return
         handler = methods.get(r.method)
         if handler is None:
@@ -427,6 +438,10 @@ class Gateway:
             return
         if path.startswith("/admin") and self._admin_keys and r.headers.get("authorization") not in self._admin_keys:
             self._err(conn, 401, "missing or invalid admin API key", "authentication_error")
+            return
+        if self._keys and self.routes.proxied(path) and r.headers.get("authorization") not in self._keys:
+            self._err(conn, 401, "missing or invalid API key (expected 'Authorization: Bearer <key>')",
+                      "authentication_error")
             return
         try:
             status, body, ctype = await handler(r)
@@ -477,6 +492,8 @@ class Gateway:
             e2e.observe(out.e2e)
         if out.tpot is not None:
             tpot.observe(out.tpot)
+        if out.response_id is not None and out.status == 200:
+            self.routes.owned(out.response_id, out.backend)
         if out.recorded is not None:
             req, cls, priority = out.recorded
             self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
@@ -493,6 +510,7 @@ class Gateway:
             return self._err(conn, 503, "gateway is shutting down", "service_unavailable")
         try:
             parsed = parse_body(r.body, endpoint)
+            raw, out.response_id = self.routes.prepare(parsed, endpoint, r.body)
         except BadRequest as e:
             return self._err(conn, e.status, e.message, param=e.param)
         out.stream = parsed.stream
@@ -531,7 +549,7 @@ class Gateway:
             return self._err(conn, 503, "every backend was drained or removed while the request was queued",
                              "service_unavailable", headers=self._retry_after)
         self.metrics.queue.observe(self.now() - t_arr)
-        return await self._forward(conn, req, parsed, r.body, endpoint, i, out)
+        return await self._forward(conn, req, parsed, raw, endpoint, i, out)
 
     async def _forward(self, conn: ServerConnection, req: Request, parsed: Parsed, raw: bytes, endpoint: str,
                        i: int, out: Outcome) -> int:
@@ -577,8 +595,7 @@ class Gateway:
         """One upstream exchange. Returns (status, backend_fault) or raises `_UpstreamFailure`."""
         pool = self._pool(i)
         tm = self.cfg.timeouts
-        internal = (not parsed.stream and self.cfg.stream_internally
-                    and not any(parsed.body.get(k) not in (None, False) for k in _NO_INTERNAL_STREAM))
+        internal = not parsed.stream and self.cfg.stream_internally and internal_stream_ok(endpoint, parsed.body)
         body = _as_stream(raw) if internal else (raw,)
         head = pool.head(endpoint, sum(map(len, body)))
         loop = asyncio.get_running_loop()

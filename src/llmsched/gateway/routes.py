@@ -1,0 +1,260 @@
+"""The gateway's route table: the routes of vLLM's OpenAI-compatible server that a router can serve, and how each
+is routed (docs/gateway.md, "Routes").
+
+Four kinds:
+- **admitted** (`ADMITTED`): completions, chat, Responses, embeddings, classification, pooling, scoring and
+  reranking go through the admission queue and the router like completions; their cost estimate is the prompt
+  (a cross-encoder's score/rerank: every (query, document) pair) and the output tokens asked for (1 for the
+  pooling routes: one forward pass, the pooled result at the end of the prefill). `gateway.server` proxies them.
+- **any backend** (`ANY_BACKEND`): tokenisation and prompt rendering run on a backend's API server, not its
+  engine: any healthy backend serving the named model answers, no routing state is charged.
+- **response id** (`/v1/responses/{id}`, `/v1/responses/{id}/cancel`): a stored response lives in the memory
+  of the server that made it, so these go to that backend (the gateway names each response it routes, through
+  vLLM's `request_id` field, and remembers where it went); an id it does not know is asked of each backend.
+- **local**: `/version`, `/ping`, `/liveness`, `/readiness`, `/health_generate` (and `/health`, `/metrics`,
+  `/v1/models`, `/admin/*` in `gateway.server`) are answered by the gateway itself.
+
+Everything else is a 404 whose message lists the supported routes. Per-engine control routes of vLLM (sleep,
+wake_up, reset caches, weights, profiling, collective_rpc, LoRA loading) are not proxied: they act on one engine,
+and a router would pick an arbitrary one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+
+from llmsched import __version__
+from llmsched.gateway.http1 import HttpRequest
+from llmsched.gateway.openai_req import (
+    CHAT,
+    COMPLETIONS,
+    POOLING_ROUTES,
+    RESPONSES,
+    BadRequest,
+    Parsed,
+    error_body,
+)
+
+if TYPE_CHECKING:
+    from llmsched.gateway.dispatcher import Backend
+    from llmsched.gateway.server import Gateway
+
+Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
+
+ADMITTED = frozenset((COMPLETIONS, CHAT, RESPONSES, *POOLING_ROUTES))
+ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render")
+RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
+_JSON = b"application/json"
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+# Body fields whose answer a re-assembled stream cannot reproduce: such non-streamed requests go upstream as is.
+_NO_INTERNAL_STREAM = ("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
+                       "prompt_logprobs", "use_beam_search", "background", "include")
+_REASSEMBLED = (COMPLETIONS, CHAT, RESPONSES)
+_PREAMBLE = (b'"response.created"', b'"response.in_progress"')
+_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+def internal_stream_ok(endpoint: str, body: dict[str, Any]) -> bool:
+    """May a non-streamed request on `endpoint` go upstream as a stream and be re-assembled (see server.py)?"""
+    if endpoint not in _REASSEMBLED:
+        return False
+    absent = (None, False, 0, []) if endpoint == RESPONSES else (None, False)  # Responses' defaults: 0 and []
+    return not any(body.get(k) not in absent for k in _NO_INTERNAL_STREAM)
+
+
+def past_preamble(buf: bytes | bytearray) -> bool:
+    """Does the start of a Responses stream hold a complete event past its preamble? vLLM sends
+    `response.created` and `response.in_progress` before the prefill; the first event after them (a delta, or
+    the end) is the first token."""
+    end = buf.rfind(b"\n\n")
+    if end < 0:
+        return False
+    head = bytes(buf[:end])
+    n = head.count(b"data:")
+    for p in _PREAMBLE:
+        n -= head.count(p)
+    return n > 0
+
+
+def assemble_response(data: bytes) -> tuple[int, bytes, int | None]:
+    """A non-streamed Responses answer (status, JSON, output tokens) from the SSE events of the same request:
+    the `response` of its terminal event, which is the object vLLM answers without streaming."""
+    for ev in reversed(data.split(b"\n\n")):
+        payload = b"".join(line[5:].strip() for line in ev.split(b"\n") if line.startswith(b"data:"))
+        if not payload or payload == b"[DONE]":
+            continue
+        obj = _decode(payload)
+        if obj.get("type") == "error" or "error" in obj and obj.get("type") not in _TERMINAL:
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+            code = err.get("code")
+            status = code if isinstance(code, int) and 400 <= code < 600 else 502
+            msg = err.get("message") or "upstream error"
+            return status, error_body(str(msg), str(err.get("type") or "upstream_error"), err.get("param"), status), None
+        if obj.get("type") in _TERMINAL and isinstance(obj.get("response"), dict):
+            resp = obj["response"]
+            usage = resp.get("usage")
+            tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
+            return 200, _encode(resp), tokens if isinstance(tokens, int) else None
+        raise ValueError(f"stream ends with a {obj.get('type')!r} event, not a terminal one")
+    raise ValueError("stream without a terminal event")
+
+
+class Routes:
+    """The routes served besides completions and chat's data path; owned by one `Gateway`."""
+
+    def __init__(self, gw: Gateway, max_owned: int = 100_000) -> None:
+        self.gw = gw
+        self._owner: OrderedDict[str, int] = OrderedDict()  # response id -> backend index (LRU, bounded)
+        self._max_owned = max_owned
+        self._rr = itertools.count()
+        self._session: aiohttp.ClientSession | None = None
+        self.local: dict[str, dict[str, Handler]] = {
+            "/version": {"GET": self._version},
+            "/ping": {"GET": gw._health, "POST": gw._health},
+            "/readiness": {"GET": gw._health},
+            "/health_generate": {"GET": gw._health},
+            "/liveness": {"GET": self._liveness},
+        }
+        self.forwarded: dict[str, dict[str, Handler]] = {p: {"POST": self._any_backend} for p in ANY_BACKEND}
+
+    # -- the table ---------------------------------------------------------------------------------------
+    def table(self) -> dict[str, dict[str, Handler]]:
+        return {**self.local, **self.forwarded}
+
+    def match(self, path: str) -> dict[str, Handler] | None:
+        """Routes with a parameter in the path."""
+        m = RESPONSE_ID.fullmatch(path)
+        if m is None:
+            return None
+        return {"POST": self._response_id} if m.group(2) else {"GET": self._response_id}
+
+    def proxied(self, path: str) -> bool:
+        """Does `path` reach a backend (so the client API keys apply)?"""
+        return path in self.forwarded or RESPONSE_ID.fullmatch(path) is not None
+
+    def supported(self) -> str:
+        """Every route, with its methods, for the 404 message."""
+        rows = [f"POST {p}" for p in sorted(ADMITTED)]
+        rows += [f"{'/'.join(ms)} {p}" for p, ms in sorted(self.gw._routes.items())]
+        rows += ["GET /v1/responses/{id}", "POST /v1/responses/{id}/cancel"]
+        return ", ".join(rows)
+
+    def not_found(self, path: str) -> str:
+        return f"no route {path}; supported: {self.supported()}"
+
+    # -- requests on the data path -----------------------------------------------------------------------
+    @staticmethod
+    def prepare(parsed: Parsed, endpoint: str, raw: bytes) -> tuple[bytes, str | None]:
+        """The body to forward and the response id a Responses request will have: the client's `request_id`,
+        else one the gateway adds (vLLM names the response after it), so the backend that stores it is known."""
+        if endpoint != RESPONSES:
+            return raw, None
+        rid = parsed.body.get("request_id")
+        if isinstance(rid, str) and rid:
+            return raw, rid
+        if rid is not None:
+            raise BadRequest("'request_id' must be a non-empty string", "request_id")
+        rid = f"resp_{secrets.token_hex(16)}"
+        return raw[:len(raw.rstrip()) - 1] + b',"request_id":"' + rid.encode() + b'"}', rid
+
+    def owned(self, response_id: str, backend: int) -> None:
+        """`backend` answered the Responses request `response_id` (and may store it)."""
+        o = self._owner
+        o[response_id] = backend
+        o.move_to_end(response_id)
+        if len(o) > self._max_owned:
+            o.popitem(last=False)
+
+    # -- any healthy backend -----------------------------------------------------------------------------
+    def healthy_backends(self, model: str | None) -> list[Backend]:
+        """Backends that may answer a request for `model` now (not draining, breaker closed or probing), in a
+        rotating order. A backend whose served models are known (`Backend.model_ids`) and lack `model` is left
+        out."""
+        now = self.gw.now()
+        ok = [b for b in self.gw.dispatcher.live()
+              if not b.draining and b.breaker.available(now) and (model is None or not b.model_ids
+                                                                  or model in b.model_ids)]
+        if ok:
+            k = next(self._rr) % len(ok)
+            ok = ok[k:] + ok[:k]
+        return ok
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            t = self.gw.cfg.timeouts
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=t.total, connect=t.connect),
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _send(self, b: Backend, method: str, path: str, body: bytes | None) -> tuple[int, bytes, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        async with self._client().request(method, b.url + path, data=body, headers=headers) as resp:
+            return resp.status, await resp.read(), (resp.content_type or "application/json").encode()
+
+    async def _any_backend(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        try:
+            body = _decode(r.body or b"{}")
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("'model' must be a string", "model")
+        backends = self.healthy_backends(model)
+        if not backends:
+            return 503, error_body(f"no healthy backend serves model {model!r}" if model else
+                                   "no healthy backend", "service_unavailable", None, 503), _JSON
+        last = ""
+        for b in backends[:self.gw.cfg.retries + 1]:
+            try:
+                status, data, ctype = await self._send(b, "POST", r.path, r.body)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                last = f"backend {b.url}: {type(e).__name__}: {e}"
+                b.breaker.failure(self.gw.now())
+                continue
+            if status < 500:
+                return status, data, ctype
+            last = f"backend {b.url}: HTTP {status}"
+        return 502, error_body(f"upstream failed ({last})", "upstream_error", None, 502), _JSON
+
+    async def _response_id(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        m = RESPONSE_ID.fullmatch(r.path)
+        assert m is not None
+        rid = m.group(1)
+        i = self._owner.get(rid)
+        live = self.healthy_backends(None)
+        backends = [b for b in live if b.index == i] if i is not None else live
+        path = r.path + (f"?{r.query_string}" if r.query_string else "")
+        for b in backends:
+            try:
+                status, data, ctype = await self._send(b, r.method, path, r.body if r.method == "POST" else None)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                continue
+            if status != 404 or i is not None:
+                return status, data, ctype
+        return 404, error_body(f"Response with id '{rid}' not found.", "invalid_request_error", "response_id",
+                               404), _JSON
+
+    # -- answered here -----------------------------------------------------------------------------------
+    async def _version(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return 200, _encode({"version": __version__, "server": "llmsched-gateway"}), _JSON
+
+    async def _liveness(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return 200, _encode({"status": "alive"}), _JSON
