@@ -34,6 +34,7 @@ from llmsched.emulator.protocol import (
     parse_completion,
     prompt_ids,
 )
+from llmsched.emulator.routes import ExtraRoutes
 from llmsched.emulator.stream import TokenStream
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.engine import Engine
@@ -150,6 +151,7 @@ class EmulatorServer:
             r.add_get(path, self.server_info)
         for path in ("/model_info", "/get_model_info"):
             r.add_get(path, self.model_info)
+        ExtraRoutes(self, _read_json).attach(r)  # embeddings, pooling, scoring, Responses (emulator/routes.py)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app

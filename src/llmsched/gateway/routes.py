@@ -44,6 +44,7 @@ from llmsched.gateway.openai_req import (
 )
 
 if TYPE_CHECKING:
+    from llmsched.core.types import Request
     from llmsched.gateway.dispatcher import Backend
     from llmsched.gateway.server import Gateway
 
@@ -165,6 +166,21 @@ class Routes:
             raise BadRequest("'request_id' must be a non-empty string", "request_id")
         rid = f"resp_{secrets.token_hex(16)}"
         return raw[:len(raw.rstrip()) - 1] + b',"request_id":"' + rid.encode() + b'"}', rid
+
+    def pin(self, req: Request, parsed: Parsed, endpoint: str, now: float) -> int | None:
+        """The backend a request must go to, charged as the router's pick, or None (the router decides): a
+        Responses request with a `previous_response_id` goes to the backend that stored that response (its
+        history lives in that server's memory), past the admission queue, as a retry would."""
+        if endpoint != RESPONSES:
+            return None
+        i = self._owner.get(parsed.body.get("previous_response_id"))  # type: ignore[arg-type]
+        if i is None:
+            return None
+        d = self.gw.dispatcher
+        i = d.route(req, now, exclude=frozenset(b.index for b in d.backends if b.index != i), cap=False)
+        if i is not None:
+            req.first_scheduled = now
+        return i
 
     def owned(self, response_id: str, backend: int) -> None:
         """`backend` answered the Responses request `response_id` (and may store it)."""

@@ -522,6 +522,9 @@ class Gateway:
                             self._hash_blocks)
         if self.recorder is not None:
             out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
+        pinned = self.routes.pin(req, parsed, endpoint, t_arr)  # a Responses follow-up: where its history is
+        if pinned is not None:
+            return await self._forward(conn, req, parsed, raw, endpoint, pinned, out)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         req.shell_data = fut
         if not d.submit(req, t_arr):

@@ -1,0 +1,447 @@
+"""The emulator's routes beyond completions and chat, in vLLM 0.33's wire shapes: embeddings, classification,
+pooling, scoring and reranking (one forward pass each), and the Responses API (generation, streamed as vLLM's
+typed SSE events, stored for retrieval and `previous_response_id`).
+
+Timing is the engine model's: a pooling input is one engine request with one output token, i.e. a prefill (vLLM
+runs a pooling model's forward pass over the prompt and reads the pooled state, no decode); a cross-encoder
+score or rerank runs one such request per (query, document) pair, all in the same batch if they fit. A Responses
+request is a chat generation. Output values are synthetic and deterministic: an embedding is a unit vector drawn
+from the prompt's token ids, a score is that of the pair's ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+
+from llmsched.emulator import wire
+from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, prompt_ids
+from llmsched.emulator.stream import TokenStream
+
+if TYPE_CHECKING:
+    from llmsched.emulator.server import EmulatorServer
+
+EMBED_DIM = 1024  # the emulator's embedding width (a request's `dimensions` asks for fewer)
+MAX_STORED = 10_000  # stored Responses answers (oldest dropped first)
+SCORE_PATHS = ("/score", "/v1/score")
+RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
+_SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(text=wire.dumps(obj), status=status, content_type="application/json")
+
+
+def _seed_of(ids: list[int]) -> int:
+    return hash(tuple(ids)) & 0xFFFF_FFFF
+
+
+def _vector(ids: list[int], dim: int) -> np.ndarray:
+    v = np.random.default_rng(_seed_of(ids)).standard_normal(dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _score(ids: list[int]) -> float:
+    return float(np.random.default_rng(_seed_of(ids)).random())
+
+
+def _text_parts(content: Any, where: str) -> str:
+    """Text of a Responses content value: a string or a list of parts with `text` (input_text, output_text)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    raise ApiError(f"{where} must be a string or a list of content parts.", param=where)
+
+
+class ExtraRoutes:
+    """Handlers bound to one `EmulatorServer`."""
+
+    def __init__(self, srv: EmulatorServer, read_json: Callable[[web.Request], Awaitable[Any]]) -> None:
+        self.srv = srv
+        self._read_json = read_json
+        self.stored: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = OrderedDict()
+
+    def attach(self, r: web.UrlDispatcher) -> None:
+        r.add_post("/v1/embeddings", self.embeddings)
+        r.add_post("/classify", self.classify)
+        r.add_post("/pooling", self.pooling)
+        for p in SCORE_PATHS:
+            r.add_post(p, self.score)
+        for p in RERANK_PATHS:
+            r.add_post(p, self.rerank)
+        r.add_post("/v1/responses", self.responses)
+        r.add_get("/v1/responses/{rid}", self.get_response)
+        r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
+        r.add_post("/ping", self.srv.health)
+
+    # -- running prompts through the engine -------------------------------------------------------------
+    async def _prefill(self, prompts: list[list[int]], body: Mapping[str, Any]) -> list[int]:
+        """Run each prompt as one engine request with one output token (a forward pass); cached tokens each."""
+        srv = self.srv
+        cap = srv.max_model_len
+        for p in prompts:
+            if not p:
+                raise ApiError("The input cannot be empty.", param="input")
+            if len(p) > cap:
+                raise ApiError(f"This model's maximum context length is {cap} tokens. However, your request has "
+                               f"{len(p)} input tokens. Please reduce the length of the input.", param="input")
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        prio = body.get("priority") if isinstance(body.get("priority"), int) else 0
+        streams: list[TokenStream] = []
+        try:
+            for p in prompts:
+                g = GenRequest(False, "", p, 1, False, False, user, None, prio)
+                try:
+                    streams.append(srv.driver.submit(srv._make_request(g)))
+                except ValueError as e:
+                    raise ApiError(str(e)) from None
+                except RuntimeError as e:
+                    raise ApiError(str(e), 500) from None
+            for s in streams:
+                while not s.done:
+                    await s.wait(s.generated)
+                if s.finish_reason in ("abort", "error"):
+                    raise ApiError("The engine stopped before the request finished.", 503,
+                                   err_type="ServiceUnavailable")
+            return [s.req.num_cached for s in streams]
+        finally:
+            for s in streams:
+                if not s.done:  # client gone: free the engine
+                    srv.driver.abort(s)
+
+    def _inputs(self, body: Any) -> tuple[str, list[list[int]]]:
+        """(model, token ids of each input) of an embeddings / classify / pooling body."""
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        model = check_model(body, self.srv.limits)
+        tok = self.srv.tokenizer
+        msgs = body.get("messages")
+        inp = body.get("input")
+        if msgs is None and isinstance(inp, list) and inp and all(isinstance(m, Mapping) and "role" in m for m in inp):
+            msgs = inp
+        if msgs is not None:
+            if not isinstance(msgs, list) or not msgs:
+                raise ApiError("messages must be a non-empty list of messages.", param="messages")
+            try:
+                return model, [tok.encode(tok.apply_chat_template(msgs, bool(body.get("add_generation_prompt"))))]
+            except ValueError as e:
+                raise ApiError(str(e), param="messages") from None
+        if inp is None:
+            raise ApiError("Field required: input.", param="input")
+        if isinstance(inp, list) and inp and all(isinstance(x, str | list) for x in inp):
+            return model, [prompt_ids(x, tok) for x in inp]  # a batch: one engine request each
+        try:
+            return model, [prompt_ids(inp, tok)]
+        except ApiError as e:
+            raise ApiError(e.message.replace("prompt", "input"), param="input") from None
+
+    def _base(self, prefix: str, model: str) -> dict[str, Any]:
+        srv = self.srv
+        srv._next_rid += 1
+        return {"id": f"{prefix}-{srv._id_prefix}{srv._next_rid:08x}", "object": "list", "created": int(time.time()),
+                "model": model}
+
+    @staticmethod
+    def _usage(n: int) -> dict[str, Any]:
+        return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None}
+
+    # -- pooling routes ----------------------------------------------------------------------------------
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        model, prompts = self._inputs(body)
+        dim = body.get("dimensions")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= EMBED_DIM):
+            raise ApiError(f"dimensions must be an integer in [1, {EMBED_DIM}].", param="dimensions")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise ApiError("encoding_format must be 'float' or 'base64'.", param="encoding_format")
+        await self._prefill(prompts, body)
+        data = []
+        for k, p in enumerate(prompts):
+            v = _vector(p, dim or EMBED_DIM)
+            emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v.tolist()
+            data.append({"index": k, "object": "embedding", "embedding": emb})
+        return _json({**self._base("embd", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+
+    async def classify(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        model, prompts = self._inputs(body)
+        await self._prefill(prompts, body)
+        data = []
+        for k, p in enumerate(prompts):
+            s = _score(p)
+            probs = [1.0 - s, s]
+            data.append({"index": k, "label": f"LABEL_{int(s >= 0.5)}", "probs": probs, "num_classes": 2})
+        return _json({**self._base("classify", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+
+    async def pooling(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        model, prompts = self._inputs(body)
+        await self._prefill(prompts, body)
+        data = [{"index": k, "object": "pooling", "data": _vector(p, EMBED_DIM).tolist()} for k, p in enumerate(prompts)]
+        return _json({**self._base("pool", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+
+    def _side(self, v: Any, param: str) -> list[str]:
+        items = v if isinstance(v, list) else [v]
+        out = []
+        for it in items:
+            if isinstance(it, str):
+                out.append(it)
+            elif isinstance(it, Mapping) and isinstance(it.get("content"), list):
+                out.append(_text_parts(it["content"], param))
+            else:
+                raise ApiError(f"{param} must be a string, an object with content parts, or a list of those.",
+                               param=param)
+        if not out:
+            raise ApiError(f"{param} must not be empty.", param=param)
+        return out
+
+    async def _pairs(self, body: Any, rerank: bool) -> tuple[str, list[str], list[list[int]]]:
+        """(model, documents, token ids of each (query, document) pair) of a score or rerank body; runs them."""
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        model = check_model(body, self.srv.limits)
+        if rerank:
+            pair = ("query", "documents")
+        else:
+            pair = next((p for p in _SCORE_PAIRS if p[0] in body or p[1] in body), _SCORE_PAIRS[0])
+        if body.get(pair[0]) is None or body.get(pair[1]) is None:
+            raise ApiError(f"Field required: {pair[0]} and {pair[1]}.", param=pair[0] if body.get(pair[0]) is None
+                           else pair[1])
+        queries, docs = self._side(body[pair[0]], pair[0]), self._side(body[pair[1]], pair[1])
+        if len(queries) == 1:
+            queries = queries * len(docs)
+        elif len(queries) != len(docs):
+            raise ApiError(f"{pair[0]} must hold one item or as many as {pair[1]}.", param=pair[0])
+        enc = self.srv.tokenizer.encode
+        prompts = [enc(q) + enc(d) for q, d in zip(queries, docs, strict=True)]  # query, then document
+        await self._prefill(prompts, body)
+        return model, docs, prompts
+
+    async def score(self, request: web.Request) -> web.Response:
+        model, _, prompts = await self._pairs(await self._read_json(request), rerank=False)
+        data = [{"index": k, "object": "score", "score": _score(p)} for k, p in enumerate(prompts)]
+        return _json({**self._base("score", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        top_n = body.get("top_n", 0) if isinstance(body, Mapping) else 0
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
+            raise ApiError("top_n must be an integer >= 0.", param="top_n")
+        model, docs, prompts = await self._pairs(body, rerank=True)
+        results = sorted(({"index": k, "document": {"text": d}, "relevance_score": _score(p)}
+                          for k, (d, p) in enumerate(zip(docs, prompts, strict=True))),
+                         key=lambda x: -x["relevance_score"])
+        n = sum(map(len, prompts))
+        base = self._base("rerank", model)
+        return _json({"id": base["id"], "model": model, "usage": {"prompt_tokens": n, "total_tokens": n},
+                      "results": results[:top_n] if top_n else results})
+
+    # -- Responses API -----------------------------------------------------------------------------------
+    def _messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The conversation of a Responses request: the stored one of `previous_response_id`, instructions,
+        then `input` (a string, or a list of items: messages, function-call outputs)."""
+        msgs: list[dict[str, Any]] = []
+        prev = body.get("previous_response_id")
+        if prev is not None:
+            if not isinstance(prev, str) or prev not in self.stored:
+                raise ApiError(f"Response with id '{prev}' not found.", 404, "previous_response_id",
+                               err_type="invalid_request_error")
+            msgs.extend(self.stored[prev][1])
+        instructions = body.get("instructions")
+        if instructions is not None:
+            if not isinstance(instructions, str):
+                raise ApiError("instructions must be a string.", param="instructions")
+            msgs.insert(0, {"role": "system", "content": instructions})
+        inp = body.get("input")
+        if isinstance(inp, str):
+            msgs.append({"role": "user", "content": inp})
+        elif isinstance(inp, list) and inp:
+            for k, item in enumerate(inp):
+                if not isinstance(item, Mapping):
+                    raise ApiError(f"input[{k}] must be an object.", param=f"input[{k}]")
+                if "role" in item:
+                    role = item["role"]
+                    if not isinstance(role, str) or not role:
+                        raise ApiError(f"input[{k}].role must be a non-empty string.", param=f"input[{k}].role")
+                    msgs.append({"role": role, "content": _text_parts(item.get("content", ""), f"input[{k}].content")})
+                elif item.get("type") == "function_call_output":
+                    msgs.append({"role": "tool", "content": _text_parts(item.get("output", ""), f"input[{k}].output")})
+        else:
+            raise ApiError("input must be a string or a non-empty list of input items.", param="input")
+        return msgs
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        srv = self.srv
+        body = await self._read_json(request)
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        model = check_model(body, srv.limits)
+        rid = body.get("request_id") or f"resp_{secrets.token_hex(16)}"
+        if not isinstance(rid, str):
+            raise ApiError("request_id must be a string.", param="request_id")
+        msgs = self._messages(body)
+        tok = srv.tokenizer
+        ids = tok.encode(tok.apply_chat_template(msgs))
+        mot = body.get("max_output_tokens")
+        gen_body = {k: body.get(k) for k in ("temperature", "top_p", "user", "priority", "stream")}
+        gen_body["max_tokens"] = mot
+        try:
+            g = _finish(True, model, ids, gen_body, srv.limits)
+        except ApiError as e:
+            e.param = {"max_tokens": "max_output_tokens", "messages": "input"}.get(e.param or "", e.param)
+            raise
+        req = srv._make_request(g)
+        try:
+            stream = srv.driver.submit(req)
+        except ValueError as e:
+            raise ApiError(str(e)) from None
+        except RuntimeError as e:
+            raise ApiError(str(e), 500) from None
+        key = hash((srv.seed, tuple(g.prompt_ids)))
+        resp = _ResponseState(rid, model, body, g.max_tokens, msgs)
+        try:
+            if g.stream:
+                return await self._stream_response(request, resp, stream, key)
+            while not stream.done:
+                await stream.wait(stream.generated)
+            if stream.finish_reason in ("abort", "error"):
+                raise ApiError("The engine stopped before the request finished.", 503, err_type="ServiceUnavailable")
+            text = tok.decode(tok.generated_ids(key, 0, stream.generated))
+            obj = resp.final(text, req.prompt_len, stream.generated, req.num_cached)
+            self._store(body, rid, obj, msgs, text)
+            return _json(obj)
+        finally:
+            if not stream.done:
+                srv.driver.abort(stream)
+                srv.metrics.on_abort()
+
+    def _store(self, body: Mapping[str, Any], rid: str, obj: dict[str, Any], msgs: list[dict[str, Any]],
+               text: str) -> None:
+        if body.get("store", True) is False:
+            return
+        st = self.stored
+        st[rid] = (obj, [*msgs, {"role": "assistant", "content": text}])
+        while len(st) > MAX_STORED:
+            st.popitem(last=False)
+
+    async def _stream_response(self, request: web.Request, resp: _ResponseState, stream: TokenStream,
+                               key: int) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await out.prepare(request)
+        tok = self.srv.tokenizer
+        req = stream.req
+        await out.write(resp.event("response.created", response=resp.in_progress())
+                        + resp.event("response.in_progress", response=resp.in_progress()))
+        sent = 0
+        texts: list[str] = []
+        try:
+            while True:
+                if stream.generated <= sent and not stream.done:
+                    await stream.wait(sent)
+                n = stream.generated
+                data = b""
+                if n > sent:
+                    new = tok.token_texts(tok.generated_ids(key, sent, n - sent))
+                    if sent == 0:
+                        data += resp.opening()
+                    data += b"".join(resp.event("response.output_text.delta", item_id=resp.item_id, output_index=0,
+                                                content_index=0, delta=t, logprobs=[]) for t in new)
+                    texts.extend(new)
+                    sent = n
+                if stream.done:
+                    break
+                await out.write(data)
+            if stream.finish_reason in ("abort", "error"):
+                data += resp.event("error", code="server_error", message="The engine stopped before the request "
+                                   "finished.", param=None)
+            else:
+                text = "".join(texts)
+                obj = resp.final(text, req.prompt_len, sent, req.num_cached)
+                self._store(resp.body, resp.rid, obj, resp.msgs, text)
+                data += resp.closing(text, obj)
+            await out.write_eof(data)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return out
+
+    async def get_response(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        if rid not in self.stored:
+            raise ApiError(f"Response with id '{rid}' not found.", 404, "response_id", err_type="invalid_request_error")
+        return _json(self.stored[rid][0])
+
+    async def cancel_response(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        if rid not in self.stored:
+            raise ApiError(f"Response with id '{rid}' not found.", 404, "response_id", err_type="invalid_request_error")
+        raise ApiError("Cannot cancel a synchronous response.", 400, "response_id", err_type="invalid_request_error")
+
+
+class _ResponseState:
+    """One Responses answer: its object at each stage and its SSE events (vLLM's sequence, numbered)."""
+
+    def __init__(self, rid: str, model: str, body: Mapping[str, Any], max_tokens: int,
+                 msgs: list[dict[str, Any]]) -> None:
+        self.rid = rid
+        self.msgs = msgs
+        self.model = model
+        self.body = body
+        self.max_tokens = max_tokens
+        self.created = int(time.time())
+        self.item_id = f"msg_{secrets.token_hex(16)}"
+        self.seq = 0
+
+    def _obj(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
+        b = self.body
+        return {
+            "id": self.rid, "object": "response", "created_at": self.created, "model": self.model, "status": status,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "error": None, "instructions": b.get("instructions"), "metadata": b.get("metadata"), "output": output,
+            "parallel_tool_calls": True, "temperature": b.get("temperature", 1.0), "tool_choice": "auto",
+            "tools": [], "top_p": b.get("top_p", 1.0), "background": False, "max_output_tokens": self.max_tokens,
+            "previous_response_id": b.get("previous_response_id"), "reasoning": None, "service_tier": "auto",
+            "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": usage, "user": b.get("user"),
+        }
+
+    def in_progress(self) -> dict[str, Any]:
+        return self._obj("in_progress", [], None)
+
+    def _message(self, text: str, status: str) -> dict[str, Any]:
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        return {"id": self.item_id, "type": "message", "role": "assistant", "status": status,
+                "content": [part] if status == "completed" else []}
+
+    def final(self, text: str, prompt: int, output: int, cached: int) -> dict[str, Any]:
+        # Generation runs to max_output_tokens ("length"): vLLM reports the response as incomplete.
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": output,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
+        return self._obj("incomplete", [self._message(text, "completed")], usage)
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        ev = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: {wire.dumps(ev)}\n\n".encode()
+
+    def opening(self) -> bytes:
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return (self.event("response.output_item.added", output_index=0, item=self._message("", "in_progress"))
+                + self.event("response.content_part.added", output_index=0, item_id=self.item_id, content_index=0,
+                             part=part))
+
+    def closing(self, text: str, final: dict[str, Any]) -> bytes:
+        part = {"type": "output_text", "text": text, "annotations": []}
+        return (self.event("response.output_text.done", output_index=0, content_index=0, text=text, logprobs=[],
+                           item_id=self.item_id)
+                + self.event("response.content_part.done", item_id=self.item_id, output_index=0, content_index=0,
+                             part=part)
+                + self.event("response.output_item.done", output_index=0, item=self._message(text, "completed"))
+                + self.event("response.incomplete", response=final))
