@@ -1,6 +1,6 @@
 """Raw HTTP through the gateway (emulated engines behind it) on the routes the openai client does not have:
-tokenisation and rendering (any healthy backend, nothing charged), scoring, reranking, classification, pooling
-(routed like completions), stored responses by id, the probes (/version, /ping, /liveness, /readiness,
+tokenisation and rendering (any healthy backend, nothing charged), scoring, reranking, classification, pooling,
+Anthropic's Messages API (routed like completions), stored responses by id, the probes (/version, /ping, /liveness, /readiness,
 /health_generate), and the error paths (404 naming the routes, 405, 400 with `param`). Plus the cost estimates
 the router sees and the emulator's timing of a pooling request (a prefill)."""
 
@@ -100,6 +100,23 @@ async def test_scoring_reranking_classify_pooling_are_routed(env: Env) -> None:
     assert _served(gw) == 7 and gw.dispatcher.in_flight == 0  # each through admission and the router
 
 
+async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
+    s, url, gw, _ = env
+    body = {"model": MODEL, "max_tokens": 4, "system": [{"type": "text", "text": "Be terse."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]}
+    st, m = await _call(s, "POST", url + "/v1/messages", body)
+    assert st == 200 and m["type"] == "message" and m["stop_reason"] == "max_tokens"
+    assert m["usage"]["output_tokens"] == 4 and len(m["content"][0]["text"].split()) == 4
+    st, c = await _call(s, "POST", url + "/v1/messages/count_tokens", {k: body[k] for k in ("model", "system", "messages")})
+    assert st == 200 and c["input_tokens"] == m["usage"]["input_tokens"]
+    async with s.post(url + "/v1/messages", json={**body, "stream": True}) as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        events = [ln[7:] for ln in (await r.read()).decode().splitlines() if ln.startswith("event: ")]
+    assert events == ["message_start", "content_block_start", *["content_block_delta"] * 4, "content_block_stop",
+                      "message_delta", "message_stop"]
+    assert _served(gw) == 2 and gw.dispatcher.in_flight == 0  # both generations through the router; count_tokens not
+
+
 async def test_stored_responses_by_id(env: Env) -> None:
     s, url, gw, urls = env
     st, r = await _call(s, "POST", url + RESPONSES, {"model": MODEL, "input": "hi", "max_output_tokens": 2})
@@ -142,7 +159,7 @@ async def test_error_paths(env: Env) -> None:
     st, err = await _call(s, "GET", url + "/v1/nothing")
     assert st == 404 and err["error"]["type"] == "not_found_error"
     msg = err["error"]["message"]
-    for route in ("POST /v1/embeddings", "POST /v1/responses", "POST /tokenize", "POST /v2/rerank",
+    for route in ("POST /v1/embeddings", "POST /v1/responses", "POST /tokenize", "POST /v2/rerank", "POST /v1/messages",
                   "GET/POST /ping", "GET /v1/responses/{id}", "GET /version", "GET /liveness"):
         assert route in msg, route
     for method, path, allowed in (("GET", "/v1/embeddings", "POST"), ("GET", "/tokenize", "POST"),
@@ -161,6 +178,9 @@ async def test_error_paths(env: Env) -> None:
            ("/v1/responses", {"model": MODEL, "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
            ("/v1/responses", {"model": MODEL, "input": "x", "request_id": 7}, "request_id"),
            ("/v1/responses", {"model": MODEL, "input": "x", "instructions": ["no"]}, "instructions"),
+           ("/v1/messages", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+           ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": [{"role": "system", "content": "x"}]},
+            "messages[0]"),
            ("/tokenize", {"model": 3, "prompt": "x"}, "model")]
     for path, body, param in bad:
         st, err = await _call(s, "POST", url + path, body)

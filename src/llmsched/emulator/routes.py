@@ -26,6 +26,7 @@ from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_mode
 from llmsched.emulator.stream import TokenStream
 
 if TYPE_CHECKING:
+    from llmsched.core.types import Request
     from llmsched.emulator.server import EmulatorServer
 
 EMBED_DIM = 1024  # the emulator's embedding width (a request's `dimensions` asks for fewer)
@@ -80,6 +81,8 @@ class ExtraRoutes:
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{rid}", self.get_response)
         r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
+        r.add_post("/v1/messages", self.messages)
+        r.add_post("/v1/messages/count_tokens", self.count_tokens)
         r.add_post("/ping", self.srv.health)
 
     # -- running prompts through the engine -------------------------------------------------------------
@@ -279,26 +282,9 @@ class ExtraRoutes:
             raise ApiError("input must be a string or a non-empty list of input items.", param="input")
         return msgs
 
-    async def responses(self, request: web.Request) -> web.StreamResponse:
+    async def _run(self, request: web.Request, g: GenRequest, w: _Events) -> web.StreamResponse:
+        """Generate `g` and answer in the wire format of `w`: one JSON object, or SSE events as tokens come."""
         srv = self.srv
-        body = await self._read_json(request)
-        if not isinstance(body, Mapping):
-            raise ApiError("The request body must be a JSON object.")
-        model = check_model(body, srv.limits)
-        rid = body.get("request_id") or f"resp_{secrets.token_hex(16)}"
-        if not isinstance(rid, str):
-            raise ApiError("request_id must be a string.", param="request_id")
-        msgs = self._messages(body)
-        tok = srv.tokenizer
-        ids = tok.encode(tok.apply_chat_template(msgs))
-        mot = body.get("max_output_tokens")
-        gen_body = {k: body.get(k) for k in ("temperature", "top_p", "user", "priority", "stream")}
-        gen_body["max_tokens"] = mot
-        try:
-            g = _finish(True, model, ids, gen_body, srv.limits)
-        except ApiError as e:
-            e.param = {"max_tokens": "max_output_tokens", "messages": "input"}.get(e.param or "", e.param)
-            raise
         req = srv._make_request(g)
         try:
             stream = srv.driver.submit(req)
@@ -306,41 +292,28 @@ class ExtraRoutes:
             raise ApiError(str(e)) from None
         except RuntimeError as e:
             raise ApiError(str(e), 500) from None
-        key = hash((srv.seed, tuple(g.prompt_ids)))
-        resp = _ResponseState(rid, model, body, g.max_tokens, msgs)
+        key = hash((srv.seed if g.seed is None else g.seed, tuple(g.prompt_ids)))
+        tok = srv.tokenizer
         try:
             if g.stream:
-                return await self._stream_response(request, resp, stream, key)
+                return await self._sse(request, w, stream, key)
             while not stream.done:
                 await stream.wait(stream.generated)
             if stream.finish_reason in ("abort", "error"):
                 raise ApiError("The engine stopped before the request finished.", 503, err_type="ServiceUnavailable")
-            text = tok.decode(tok.generated_ids(key, 0, stream.generated))
-            obj = resp.final(text, req.prompt_len, stream.generated, req.num_cached)
-            self._store(body, rid, obj, msgs, text)
-            return _json(obj)
+            return _json(w.whole(tok.decode(tok.generated_ids(key, 0, stream.generated)), req))
         finally:
-            if not stream.done:
+            if not stream.done:  # client gone (handler cancelled or write failed)
                 srv.driver.abort(stream)
                 srv.metrics.on_abort()
 
-    def _store(self, body: Mapping[str, Any], rid: str, obj: dict[str, Any], msgs: list[dict[str, Any]],
-               text: str) -> None:
-        if body.get("store", True) is False:
-            return
-        st = self.stored
-        st[rid] = (obj, [*msgs, {"role": "assistant", "content": text}])
-        while len(st) > MAX_STORED:
-            st.popitem(last=False)
-
-    async def _stream_response(self, request: web.Request, resp: _ResponseState, stream: TokenStream,
-                               key: int) -> web.StreamResponse:
+    async def _sse(self, request: web.Request, w: _Events, stream: TokenStream, key: int) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await out.prepare(request)
         tok = self.srv.tokenizer
-        req = stream.req
-        await out.write(resp.event("response.created", response=resp.in_progress())
-                        + resp.event("response.in_progress", response=resp.in_progress()))
+        head = w.head()
+        if head:
+            await out.write(head)
         sent = 0
         texts: list[str] = []
         try:
@@ -351,27 +324,93 @@ class ExtraRoutes:
                 data = b""
                 if n > sent:
                     new = tok.token_texts(tok.generated_ids(key, sent, n - sent))
-                    if sent == 0:
-                        data += resp.opening()
-                    data += b"".join(resp.event("response.output_text.delta", item_id=resp.item_id, output_index=0,
-                                                content_index=0, delta=t, logprobs=[]) for t in new)
+                    data = (w.opening(stream.req) if sent == 0 else b"") + b"".join(map(w.delta, new))
                     texts.extend(new)
                     sent = n
                 if stream.done:
                     break
                 await out.write(data)
             if stream.finish_reason in ("abort", "error"):
-                data += resp.event("error", code="server_error", message="The engine stopped before the request "
-                                   "finished.", param=None)
+                data += w.error("The engine stopped before the request finished.")
             else:
-                text = "".join(texts)
-                obj = resp.final(text, req.prompt_len, sent, req.num_cached)
-                self._store(resp.body, resp.rid, obj, resp.msgs, text)
-                data += resp.closing(text, obj)
+                data += w.closing("".join(texts), stream.req, sent)
             await out.write_eof(data)
         except (ConnectionResetError, ConnectionError):
-            pass
+            pass  # the client went away; `_run`'s finally aborts the request
         return out
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        srv = self.srv
+        body = await self._read_json(request)
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        model = check_model(body, srv.limits)
+        rid = body.get("request_id") or f"resp_{secrets.token_hex(16)}"
+        if not isinstance(rid, str):
+            raise ApiError("request_id must be a string.", param="request_id")
+        msgs = self._messages(body)
+        g = self._gen(model, msgs, body, "max_output_tokens", "input")
+        return await self._run(request, g, _ResponseState(rid, model, body, g.max_tokens, msgs, self._store))
+
+    def _gen(self, model: str, msgs: list[dict[str, Any]], body: Mapping[str, Any], max_key: str,
+             prompt_key: str) -> GenRequest:
+        """A chat generation of `msgs` with the sampling fields of `body` (its output cap named `max_key`)."""
+        tok = self.srv.tokenizer
+        try:
+            ids = tok.encode(tok.apply_chat_template(msgs))
+        except ValueError as e:
+            raise ApiError(str(e), param=prompt_key) from None
+        gen_body = {k: body.get(k) for k in ("temperature", "top_p", "user", "priority", "stream")}
+        gen_body["max_tokens"] = body.get(max_key)
+        try:
+            return _finish(True, model, ids, gen_body, self.srv.limits)
+        except ApiError as e:
+            e.param = {"max_tokens": max_key, "messages": prompt_key}.get(e.param or "", e.param)
+            raise
+
+    def _store(self, body: Mapping[str, Any], rid: str, obj: dict[str, Any], msgs: list[dict[str, Any]],
+               text: str) -> None:
+        if body.get("store", True) is False:
+            return
+        st = self.stored
+        st[rid] = (obj, [*msgs, {"role": "assistant", "content": text}])
+        while len(st) > MAX_STORED:
+            st.popitem(last=False)
+
+    # -- Anthropic Messages API (vLLM serves it next to OpenAI's) -----------------------------------------
+    def _anthropic(self, body: Any) -> tuple[str, list[dict[str, Any]]]:
+        """(model, chat messages) of a /v1/messages or count_tokens body: `system`, then `messages`."""
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        model = check_model(body, self.srv.limits)
+        msgs = []
+        system = body.get("system")
+        if system is not None:
+            msgs.append({"role": "system", "content": _blocks_text(system, "system")})
+        ms = body.get("messages")
+        if not isinstance(ms, list) or not ms:
+            raise ApiError("messages must be a non-empty list of messages.", param="messages")
+        for k, m in enumerate(ms):
+            if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
+                raise ApiError(f"messages[{k}].role must be 'user' or 'assistant'.", param=f"messages[{k}].role")
+            msgs.append({"role": m["role"], "content": _blocks_text(m.get("content"), f"messages[{k}].content")})
+        return model, msgs
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_json(request)
+        model, msgs = self._anthropic(body)
+        mt = body.get("max_tokens")
+        if mt is None:
+            raise ApiError("Field required: max_tokens.", param="max_tokens")
+        g = self._gen(model, msgs, body, "max_tokens", "messages")
+        srv = self.srv
+        srv._next_rid += 1
+        return await self._run(request, g, _MessageState(f"msg_{srv._id_prefix}{srv._next_rid:08x}", model))
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        _, msgs = self._anthropic(await self._read_json(request))
+        tok = self.srv.tokenizer
+        return _json({"input_tokens": tok.count(tok.apply_chat_template(msgs))})
 
     async def get_response(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
@@ -386,13 +425,55 @@ class ExtraRoutes:
         raise ApiError("Cannot cancel a synchronous response.", 400, "response_id", err_type="invalid_request_error")
 
 
-class _ResponseState:
+def _blocks_text(content: Any, where: str) -> str:
+    """Text of an Anthropic content value: a string or a list of blocks (text, tool_result with its content)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for b in content:
+            if not isinstance(b, Mapping):
+                raise ApiError(f"{where} blocks must be objects.", param=where)
+            if isinstance(b.get("text"), str):
+                out.append(b["text"])
+            elif b.get("type") == "tool_result":
+                out.append(_blocks_text(b.get("content", ""), where))
+        return "".join(out)
+    raise ApiError(f"{where} must be a string or a list of content blocks.", param=where)
+
+
+class _Events:
+    """A generation's wire format: the whole answer, or its SSE events."""
+
+    def whole(self, text: str, req: Request) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def head(self) -> bytes:
+        """Events sent at once, before the prefill."""
+        return b""
+
+    def opening(self, req: Request) -> bytes:
+        """Events sent with the first token, before its delta."""
+        return b""
+
+    def delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def closing(self, text: str, req: Request, n: int) -> bytes:
+        raise NotImplementedError
+
+    def error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+
+class _ResponseState(_Events):
     """One Responses answer: its object at each stage and its SSE events (vLLM's sequence, numbered)."""
 
-    def __init__(self, rid: str, model: str, body: Mapping[str, Any], max_tokens: int,
-                 msgs: list[dict[str, Any]]) -> None:
+    def __init__(self, rid: str, model: str, body: Mapping[str, Any], max_tokens: int, msgs: list[dict[str, Any]],
+                 store: Callable[[Mapping[str, Any], str, dict[str, Any], list[dict[str, Any]], str], None]) -> None:
         self.rid = rid
         self.msgs = msgs
+        self.store = store
         self.model = model
         self.body = body
         self.max_tokens = max_tokens
@@ -420,24 +501,40 @@ class _ResponseState:
         return {"id": self.item_id, "type": "message", "role": "assistant", "status": status,
                 "content": [part] if status == "completed" else []}
 
-    def final(self, text: str, prompt: int, output: int, cached: int) -> dict[str, Any]:
+    def whole(self, text: str, req: Request, n: int | None = None) -> dict[str, Any]:
         # Generation runs to max_output_tokens ("length"): vLLM reports the response as incomplete.
-        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": output,
-                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
-        return self._obj("incomplete", [self._message(text, "completed")], usage)
+        n = req.output_len if n is None else n
+        usage = {"input_tokens": req.prompt_len, "input_tokens_details": {"cached_tokens": req.num_cached},
+                 "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": req.prompt_len + n}
+        obj = self._obj("incomplete", [self._message(text, "completed")], usage)
+        self.store(self.body, self.rid, obj, self.msgs, text)
+        return obj
+
+    def head(self) -> bytes:
+        return (self.event("response.created", response=self.in_progress())
+                + self.event("response.in_progress", response=self.in_progress()))
+
+    def delta(self, text: str) -> bytes:
+        return self.event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
+                          delta=text, logprobs=[])
+
+    def error(self, message: str) -> bytes:
+        return self.event("error", code="server_error", message=message, param=None)
 
     def event(self, kind: str, **fields: Any) -> bytes:
         ev = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
         return f"event: {kind}\ndata: {wire.dumps(ev)}\n\n".encode()
 
-    def opening(self) -> bytes:
+    def opening(self, req: Request) -> bytes:
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         return (self.event("response.output_item.added", output_index=0, item=self._message("", "in_progress"))
                 + self.event("response.content_part.added", output_index=0, item_id=self.item_id, content_index=0,
                              part=part))
 
-    def closing(self, text: str, final: dict[str, Any]) -> bytes:
+    def closing(self, text: str, req: Request, n: int) -> bytes:
+        final = self.whole(text, req, n)
         part = {"type": "output_text", "text": text, "annotations": []}
         return (self.event("response.output_text.done", output_index=0, content_index=0, text=text, logprobs=[],
                            item_id=self.item_id)
@@ -445,3 +542,42 @@ class _ResponseState:
                              part=part)
                 + self.event("response.output_item.done", output_index=0, item=self._message(text, "completed"))
                 + self.event("response.incomplete", response=final))
+
+
+class _MessageState(_Events):
+    """One Anthropic Messages answer and its SSE events (message_start with the first token, as vLLM sends it)."""
+
+    def __init__(self, mid: str, model: str) -> None:
+        self.mid = mid
+        self.model = model
+
+    @staticmethod
+    def _usage(req: Request, n: int) -> dict[str, Any]:
+        return {"input_tokens": req.prompt_len, "output_tokens": n, "cache_read_input_tokens": req.num_cached}
+
+    @staticmethod
+    def _ev(kind: str, **fields: Any) -> bytes:
+        return f"event: {kind}\ndata: {wire.dumps({'type': kind, **fields})}\n\n".encode()
+
+    def whole(self, text: str, req: Request) -> dict[str, Any]:
+        return {"id": self.mid, "type": "message", "role": "assistant", "content": [{"type": "text", "text": text}],
+                "model": self.model, "stop_reason": "max_tokens", "stop_sequence": None,
+                "usage": self._usage(req, req.output_len)}
+
+    def opening(self, req: Request) -> bytes:
+        msg = {"id": self.mid, "type": "message", "role": "assistant", "content": [], "model": self.model,
+               "stop_reason": None, "stop_sequence": None, "usage": self._usage(req, 0)}
+        return (self._ev("message_start", message=msg)
+                + self._ev("content_block_start", index=0, content_block={"type": "text", "text": ""}))
+
+    def delta(self, text: str) -> bytes:
+        return self._ev("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
+
+    def closing(self, text: str, req: Request, n: int) -> bytes:
+        return (self._ev("content_block_stop", index=0)
+                + self._ev("message_delta", delta={"stop_reason": "max_tokens", "stop_sequence": None},
+                           usage=self._usage(req, n))
+                + self._ev("message_stop"))
+
+    def error(self, message: str) -> bytes:
+        return self._ev("error", error={"type": "api_error", "message": message})

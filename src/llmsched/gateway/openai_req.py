@@ -23,6 +23,7 @@ _decode = msgspec.json.Decoder().decode  # ~3x json.loads on 51 KiB prompts; sam
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"  # Anthropic's Messages API, which vLLM serves too
 EMBEDDINGS = "/v1/embeddings"
 CLASSIFY = "/classify"
 POOLING = "/pooling"
@@ -126,6 +127,11 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
     elif endpoint == RESPONSES:
         max_tokens = _int_field(body, "max_output_tokens", 1) or 256
         text = _responses_text(body)
+    elif endpoint == MESSAGES:
+        max_tokens = _int_field(body, "max_tokens", 1)
+        if max_tokens is None:
+            raise BadRequest("'max_tokens' is required", "max_tokens")
+        text = _anthropic_text(body)
     elif endpoint in POOLING_ROUTES:
         if stream:
             raise BadRequest(f"{endpoint} does not stream", "stream")
@@ -195,6 +201,35 @@ def _responses_text(body: dict[str, Any]) -> str:
                 parts.append(content)
     else:
         raise BadRequest("'input' must be a string or a non-empty list of input items", "input")
+    return "\n".join(parts)
+
+
+def _blocks_text(content: Any, param: str) -> str:
+    """An Anthropic content value: a string or a list of blocks (text; a tool_result's content)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for k, b in enumerate(content):
+            if not isinstance(b, dict):
+                raise BadRequest(f"{param}[{k}] must be a content block object", f"{param}[{k}]")
+            if isinstance(b.get("text"), str):
+                out.append(b["text"])
+            elif b.get("type") == "tool_result":
+                out.append(_blocks_text(b.get("content", ""), f"{param}[{k}].content"))
+        return "".join(out)
+    raise BadRequest(f"'{param}' must be a string or a list of content blocks", param)
+
+
+def _anthropic_text(body: dict[str, Any]) -> str:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequest("'messages' must be a non-empty list", "messages")
+    parts = [] if body.get("system") is None else [_blocks_text(body["system"], "system")]
+    for k, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise BadRequest(f"messages[{k}] must be an object with role 'user' or 'assistant'", f"messages[{k}]")
+        parts.append(m["role"] + "\n" + _blocks_text(m.get("content"), f"messages[{k}].content"))
     return "\n".join(parts)
 
 

@@ -36,6 +36,7 @@ from llmsched.gateway.http1 import HttpRequest
 from llmsched.gateway.openai_req import (
     CHAT,
     COMPLETIONS,
+    MESSAGES,
     POOLING_ROUTES,
     RESPONSES,
     BadRequest,
@@ -50,8 +51,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
 
-ADMITTED = frozenset((COMPLETIONS, CHAT, RESPONSES, *POOLING_ROUTES))
-ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render")
+ADMITTED = frozenset((COMPLETIONS, CHAT, RESPONSES, MESSAGES, *POOLING_ROUTES))
+ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render",
+               "/v1/messages/count_tokens")
 RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
 _JSON = b"application/json"
 _decode = msgspec.json.Decoder().decode
