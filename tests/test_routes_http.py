@@ -117,6 +117,18 @@ async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
     assert _served(gw) == 2 and gw.dispatcher.in_flight == 0  # both generations through the router; count_tokens not
 
 
+async def test_chat_batch_routed_once_one_choice_per_conversation(env: Env) -> None:
+    s, url, gw, _ = env
+    convs = [[{"role": "user", "content": f"question {k}"}] for k in range(3)]
+    st, r = await _call(s, "POST", url + "/v1/chat/completions/batch", {"model": MODEL, "messages": convs,
+                                                                         "max_tokens": 2})
+    assert st == 200 and [c["index"] for c in r["choices"]] == [0, 1, 2]
+    assert all(len(c["message"]["content"].split()) == 2 for c in r["choices"]) and r["usage"]["completion_tokens"] == 6
+    assert _served(gw) == 1  # one routed request
+    body = b'{"messages": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]], "max_tokens": 5}'
+    assert build_request(parse_body(body, "/v1/chat/completions/batch"), 0, 0.0, 16, None).output_len == 10
+
+
 async def test_stored_responses_by_id(env: Env) -> None:
     s, url, gw, urls = env
     st, r = await _call(s, "POST", url + RESPONSES, {"model": MODEL, "input": "hi", "max_output_tokens": 2})
@@ -181,6 +193,10 @@ async def test_error_paths(env: Env) -> None:
            ("/v1/messages", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
            ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": [{"role": "system", "content": "x"}]},
             "messages[0]"),
+           ("/v1/chat/completions/batch", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+            "messages"),
+           ("/v1/chat/completions/batch", {"model": MODEL, "messages": [[{"role": "user", "content": "x"}]],
+                                           "stream": True}, "stream"),
            ("/tokenize", {"model": 3, "prompt": "x"}, "model")]
     for path, body, param in bad:
         st, err = await _call(s, "POST", url + path, body)

@@ -22,7 +22,7 @@ import numpy as np
 from aiohttp import web
 
 from llmsched.emulator import wire
-from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, prompt_ids
+from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, parse_chat, prompt_ids
 from llmsched.emulator.stream import TokenStream
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class ExtraRoutes:
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{rid}", self.get_response)
         r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
+        r.add_post("/v1/chat/completions/batch", self.chat_batch)
         r.add_post("/v1/messages", self.messages)
         r.add_post("/v1/messages/count_tokens", self.count_tokens)
         r.add_post("/ping", self.srv.health)
@@ -98,12 +99,17 @@ class ExtraRoutes:
                                f"{len(p)} input tokens. Please reduce the length of the input.", param="input")
         user = body.get("user") if isinstance(body.get("user"), str) else None
         prio = body.get("priority") if isinstance(body.get("priority"), int) else 0
+        reqs = [srv._make_request(GenRequest(False, "", p, 1, False, False, user, None, prio)) for p in prompts]
+        return [s.req.num_cached for s in await self._run_all(reqs)]
+
+    async def _run_all(self, reqs: list[Request]) -> list[TokenStream]:
+        """Submit `reqs` together (they batch in the engine) and wait for all of them to finish."""
+        driver = self.srv.driver
         streams: list[TokenStream] = []
         try:
-            for p in prompts:
-                g = GenRequest(False, "", p, 1, False, False, user, None, prio)
+            for q in reqs:
                 try:
-                    streams.append(srv.driver.submit(srv._make_request(g)))
+                    streams.append(driver.submit(q))
                 except ValueError as e:
                     raise ApiError(str(e)) from None
                 except RuntimeError as e:
@@ -114,11 +120,12 @@ class ExtraRoutes:
                 if s.finish_reason in ("abort", "error"):
                     raise ApiError("The engine stopped before the request finished.", 503,
                                    err_type="ServiceUnavailable")
-            return [s.req.num_cached for s in streams]
+            return streams
         finally:
             for s in streams:
                 if not s.done:  # client gone: free the engine
-                    srv.driver.abort(s)
+                    driver.abort(s)
+                    self.srv.metrics.on_abort()
 
     def _inputs(self, body: Any) -> tuple[str, list[list[int]]]:
         """(model, token ids of each input) of an embeddings / classify / pooling body."""
@@ -376,6 +383,35 @@ class ExtraRoutes:
         st[rid] = (obj, [*msgs, {"role": "assistant", "content": text}])
         while len(st) > MAX_STORED:
             st.popitem(last=False)
+
+    async def chat_batch(self, request: web.Request) -> web.Response:
+        """vLLM's /v1/chat/completions/batch: one generation per conversation, all at once, one choice each."""
+        srv = self.srv
+        body = await self._read_json(request)
+        convs = body.get("messages") if isinstance(body, Mapping) else None
+        if not isinstance(convs, list) or not convs or not all(isinstance(c, list) for c in convs):
+            raise ApiError("messages must be a non-empty list of conversations.", param="messages")
+        if body.get("stream"):
+            raise ApiError("Streaming is not supported by the batch endpoint.", param="stream")
+        gens = []
+        for k, conv in enumerate(convs):
+            try:
+                gens.append(parse_chat({**body, "messages": conv}, srv.tokenizer, srv.limits))
+            except ApiError as e:
+                e.param = f"messages[{k}]" if e.param == "messages" else e.param
+                raise
+        reqs = [srv._make_request(g) for g in gens]
+        streams = await self._run_all(reqs)
+        tok = srv.tokenizer
+        choices = []
+        for k, (g, st) in enumerate(zip(gens, streams, strict=True)):
+            text = tok.decode(tok.generated_ids(hash((srv.seed, tuple(g.prompt_ids))), 0, st.generated))
+            choices.append({"index": k, "message": {"role": "assistant", "content": text, "tool_calls": []},
+                            "logprobs": None, "finish_reason": st.finish_reason, "stop_reason": None})
+        use = wire.usage(sum(q.prompt_len for q in reqs), sum(st.generated for st in streams),
+                         sum(q.num_cached for q in reqs))
+        base = self._base("chatcmpl", gens[0].model)
+        return _json({**base, "object": "chat.completion", "choices": choices, "usage": use})
 
     # -- Anthropic Messages API (vLLM serves it next to OpenAI's) -----------------------------------------
     def _anthropic(self, body: Any) -> tuple[str, list[dict[str, Any]]]:

@@ -24,6 +24,7 @@ COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 MESSAGES = "/v1/messages"  # Anthropic's Messages API, which vLLM serves too
+CHAT_BATCH = "/v1/chat/completions/batch"  # vLLM's: several conversations, one choice each, never streamed
 EMBEDDINGS = "/v1/embeddings"
 CLASSIFY = "/classify"
 POOLING = "/pooling"
@@ -127,6 +128,16 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
     elif endpoint == RESPONSES:
         max_tokens = _int_field(body, "max_output_tokens", 1) or 256
         text = _responses_text(body)
+    elif endpoint == CHAT_BATCH:
+        if stream:
+            raise BadRequest(f"{endpoint} does not stream", "stream")
+        convs = body.get("messages")
+        if not isinstance(convs, list) or not convs or not all(isinstance(c, list) for c in convs):
+            raise BadRequest("'messages' must be a non-empty list of conversations (lists of messages)", "messages")
+        # One generation per conversation: the work of all of them, as one request for the router.
+        per = _int_field(body, "max_completion_tokens", 1) or _int_field(body, "max_tokens", 1) or 256
+        max_tokens = per * len(convs)
+        text = "\n".join(_chat_text(c, f"messages[{k}]") for k, c in enumerate(convs))
     elif endpoint == MESSAGES:
         max_tokens = _int_field(body, "max_tokens", 1)
         if max_tokens is None:

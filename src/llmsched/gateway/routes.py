@@ -35,6 +35,7 @@ from llmsched import __version__
 from llmsched.gateway.http1 import HttpRequest
 from llmsched.gateway.openai_req import (
     CHAT,
+    CHAT_BATCH,
     COMPLETIONS,
     MESSAGES,
     POOLING_ROUTES,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
 
-ADMITTED = frozenset((COMPLETIONS, CHAT, RESPONSES, MESSAGES, *POOLING_ROUTES))
+ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, *POOLING_ROUTES))
 ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render",
                "/v1/messages/count_tokens")
 RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
