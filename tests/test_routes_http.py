@@ -97,7 +97,11 @@ async def test_scoring_reranking_classify_pooling_are_routed(env: Env) -> None:
     assert st == 200 and [d["num_classes"] for d in cl["data"]] == [2, 2] and abs(sum(cl["data"][0]["probs"]) - 1) < 1e-9
     st, po = await _call(s, "POST", url + "/pooling", {"model": MODEL, "input": "pool me"})
     assert st == 200 and po["data"][0]["object"] == "pooling" and len(po["data"][0]["data"]) > 1
-    assert _served(gw) == 7 and gw.dispatcher.in_flight == 0  # each through admission and the router
+    st, co = await _call(s, "POST", url + "/v2/embed", {"model": MODEL, "texts": ["one", "two"], "output_dimension": 16,
+                                                        "embedding_types": ["float", "binary"]})
+    assert st == 200 and len(co["embeddings"]["float"]) == 2 and len(co["embeddings"]["float"][0]) == 16
+    assert len(co["embeddings"]["binary"][0]) == 2 and co["meta"]["billed_units"]["input_tokens"] == 2
+    assert _served(gw) == 8 and gw.dispatcher.in_flight == 0  # each through admission and the router
 
 
 async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
@@ -186,6 +190,7 @@ async def test_error_paths(env: Env) -> None:
            ("/score", {"model": MODEL, "queries": ["a", "b", "c"], "documents": ["x", "y"]}, "queries"),
            ("/score", {"model": MODEL, "text_1": "a"}, "text_2"),
            ("/classify", {"model": MODEL, "input": {"not": "text"}}, "input"),
+           ("/v2/embed", {"model": MODEL, "texts": ["a"], "inputs": [{"content": []}]}, "texts"),
            ("/v1/responses", {"model": MODEL, "input": 5}, "input"),
            ("/v1/responses", {"model": MODEL, "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
            ("/v1/responses", {"model": MODEL, "input": "x", "request_id": 7}, "request_id"),

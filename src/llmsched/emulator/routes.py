@@ -72,6 +72,7 @@ class ExtraRoutes:
 
     def attach(self, r: web.UrlDispatcher) -> None:
         r.add_post("/v1/embeddings", self.embeddings)
+        r.add_post("/v2/embed", self.cohere_embed)
         r.add_post("/classify", self.classify)
         r.add_post("/pooling", self.pooling)
         for p in SCORE_PATHS:
@@ -180,6 +181,50 @@ class ExtraRoutes:
             emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v.tolist()
             data.append({"index": k, "object": "embedding", "embedding": emb})
         return _json({**self._base("embd", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+
+    async def cohere_embed(self, request: web.Request) -> web.Response:
+        """Cohere's /v2/embed as vLLM serves it: `texts` or `inputs` (text parts), `output_dimension`,
+        `embedding_types` (float, base64, binary, ubinary)."""
+        body = await self._read_json(request)
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        model = check_model(body, self.srv.limits)
+        given = [k for k in ("texts", "images", "inputs") if body.get(k) is not None]
+        if len(given) != 1 or not isinstance(body[given[0]], list) or not body[given[0]]:
+            raise ApiError("Exactly one of texts, images, or inputs must be provided, and it must be non-empty",
+                           param="texts")
+        if given[0] == "images":
+            raise ApiError("images are not supported by the emulator.", param="images")
+        texts = [t if given[0] == "texts" else _text_parts(t.get("content") if isinstance(t, Mapping) else None,
+                                                           f"inputs[{k}].content")
+                 for k, t in enumerate(body[given[0]])]
+        if not all(isinstance(t, str) for t in texts):
+            raise ApiError("texts must be strings.", param="texts")
+        dim = body.get("output_dimension") or EMBED_DIM
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 8 <= dim <= EMBED_DIM or dim % 8:
+            raise ApiError(f"output_dimension must be a multiple of 8 in [8, {EMBED_DIM}].", param="output_dimension")
+        kinds = body.get("embedding_types") or ["float"]
+        if not isinstance(kinds, list) or not set(kinds) <= {"float", "base64", "binary", "ubinary"}:
+            raise ApiError("embedding_types must be a list of float, base64, binary, ubinary.",
+                           param="embedding_types")
+        prompts = [self.srv.tokenizer.encode(t) for t in texts]
+        await self._prefill(prompts, body)
+        vecs = [_vector(p, dim) for p in prompts]
+        out: dict[str, Any] = {}
+        for kind in kinds:
+            if kind == "float":
+                out[kind] = [v.tolist() for v in vecs]
+            elif kind == "base64":
+                out[kind] = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vecs]
+            else:
+                packed = [np.packbits(v >= 0).astype(np.int16) for v in vecs]
+                out[kind] = [(p - 128 if kind == "binary" else p).tolist() for p in packed]
+        srv = self.srv
+        srv._next_rid += 1
+        return _json({"id": f"embd-{srv._id_prefix}{srv._next_rid:08x}", "embeddings": out, "texts": texts,
+                      "meta": {"api_version": {"version": "2"},
+                               "billed_units": {"input_tokens": sum(map(len, prompts))}},
+                      "response_type": "embeddings_by_type", "model": model})
 
     async def classify(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)

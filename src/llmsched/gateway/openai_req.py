@@ -32,7 +32,8 @@ SCORE = ("/score", "/v1/score")
 RERANK = ("/rerank", "/v1/rerank", "/v2/rerank")
 # Pooling routes (one forward pass, no decode): the engine model sees them as a request with one output token,
 # the pooled result sampled at the end of the prefill.
-POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, *SCORE, *RERANK)
+COHERE_EMBED = "/v2/embed"
+POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, *SCORE, *RERANK)
 # Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
 _SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
@@ -285,6 +286,18 @@ def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:
             extra = (len(docs) - 1) * -(-len(queries[0].encode("utf-8", errors="surrogatepass")) // 4)
             return queries[0] + "\n" + "\n".join(docs), extra
         return "\n".join(q + "\n" + d for q, d in zip(queries, docs, strict=True)), 0
+    if endpoint == COHERE_EMBED:  # Cohere's: exactly one of texts, images, inputs (content parts)
+        given = [k for k in ("texts", "images", "inputs") if body.get(k) is not None]
+        if len(given) != 1 or not isinstance(body[given[0]], list) or not body[given[0]]:
+            raise BadRequest("exactly one of 'texts', 'images', 'inputs' must be a non-empty list", "texts")
+        items = body[given[0]]
+        if given[0] == "texts" and all(isinstance(t, str) for t in items):
+            return "\n".join(items), 0
+        if given[0] == "inputs" and all(isinstance(i, dict) and isinstance(i.get("content"), list) for i in items):
+            return "\n".join(_text_of_content(i["content"], f"inputs[{k}].content") for k, i in enumerate(items)), 0
+        if given[0] == "images" and all(isinstance(i, str) for i in items):
+            return "", 0  # image tokens: not estimated
+        raise BadRequest(f"'{given[0]}' has items of the wrong type", given[0])
     if body.get("messages") is not None:  # vLLM's chat-style pooling input
         return _chat_text(body["messages"], "messages"), 0
     inp = body.get("input")
