@@ -150,6 +150,10 @@ async def test_stored_responses_by_id(env: Env) -> None:
     assert (await _call(s, "GET", url + f"/v1/responses/{made['id']}"))[0] == 200
     st, err = await _call(s, "GET", url + "/v1/responses/resp_unknown")
     assert st == 404 and err["error"]["param"] == "response_id"
+    gw.dispatcher.drain(urls[owner])  # its maker is gone: say so rather than "not found"
+    st, err = await _call(s, "GET", url + f"/v1/responses/{r['id']}")
+    assert st == 503 and urls[owner] in err["error"]["message"]
+    gw.dispatcher.add_backend(urls[owner], gw.now())
     # A client's own request_id names the response.
     st, r2 = await _call(s, "POST", url + RESPONSES, {"model": MODEL, "input": "x", "max_output_tokens": 1,
                                                       "request_id": "resp_mine"})

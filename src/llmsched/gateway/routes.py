@@ -260,6 +260,10 @@ class Routes:
         i = self._owner.get(rid)
         live = self.healthy_backends(None)
         backends = [b for b in live if b.index == i] if i is not None else live
+        if i is not None and not backends:
+            url = self.gw.dispatcher.backends[i].url
+            return 503, error_body(f"the backend that holds response '{rid}' ({url}) is not available",
+                                   "service_unavailable", None, 503), _JSON
         path = r.path + (f"?{r.query_string}" if r.query_string else "")
         for b in backends:
             try:
