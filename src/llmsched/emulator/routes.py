@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from llmsched.emulator import wire
+from llmsched.emulator import events, wire
+from llmsched.emulator.events import json_response
 from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, parse_chat, prompt_ids
 from llmsched.emulator.stream import TokenStream
 
@@ -34,10 +35,6 @@ MAX_STORED = 10_000  # stored Responses answers (oldest dropped first)
 SCORE_PATHS = ("/score", "/v1/score")
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
 _SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(text=wire.dumps(obj), status=status, content_type="application/json")
 
 
 def _seed_of(ids: list[int]) -> int:
@@ -109,18 +106,12 @@ class ExtraRoutes:
         streams: list[TokenStream] = []
         try:
             for q in reqs:
-                try:
-                    streams.append(driver.submit(q))
-                except ValueError as e:
-                    raise ApiError(str(e)) from None
-                except RuntimeError as e:
-                    raise ApiError(str(e), 500) from None
+                streams.append(events.submit(self.srv, q))
             for s in streams:
                 while not s.done:
                     await s.wait(s.generated)
                 if s.finish_reason in ("abort", "error"):
-                    raise ApiError("The engine stopped before the request finished.", 503,
-                                   err_type="ServiceUnavailable")
+                    raise events.stopped(s)
             return streams
         finally:
             for s in streams:
@@ -180,7 +171,7 @@ class ExtraRoutes:
             v = _vector(p, dim or EMBED_DIM)
             emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v.tolist()
             data.append({"index": k, "object": "embedding", "embedding": emb})
-        return _json({**self._base("embd", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+        return json_response({**self._base("embd", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
     async def cohere_embed(self, request: web.Request) -> web.Response:
         """Cohere's /v2/embed as vLLM serves it: `texts` or `inputs` (text parts), `output_dimension`,
@@ -221,7 +212,7 @@ class ExtraRoutes:
                 out[kind] = [(p - 128 if kind == "binary" else p).tolist() for p in packed]
         srv = self.srv
         srv._next_rid += 1
-        return _json({"id": f"embd-{srv._id_prefix}{srv._next_rid:08x}", "embeddings": out, "texts": texts,
+        return json_response({"id": f"embd-{srv._id_prefix}{srv._next_rid:08x}", "embeddings": out, "texts": texts,
                       "meta": {"api_version": {"version": "2"},
                                "billed_units": {"input_tokens": sum(map(len, prompts))}},
                       "response_type": "embeddings_by_type", "model": model})
@@ -235,14 +226,14 @@ class ExtraRoutes:
             s = _score(p)
             probs = [1.0 - s, s]
             data.append({"index": k, "label": f"LABEL_{int(s >= 0.5)}", "probs": probs, "num_classes": 2})
-        return _json({**self._base("classify", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+        return json_response({**self._base("classify", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
     async def pooling(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         model, prompts = self._inputs(body)
         await self._prefill(prompts, body)
         data = [{"index": k, "object": "pooling", "data": _vector(p, EMBED_DIM).tolist()} for k, p in enumerate(prompts)]
-        return _json({**self._base("pool", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+        return json_response({**self._base("pool", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
     def _side(self, v: Any, param: str) -> list[str]:
         items = v if isinstance(v, list) else [v]
@@ -284,7 +275,7 @@ class ExtraRoutes:
     async def score(self, request: web.Request) -> web.Response:
         model, _, prompts = await self._pairs(await self._read_json(request), rerank=False)
         data = [{"index": k, "object": "score", "score": _score(p)} for k, p in enumerate(prompts)]
-        return _json({**self._base("score", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
+        return json_response({**self._base("score", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
     async def rerank(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
@@ -297,7 +288,7 @@ class ExtraRoutes:
                          key=lambda x: -x["relevance_score"])
         n = sum(map(len, prompts))
         base = self._base("rerank", model)
-        return _json({"id": base["id"], "model": model, "usage": {"prompt_tokens": n, "total_tokens": n},
+        return json_response({"id": base["id"], "model": model, "usage": {"prompt_tokens": n, "total_tokens": n},
                       "results": results[:top_n] if top_n else results})
 
     # -- Responses API -----------------------------------------------------------------------------------
@@ -334,63 +325,6 @@ class ExtraRoutes:
             raise ApiError("input must be a string or a non-empty list of input items.", param="input")
         return msgs
 
-    async def _run(self, request: web.Request, g: GenRequest, w: _Events) -> web.StreamResponse:
-        """Generate `g` and answer in the wire format of `w`: one JSON object, or SSE events as tokens come."""
-        srv = self.srv
-        req = srv._make_request(g)
-        try:
-            stream = srv.driver.submit(req)
-        except ValueError as e:
-            raise ApiError(str(e)) from None
-        except RuntimeError as e:
-            raise ApiError(str(e), 500) from None
-        key = hash((srv.seed if g.seed is None else g.seed, tuple(g.prompt_ids)))
-        tok = srv.tokenizer
-        try:
-            if g.stream:
-                return await self._sse(request, w, stream, key)
-            while not stream.done:
-                await stream.wait(stream.generated)
-            if stream.finish_reason in ("abort", "error"):
-                raise ApiError("The engine stopped before the request finished.", 503, err_type="ServiceUnavailable")
-            return _json(w.whole(tok.decode(tok.generated_ids(key, 0, stream.generated)), req))
-        finally:
-            if not stream.done:  # client gone (handler cancelled or write failed)
-                srv.driver.abort(stream)
-                srv.metrics.on_abort()
-
-    async def _sse(self, request: web.Request, w: _Events, stream: TokenStream, key: int) -> web.StreamResponse:
-        out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await out.prepare(request)
-        tok = self.srv.tokenizer
-        head = w.head()
-        if head:
-            await out.write(head)
-        sent = 0
-        texts: list[str] = []
-        try:
-            while True:
-                if stream.generated <= sent and not stream.done:
-                    await stream.wait(sent)
-                n = stream.generated
-                data = b""
-                if n > sent:
-                    new = tok.token_texts(tok.generated_ids(key, sent, n - sent))
-                    data = (w.opening(stream.req) if sent == 0 else b"") + b"".join(map(w.delta, new))
-                    texts.extend(new)
-                    sent = n
-                if stream.done:
-                    break
-                await out.write(data)
-            if stream.finish_reason in ("abort", "error"):
-                data += w.error("The engine stopped before the request finished.")
-            else:
-                data += w.closing("".join(texts), stream.req, sent)
-            await out.write_eof(data)
-        except (ConnectionResetError, ConnectionError):
-            pass  # the client went away; `_run`'s finally aborts the request
-        return out
-
     async def responses(self, request: web.Request) -> web.StreamResponse:
         srv = self.srv
         body = await self._read_json(request)
@@ -402,7 +336,8 @@ class ExtraRoutes:
             raise ApiError("request_id must be a string.", param="request_id")
         msgs = self._messages(body)
         g = self._gen(model, msgs, body, "max_output_tokens", "input")
-        return await self._run(request, g, _ResponseState(rid, model, body, g.max_tokens, msgs, self._store))
+        w = _ResponseState(rid, model, body, g.max_tokens, msgs, self._store)
+        return await events.run(srv, request, g, srv._make_request(g), w)
 
     def _gen(self, model: str, msgs: list[dict[str, Any]], body: Mapping[str, Any], max_key: str,
              prompt_key: str) -> GenRequest:
@@ -456,7 +391,7 @@ class ExtraRoutes:
         use = wire.usage(sum(q.prompt_len for q in reqs), sum(st.generated for st in streams),
                          sum(q.num_cached for q in reqs))
         base = self._base("chatcmpl", gens[0].model)
-        return _json({**base, "object": "chat.completion", "choices": choices, "usage": use})
+        return json_response({**base, "object": "chat.completion", "choices": choices, "usage": use})
 
     # -- Anthropic Messages API (vLLM serves it next to OpenAI's) -----------------------------------------
     def _anthropic(self, body: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -485,19 +420,19 @@ class ExtraRoutes:
             raise ApiError("Field required: max_tokens.", param="max_tokens")
         g = self._gen(model, msgs, body, "max_tokens", "messages")
         srv = self.srv
-        srv._next_rid += 1
-        return await self._run(request, g, _MessageState(f"msg_{srv._id_prefix}{srv._next_rid:08x}", model))
+        req = srv._make_request(g)
+        return await events.run(srv, request, g, req, _MessageState(f"msg_{srv._id_prefix}{req.rid:08x}", model))
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         _, msgs = self._anthropic(await self._read_json(request))
         tok = self.srv.tokenizer
-        return _json({"input_tokens": tok.count(tok.apply_chat_template(msgs))})
+        return json_response({"input_tokens": tok.count(tok.apply_chat_template(msgs))})
 
     async def get_response(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
         if rid not in self.stored:
             raise ApiError(f"Response with id '{rid}' not found.", 404, "response_id", err_type="invalid_request_error")
-        return _json(self.stored[rid][0])
+        return json_response(self.stored[rid][0])
 
     async def cancel_response(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
@@ -523,31 +458,7 @@ def _blocks_text(content: Any, where: str) -> str:
     raise ApiError(f"{where} must be a string or a list of content blocks.", param=where)
 
 
-class _Events:
-    """A generation's wire format: the whole answer, or its SSE events."""
-
-    def whole(self, text: str, req: Request) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def head(self) -> bytes:
-        """Events sent at once, before the prefill."""
-        return b""
-
-    def opening(self, req: Request) -> bytes:
-        """Events sent with the first token, before its delta."""
-        return b""
-
-    def delta(self, text: str) -> bytes:
-        raise NotImplementedError
-
-    def closing(self, text: str, req: Request, n: int) -> bytes:
-        raise NotImplementedError
-
-    def error(self, message: str) -> bytes:
-        raise NotImplementedError
-
-
-class _ResponseState(_Events):
+class _ResponseState(events.Events):
     """One Responses answer: its object at each stage and its SSE events (vLLM's sequence, numbered)."""
 
     def __init__(self, rid: str, model: str, body: Mapping[str, Any], max_tokens: int, msgs: list[dict[str, Any]],
@@ -582,9 +493,8 @@ class _ResponseState(_Events):
         return {"id": self.item_id, "type": "message", "role": "assistant", "status": status,
                 "content": [part] if status == "completed" else []}
 
-    def whole(self, text: str, req: Request, n: int | None = None) -> dict[str, Any]:
+    def whole(self, text: str, req: Request, n: int, finish_reason: str | None = "length") -> dict[str, Any]:
         # Generation runs to max_output_tokens ("length"): vLLM reports the response as incomplete.
-        n = req.output_len if n is None else n
         usage = {"input_tokens": req.prompt_len, "input_tokens_details": {"cached_tokens": req.num_cached},
                  "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": req.prompt_len + n}
@@ -596,12 +506,12 @@ class _ResponseState(_Events):
         return (self.event("response.created", response=self.in_progress())
                 + self.event("response.in_progress", response=self.in_progress()))
 
-    def delta(self, text: str) -> bytes:
-        return self.event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
-                          delta=text, logprobs=[])
+    def deltas(self, texts: list[str], final: bool) -> bytes:
+        return b"".join(self.event("response.output_text.delta", item_id=self.item_id, output_index=0,
+                                   content_index=0, delta=t, logprobs=[]) for t in texts)
 
-    def error(self, message: str) -> bytes:
-        return self.event("error", code="server_error", message=message, param=None)
+    def failed(self, e: ApiError, req: Request, n: int) -> bytes:
+        return self.event("error", code="server_error", message=e.message, param=None)
 
     def event(self, kind: str, **fields: Any) -> bytes:
         ev = {"type": kind, "sequence_number": self.seq, **fields}
@@ -625,7 +535,7 @@ class _ResponseState(_Events):
                 + self.event("response.incomplete", response=final))
 
 
-class _MessageState(_Events):
+class _MessageState(events.Events):
     """One Anthropic Messages answer and its SSE events (message_start with the first token, as vLLM sends it)."""
 
     def __init__(self, mid: str, model: str) -> None:
@@ -640,10 +550,9 @@ class _MessageState(_Events):
     def _ev(kind: str, **fields: Any) -> bytes:
         return f"event: {kind}\ndata: {wire.dumps({'type': kind, **fields})}\n\n".encode()
 
-    def whole(self, text: str, req: Request) -> dict[str, Any]:
+    def whole(self, text: str, req: Request, n: int, finish_reason: str | None) -> dict[str, Any]:
         return {"id": self.mid, "type": "message", "role": "assistant", "content": [{"type": "text", "text": text}],
-                "model": self.model, "stop_reason": "max_tokens", "stop_sequence": None,
-                "usage": self._usage(req, req.output_len)}
+                "model": self.model, "stop_reason": "max_tokens", "stop_sequence": None, "usage": self._usage(req, n)}
 
     def opening(self, req: Request) -> bytes:
         msg = {"id": self.mid, "type": "message", "role": "assistant", "content": [], "model": self.model,
@@ -651,8 +560,9 @@ class _MessageState(_Events):
         return (self._ev("message_start", message=msg)
                 + self._ev("content_block_start", index=0, content_block={"type": "text", "text": ""}))
 
-    def delta(self, text: str) -> bytes:
-        return self._ev("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
+    def deltas(self, texts: list[str], final: bool) -> bytes:
+        return b"".join(self._ev("content_block_delta", index=0, delta={"type": "text_delta", "text": t})
+                        for t in texts)
 
     def closing(self, text: str, req: Request, n: int) -> bytes:
         return (self._ev("content_block_stop", index=0)
@@ -660,5 +570,5 @@ class _MessageState(_Events):
                            usage=self._usage(req, n))
                 + self._ev("message_stop"))
 
-    def error(self, message: str) -> bytes:
-        return self._ev("error", error={"type": "api_error", "message": message})
+    def failed(self, e: ApiError, req: Request, n: int) -> bytes:
+        return self._ev("error", error={"type": "api_error", "message": e.message})

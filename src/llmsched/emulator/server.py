@@ -21,8 +21,9 @@ from aiohttp import web
 from llmsched.core.hashing import token_block_hashes
 from llmsched.core.tokenizer import StandInTokenizer
 from llmsched.core.types import Request
-from llmsched.emulator import wire
+from llmsched.emulator import events
 from llmsched.emulator.driver import EngineDriver
+from llmsched.emulator.events import json_response as _json_response
 from llmsched.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from llmsched.emulator.protocol import (
     ApiError,
@@ -35,7 +36,6 @@ from llmsched.emulator.protocol import (
     prompt_ids,
 )
 from llmsched.emulator.routes import ExtraRoutes
-from llmsched.emulator.stream import TokenStream
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.engine import Engine
 from llmsched.model.base import StepCostModel
@@ -45,10 +45,6 @@ from llmsched.model.base import StepCostModel
 DEFAULT_MAX_TOKENS = 256
 # When neither the caller nor the cost model states a context window.
 FALLBACK_MAX_MODEL_LEN = 32_768
-
-
-def _json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(text=wire.dumps(obj), status=status, content_type="application/json")
 
 
 def _error_response(e: ApiError) -> web.Response:
@@ -212,65 +208,8 @@ class EmulatorServer:
 
     async def _generate(self, request: web.Request, g: GenRequest) -> web.StreamResponse:
         req = self._make_request(g)
-        try:
-            stream = self.driver.submit(req)
-        except ValueError as e:
-            raise ApiError(str(e)) from None
-        except RuntimeError as e:
-            raise ApiError(str(e), 500) from None
-        key = hash((self.seed if g.seed is None else g.seed, tuple(g.prompt_ids)))
         rid = f"{'chatcmpl' if g.chat else 'cmpl'}-{self._id_prefix}{req.rid:08x}"
-        try:
-            if g.stream:
-                return await self._stream(request, g, stream, key, rid)
-            while not stream.done:
-                await stream.wait(stream.generated)
-            if stream.finish_reason in ("abort", "error"):
-                raise _stopped(stream)
-            tok = self.tokenizer
-            text = tok.decode(tok.generated_ids(key, 0, stream.generated))
-            use = wire.usage(req.prompt_len, stream.generated, req.num_cached)
-            make = wire.chat_body if g.chat else wire.completion_body
-            return _json_response(make(rid, int(time.time()), g.model, text, stream.finish_reason, use))
-        finally:
-            if not stream.done:  # client gone (handler cancelled or write failed)
-                self.driver.abort(stream)
-                self.metrics.on_abort()
-
-    async def _stream(
-        self, request: web.Request, g: GenRequest, stream: TokenStream, key: int, rid: str
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        enc = wire.ChunkEncoder(g.chat, rid, int(time.time()), g.model)
-        tok = self.tokenizer
-        req = stream.req
-        sent = 0
-        try:
-            while True:
-                if stream.generated <= sent and not stream.done:
-                    await stream.wait(sent)
-                n = stream.generated
-                data = b""
-                if n > sent:
-                    texts = tok.token_texts(tok.generated_ids(key, sent, n - sent))
-                    data = enc.tokens(texts, stream.done and stream.finish_reason == "length")
-                    if sent == 0:
-                        data = enc.first() + data
-                    sent = n
-                if stream.done:
-                    break
-                await resp.write(data)
-            # The last tokens, the usage and [DONE] go out in one write with the end of the chunked body.
-            if stream.finish_reason in ("abort", "error"):
-                e = _stopped(stream)
-                data += enc.error(e.message, e.status, e.err_type)
-            if g.include_usage:
-                data += enc.usage(wire.usage(req.prompt_len, sent, req.num_cached))
-            await resp.write_eof(data + wire.DONE)
-        except (ConnectionResetError, ConnectionError):
-            pass  # the client went away; `_generate`'s finally aborts the request
-        return resp
+        return await events.run(self, request, g, req, events.CompletionEvents(g, rid))
 
     # -- other endpoints -------------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -356,12 +295,6 @@ class EmulatorServer:
     async def model_info(self, request: web.Request) -> web.Response:
         return _json_response({"is_generation": True, "served_model_name": self.served_model_name,
                                "context_length": self.max_model_len})  # fmt: skip
-
-
-def _stopped(stream: TokenStream) -> ApiError:
-    if stream.finish_reason == "error":
-        return ApiError("The engine failed while serving this request.", 500)
-    return ApiError("The engine stopped before the request finished.", 503, err_type="ServiceUnavailable")
 
 
 def _build_cost_model(model: str, gpu: str, tp: int | None) -> StepCostModel:

@@ -94,8 +94,8 @@ def _int_field(body: dict[str, Any], name: str, lo: int) -> int | None:
     return v
 
 
-def parse_body(raw: bytes, endpoint: str) -> Parsed:
-    """Parse and check a request body for `endpoint`; raises `BadRequest` with the offending field."""
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object whose `model`, if any, is a string; else `BadRequest`."""
     try:
         body = _decode(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -105,6 +105,12 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string", "model")
+    return body
+
+
+def parse_body(raw: bytes, endpoint: str) -> Parsed:
+    """Parse and check a request body for `endpoint`; raises `BadRequest` with the offending field."""
+    body = json_object(raw)
     stream = body.get("stream", False)
     if stream is None:
         stream = False

@@ -43,6 +43,7 @@ from llmsched.gateway.openai_req import (
     BadRequest,
     Parsed,
     error_body,
+    json_object,
 )
 
 if TYPE_CHECKING:
@@ -227,15 +228,7 @@ class Routes:
             return resp.status, await resp.read(), (resp.content_type or "application/json").encode()
 
     async def _any_backend(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
-        try:
-            body = _decode(r.body or b"{}")
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("'model' must be a string", "model")
+        model = json_object(r.body or b"{}").get("model")
         backends = self.healthy_backends(model)
         if not backends:
             return 503, error_body(f"no healthy backend serves model {model!r}" if model else
