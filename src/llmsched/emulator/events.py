@@ -45,6 +45,8 @@ def submit(srv: EmulatorServer, req: Request) -> TokenStream:
 class Events:
     """A generation's wire format: the whole answer, or its SSE events."""
 
+    keeps_text = True  # `closing` needs the streamed text (False spares the stream loop the bookkeeping)
+
     def whole(self, text: str, req: Request, n: int, finish_reason: str | None) -> dict[str, Any]:
         """The unstreamed answer: `n` tokens of `text`."""
         raise NotImplementedError
@@ -72,6 +74,8 @@ class Events:
 
 class CompletionEvents(Events):
     """OpenAI completions and chat (`wire.ChunkEncoder`)."""
+
+    keeps_text = False
 
     def __init__(self, g: GenRequest, rid: str) -> None:
         self.g = g
@@ -140,7 +144,8 @@ async def _sse(srv: EmulatorServer, request: web.Request, w: Events, stream: Tok
                 data = w.deltas(new, stream.done and stream.finish_reason == "length")
                 if sent == 0:
                     data = w.opening(req) + data
-                texts += new
+                if w.keeps_text:
+                    texts += new
                 sent = n
             if stream.done:
                 break
