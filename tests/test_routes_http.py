@@ -281,3 +281,18 @@ async def test_embedding_costs_a_prefill() -> None:
         assert (await _call(s, "POST", url + EMBEDDINGS, {"model": MODEL, "input": "w"}))[0] == 200
         short = time.monotonic() - t0
     assert 0.35 < long < 2.0 and short < 0.2, (long, short)
+
+
+async def test_api_keys_guard_every_route_that_reaches_a_backend() -> None:
+    async with gateway(1, api_keys=["sekret"]) as (_, url, _, _), aiohttp.ClientSession() as s:
+        auth = {"Authorization": "Bearer sekret"}
+        for path, body in (("/tokenize", {"prompt": "x"}), ("/v1/embeddings", {"input": "x"}),
+                           ("/v1/responses/resp_x", None), ("/v1/messages/count_tokens", {"messages": []})):
+            method = "GET" if body is None else "POST"
+            async with s.request(method, url + path, json=body) as r:
+                assert r.status == 401, path
+        async with s.post(url + "/tokenize", json={"prompt": "x"}, headers=auth) as r:
+            assert r.status == 200
+        for path in ("/ping", "/version", "/liveness", "/readiness", "/health"):  # probes stay open
+            async with s.get(url + path) as r:
+                assert r.status == 200, path
