@@ -133,6 +133,26 @@ async def test_chat_batch_routed_once_one_choice_per_conversation(env: Env) -> N
     assert build_request(parse_body(body, "/v1/chat/completions/batch"), 0, 0.0, 16, None).output_len == 10
 
 
+async def test_sagemaker_invocations_routed_by_body_shape(env: Env) -> None:
+    s, url, gw, _ = env
+    st, chat = await _call(s, "POST", url + "/invocations", {"messages": [{"role": "user", "content": "hi"}],
+                                                              "max_tokens": 2})
+    assert st == 200 and chat["object"] == "chat.completion" and chat["usage"]["completion_tokens"] == 2
+    st, cmpl = await _call(s, "POST", url + "/invocations", {"prompt": "once upon", "max_tokens": 3})
+    assert st == 200 and cmpl["object"] == "text_completion" and cmpl["usage"]["completion_tokens"] == 3
+    st, emb = await _call(s, "POST", url + "/invocations", {"input": "embed me"})
+    assert st == 200 and emb["data"][0]["object"] == "embedding"
+    st, rr = await _call(s, "POST", url + "/invocations", {"query": "q", "documents": ["a", "b"]})
+    assert st == 200 and len(rr["results"]) == 2
+    assert _served(gw) == 4
+    # the cost estimate of the route the body is served as
+    body = b'{"prompt": "' + b"p" * 40 + b'", "max_tokens": 9}'
+    r = build_request(parse_body(body, "/invocations"), 0, 0.0, 16, None)
+    assert (r.prompt_len, r.output_len) == (10, 9)
+    st, err = await _call(s, "POST", url + "/invocations", {"messages": "not a list"})
+    assert st == 400 and err["error"]["param"] == "messages"
+
+
 async def test_stored_responses_by_id(env: Env) -> None:
     s, url, gw, urls = env
     st, r = await _call(s, "POST", url + RESPONSES, {"model": MODEL, "input": "hi", "max_output_tokens": 2})

@@ -25,6 +25,7 @@ from llmsched.emulator import events, wire
 from llmsched.emulator.events import json_response
 from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, parse_chat, prompt_ids
 from llmsched.emulator.stream import TokenStream
+from llmsched.gateway.openai_req import CHAT, COMPLETIONS, RERANK, SCORE, invocation_route  # vLLM's dispatch
 
 if TYPE_CHECKING:
     from llmsched.core.types import Request
@@ -83,6 +84,7 @@ class ExtraRoutes:
         r.add_post("/v1/messages", self.messages)
         r.add_post("/v1/messages/count_tokens", self.count_tokens)
         r.add_post("/ping", self.srv.health)
+        r.add_post("/invocations", self.invocations)
 
     # -- running prompts through the engine -------------------------------------------------------------
     async def _prefill(self, prompts: list[list[int]], body: Mapping[str, Any]) -> list[int]:
@@ -392,6 +394,16 @@ class ExtraRoutes:
                          sum(q.num_cached for q in reqs))
         base = self._base("chatcmpl", gens[0].model)
         return json_response({**base, "object": "chat.completion", "choices": choices, "usage": use})
+
+    async def invocations(self, request: web.Request) -> web.StreamResponse:
+        """SageMaker's route: the body is served as the first route whose request it fits (vLLM's order)."""
+        body = await self._read_json(request)
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        srv = self.srv
+        handler = {CHAT: srv.chat_completions, COMPLETIONS: srv.completions, RERANK[0]: self.rerank,
+                   SCORE[0]: self.score}.get(invocation_route(dict(body)), self.embeddings)
+        return await handler(request)  # the body is read again from aiohttp's cache
 
     # -- Anthropic Messages API (vLLM serves it next to OpenAI's) -----------------------------------------
     def _anthropic(self, body: Any) -> tuple[str, list[dict[str, Any]]]:

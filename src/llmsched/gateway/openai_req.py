@@ -32,6 +32,7 @@ SCORE = ("/score", "/v1/score")
 RERANK = ("/rerank", "/v1/rerank", "/v2/rerank")
 # Pooling routes (one forward pass, no decode): the engine model sees them as a request with one output token,
 # the pooled result sampled at the end of the prefill.
+INVOCATIONS = "/invocations"  # SageMaker's: vLLM serves the body as the first route whose request it fits
 COHERE_EMBED = "/v2/embed"
 POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, *SCORE, *RERANK)
 # Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
@@ -108,9 +109,25 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def invocation_route(body: dict[str, Any]) -> str:
+    """The route vLLM's `/invocations` serves a body as, by its fields, in vLLM's order (chat, completions, then
+    the pooling routes)."""
+    if "messages" in body:
+        return CHAT
+    if "prompt" in body:
+        return COMPLETIONS
+    if "query" in body:
+        return RERANK[0]
+    if any(a in body or b in body for a, b in _SCORE_PAIRS):
+        return SCORE[0]
+    return EMBEDDINGS
+
+
 def parse_body(raw: bytes, endpoint: str) -> Parsed:
     """Parse and check a request body for `endpoint`; raises `BadRequest` with the offending field."""
     body = json_object(raw)
+    if endpoint == INVOCATIONS:
+        endpoint = invocation_route(body)
     stream = body.get("stream", False)
     if stream is None:
         stream = False

@@ -37,6 +37,7 @@ from llmsched.gateway.openai_req import (
     CHAT,
     CHAT_BATCH,
     COMPLETIONS,
+    INVOCATIONS,
     MESSAGES,
     POOLING_ROUTES,
     RESPONSES,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
 
-ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, *POOLING_ROUTES))
+ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, *POOLING_ROUTES))
 ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render",
                "/v1/messages/count_tokens")
 RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
