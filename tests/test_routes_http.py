@@ -101,7 +101,10 @@ async def test_scoring_reranking_classify_pooling_are_routed(env: Env) -> None:
                                                         "embedding_types": ["float", "binary"]})
     assert st == 200 and len(co["embeddings"]["float"]) == 2 and len(co["embeddings"]["float"][0]) == 16
     assert len(co["embeddings"]["binary"][0]) == 2 and co["meta"]["billed_units"]["input_tokens"] == 2
-    assert _served(gw) == 8 and gw.dispatcher.in_flight == 0  # each through admission and the router
+    st, gs = await _call(s, "POST", url + "/generative_scoring", {"model": MODEL, "query": [5, 6, 7],
+                                                                   "items": [[8, 9], [10]], "label_token_ids": [1, 2]})
+    assert st == 200 and [d["index"] for d in gs["data"]] == [0, 1] and gs["usage"]["prompt_tokens"] == 3 + 2 + 3 + 1
+    assert _served(gw) == 9 and gw.dispatcher.in_flight == 0  # each through admission and the router
 
 
 async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
@@ -215,6 +218,8 @@ async def test_error_paths(env: Env) -> None:
            ("/score", {"model": MODEL, "text_1": "a"}, "text_2"),
            ("/classify", {"model": MODEL, "input": {"not": "text"}}, "input"),
            ("/v2/embed", {"model": MODEL, "texts": ["a"], "inputs": [{"content": []}]}, "texts"),
+           ("/generative_scoring", {"model": MODEL, "query": 5, "items": ["a"], "label_token_ids": [1]}, "query"),
+           ("/generative_scoring", {"model": MODEL, "query": "q", "items": ["a"]}, "label_token_ids"),
            ("/v1/responses", {"model": MODEL, "input": 5}, "input"),
            ("/v1/responses", {"model": MODEL, "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
            ("/v1/responses", {"model": MODEL, "input": "x", "request_id": 7}, "request_id"),

@@ -25,7 +25,7 @@ from llmsched.emulator import events, wire
 from llmsched.emulator.events import json_response
 from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, parse_chat, prompt_ids
 from llmsched.emulator.stream import TokenStream
-from llmsched.gateway.openai_req import CHAT, COMPLETIONS, RERANK, SCORE, invocation_route  # vLLM's dispatch
+from llmsched.gateway.openai_req import CHAT, COMPLETIONS, RERANK, SCORE, invocation_route, is_token_ids
 
 if TYPE_CHECKING:
     from llmsched.core.types import Request
@@ -49,6 +49,12 @@ def _vector(ids: list[int], dim: int) -> np.ndarray:
 
 def _score(ids: list[int]) -> float:
     return float(np.random.default_rng(_seed_of(ids)).random())
+
+
+def _token_ids(ids: list[int], vocab: int, param: str) -> list[int]:
+    if any(t < 0 or t >= vocab for t in ids):
+        raise ApiError(f"{param} has token ids outside [0, {vocab}).", param=param)
+    return ids
 
 
 def _text_parts(content: Any, where: str) -> str:
@@ -77,6 +83,7 @@ class ExtraRoutes:
             r.add_post(p, self.score)
         for p in RERANK_PATHS:
             r.add_post(p, self.rerank)
+        r.add_post("/generative_scoring", self.generative_scoring)
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{rid}", self.get_response)
         r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
@@ -237,11 +244,12 @@ class ExtraRoutes:
         data = [{"index": k, "object": "pooling", "data": _vector(p, EMBED_DIM).tolist()} for k, p in enumerate(prompts)]
         return json_response({**self._base("pool", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
-    def _side(self, v: Any, param: str) -> list[str]:
-        items = v if isinstance(v, list) else [v]
-        out = []
+    def _side(self, v: Any, param: str) -> list[str | list[int]]:
+        """One side of a score body: a string, token ids, an object with content parts, or a list of those."""
+        items = [v] if not isinstance(v, list) or is_token_ids(v) else v
+        out: list[str | list[int]] = []
         for it in items:
-            if isinstance(it, str):
+            if isinstance(it, str) or is_token_ids(it):
                 out.append(it)
             elif isinstance(it, Mapping) and isinstance(it.get("content"), list):
                 out.append(_text_parts(it["content"], param))
@@ -252,14 +260,13 @@ class ExtraRoutes:
             raise ApiError(f"{param} must not be empty.", param=param)
         return out
 
-    async def _pairs(self, body: Any, rerank: bool) -> tuple[str, list[str], list[list[int]]]:
-        """(model, documents, token ids of each (query, document) pair) of a score or rerank body; runs them."""
+    async def _pairs(self, body: Any, pair: tuple[str, str] | None) -> tuple[str, list[Any], list[list[int]]]:
+        """(model, documents, token ids of each (query, document) pair) of a score body (fields `pair`, else
+        found as vLLM does); runs them."""
         if not isinstance(body, Mapping):
             raise ApiError("The request body must be a JSON object.")
         model = check_model(body, self.srv.limits)
-        if rerank:
-            pair = ("query", "documents")
-        else:
+        if pair is None:
             pair = next((p for p in _SCORE_PAIRS if p[0] in body or p[1] in body), _SCORE_PAIRS[0])
         if body.get(pair[0]) is None or body.get(pair[1]) is None:
             raise ApiError(f"Field required: {pair[0]} and {pair[1]}.", param=pair[0] if body.get(pair[0]) is None
@@ -269,13 +276,17 @@ class ExtraRoutes:
             queries = queries * len(docs)
         elif len(queries) != len(docs):
             raise ApiError(f"{pair[0]} must hold one item or as many as {pair[1]}.", param=pair[0])
-        enc = self.srv.tokenizer.encode
+        tok = self.srv.tokenizer
+
+        def enc(x: str | list[int]) -> list[int]:
+            return tok.encode(x) if isinstance(x, str) else _token_ids(x, tok.vocab_size, pair[0])
+
         prompts = [enc(q) + enc(d) for q, d in zip(queries, docs, strict=True)]  # query, then document
         await self._prefill(prompts, body)
         return model, docs, prompts
 
     async def score(self, request: web.Request) -> web.Response:
-        model, _, prompts = await self._pairs(await self._read_json(request), rerank=False)
+        model, _, prompts = await self._pairs(await self._read_json(request), None)
         data = [{"index": k, "object": "score", "score": _score(p)} for k, p in enumerate(prompts)]
         return json_response({**self._base("score", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
@@ -284,7 +295,7 @@ class ExtraRoutes:
         top_n = body.get("top_n", 0) if isinstance(body, Mapping) else 0
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
             raise ApiError("top_n must be an integer >= 0.", param="top_n")
-        model, docs, prompts = await self._pairs(body, rerank=True)
+        model, docs, prompts = await self._pairs(body, ("query", "documents"))
         results = sorted(({"index": k, "document": {"text": d}, "relevance_score": _score(p)}
                           for k, (d, p) in enumerate(zip(docs, prompts, strict=True))),
                          key=lambda x: -x["relevance_score"])
@@ -292,6 +303,18 @@ class ExtraRoutes:
         base = self._base("rerank", model)
         return json_response({"id": base["id"], "model": model, "usage": {"prompt_tokens": n, "total_tokens": n},
                       "results": results[:top_n] if top_n else results})
+
+    async def generative_scoring(self, request: web.Request) -> web.Response:
+        """vLLM's /generative_scoring: for each item, P(first label token) after query + item; one forward pass
+        each (max_tokens 1)."""
+        body = await self._read_json(request)
+        labels = body.get("label_token_ids") if isinstance(body, Mapping) else None
+        if not isinstance(labels, list) or not labels or not all(isinstance(t, int) for t in labels):
+            raise ApiError("label_token_ids must be a non-empty list of token ids.", param="label_token_ids")
+        model, _, prompts = await self._pairs(body, ("query", "items"))
+        data = [{"index": k, "object": "score", "score": _score([*p, labels[0]])} for k, p in enumerate(prompts)]
+        return json_response({**self._base("gen-score", model), "data": data,
+                              "usage": self._usage(sum(map(len, prompts)))})
 
     # -- Responses API -----------------------------------------------------------------------------------
     def _messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:

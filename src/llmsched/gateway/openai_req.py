@@ -34,7 +34,8 @@ RERANK = ("/rerank", "/v1/rerank", "/v2/rerank")
 # the pooled result sampled at the end of the prefill.
 INVOCATIONS = "/invocations"  # SageMaker's: vLLM serves the body as the first route whose request it fits
 COHERE_EMBED = "/v2/embed"
-POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, *SCORE, *RERANK)
+GENERATIVE_SCORING = "/generative_scoring"  # vLLM's: P(label tokens) after query + item, one token per item
+POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, GENERATIVE_SCORING, *SCORE, *RERANK)
 # Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
 _SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
@@ -193,7 +194,7 @@ def _chat_text(msgs: Any, param: str) -> str:
         return "\n".join(texts)
 
 
-def _is_ids(v: Any) -> bool:
+def is_token_ids(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(p, int) and not isinstance(p, bool) for p in v)
 
 
@@ -203,9 +204,9 @@ def _prompt_text(prompt: Any, param: str) -> str:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         return "\n".join(prompt)
-    if _is_ids(prompt):
+    if is_token_ids(prompt):
         return " ".join(map(str, prompt))
-    if isinstance(prompt, list) and prompt and all(_is_ids(q) for q in prompt):
+    if isinstance(prompt, list) and prompt and all(is_token_ids(q) for q in prompt):
         return "\n".join(" ".join(map(str, q)) for q in prompt)  # a batch of token-id prompts
     raise BadRequest(f"'{param}' must be a string, a list of strings, a list of token ids or a list of such "
                      "lists", param)
@@ -269,12 +270,14 @@ def _anthropic_text(body: dict[str, Any]) -> str:
 
 
 def _score_texts(v: Any, param: str) -> list[str]:
-    """One side of a score request: a string, a multimodal `{"content": [parts]}`, or a list of those."""
-    items = v if isinstance(v, list) else [v]
+    """One side of a score request: a string, token ids, a multimodal `{"content": [parts]}`, or a list of those."""
+    items = [v] if not isinstance(v, list) or is_token_ids(v) else v
     out = []
     for k, it in enumerate(items):
         if isinstance(it, str):
             out.append(it)
+        elif is_token_ids(it):
+            out.append(" ".join(map(str, it)))
         elif isinstance(it, dict) and isinstance(it.get("content"), list):
             out.append(_text_of_content(it["content"], f"{param}[{k}].content"))
         else:
@@ -287,11 +290,11 @@ def _score_texts(v: Any, param: str) -> list[str]:
 
 def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:
     """(text to index, extra prompt tokens) of an embeddings / classify / pooling / score / rerank body."""
-    if endpoint in SCORE or endpoint in RERANK:
-        if endpoint in RERANK:
-            if not isinstance(body.get("query"), str | dict):
-                raise BadRequest("'query' must be a string (or an object with 'content' parts)", "query")
-            pair = ("query", "documents")
+    if endpoint in SCORE or endpoint in RERANK or endpoint == GENERATIVE_SCORING:
+        if endpoint in RERANK or endpoint == GENERATIVE_SCORING:
+            if not isinstance(body.get("query"), str | dict) and not is_token_ids(body.get("query")):
+                raise BadRequest("'query' must be a string, token ids, or an object with 'content' parts", "query")
+            pair = ("query", "items" if endpoint == GENERATIVE_SCORING else "documents")
         else:
             pair = next((p for p in _SCORE_PAIRS if p[0] in body or p[1] in body), _SCORE_PAIRS[0])
         if body.get(pair[1]) is None:
