@@ -63,6 +63,16 @@ async def test_tokenize_and_render_any_backend_uncharged(env: Env) -> None:
     assert st == 400 and err["error"]["param"] == "tokens"
 
 
+async def test_tokenize_retries_the_next_backend_when_one_is_down() -> None:
+    async with gateway(2, breaker={"failure_threshold": 50, "cooldown": 5}) as (gw, url, emus, _), \
+            aiohttp.ClientSession() as s:
+        await emus[0].stop(graceful=False)  # refuses connections; its breaker stays closed a while
+        for _ in range(4):  # the rotation puts the dead backend first every other call
+            st, body = await _call(s, "POST", url + "/tokenize", {"model": MODEL, "prompt": "still here"})
+            assert st == 200 and body["count"] == 3
+        assert 0 in {b.index for b in gw.routes.healthy_backends(MODEL)}  # still in the rotation: retried past
+
+
 async def test_healthy_backends_skip_drained_broken_and_other_models(env: Env) -> None:
     _, _, gw, urls = env
     d = gw.dispatcher
