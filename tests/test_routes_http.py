@@ -16,8 +16,16 @@ import pytest_asyncio
 from routes_env import MODEL, gateway
 from stubs import LinearCost
 
-from llmsched.gateway.openai_req import CHAT, EMBEDDINGS, RESPONSES, BadRequest, build_request, parse_body
-from llmsched.gateway.routes import assemble_response, internal_stream_ok, past_preamble
+from llmsched.gateway.openai_req import (
+    CHAT,
+    EMBEDDINGS,
+    MESSAGES,
+    RESPONSES,
+    BadRequest,
+    build_request,
+    parse_body,
+)
+from llmsched.gateway.routes import assemble_message, assemble_response, internal_stream_ok, past_preamble
 from llmsched.gateway.server import Gateway
 
 Env = tuple[aiohttp.ClientSession, str, Gateway, list[str]]
@@ -285,6 +293,21 @@ def test_stream_preamble_and_reassembly() -> None:
     assert st == 502 and b"boom" in body
     with pytest.raises(ValueError):
         assemble_response(created + progress)  # ended before its terminal event: retried elsewhere
+    start = b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",' \
+        b'"role":"assistant","content":[],"model":"m","stop_reason":null,"usage":{"input_tokens":5,"output_tokens":0}}}\n\n'
+    block = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",' \
+        b'"text":"%s"}}\n\n'
+    end = b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"max_tokens"},' \
+        b'"usage":{"output_tokens":2}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    st, body, n = assemble_message(start + block % b" a" + block % b" b" + end)
+    assert (st, n) == (200, 2) and body == (b'{"id":"msg_1","type":"message","role":"assistant","content":[{"type":'
+                                            b'"text","text":" a b"}],"model":"m","stop_reason":"max_tokens",'
+                                            b'"usage":{"input_tokens":5,"output_tokens":2}}')
+    assert assemble_message(start + b'event: error\ndata: {"type":"error","error":{"type":"api_error",'
+                            b'"message":"boom"}}\n\n')[0] == 502
+    with pytest.raises(ValueError):
+        assemble_message(block % b"x")
+    assert internal_stream_ok(MESSAGES, {}) and not internal_stream_ok(MESSAGES, {"thinking": {"type": "enabled"}})
     assert internal_stream_ok(RESPONSES, {"tools": [], "top_logprobs": 0})
     assert not internal_stream_ok(RESPONSES, {"background": True})
     assert not internal_stream_ok(CHAT, {"logprobs": True}) and internal_stream_ok(CHAT, {})

@@ -63,8 +63,8 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 # Body fields whose answer a re-assembled stream cannot reproduce: such non-streamed requests go upstream as is.
 _NO_INTERNAL_STREAM = ("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
-                       "prompt_logprobs", "use_beam_search", "background", "include")
-_REASSEMBLED = (COMPLETIONS, CHAT, RESPONSES)
+                       "prompt_logprobs", "use_beam_search", "background", "include", "thinking")
+_REASSEMBLED = (COMPLETIONS, CHAT, RESPONSES, MESSAGES)
 _PREAMBLE = (b'"response.created"', b'"response.in_progress"')
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
@@ -94,24 +94,67 @@ def past_preamble(buf: bytes | bytearray) -> bool:
 def assemble_response(data: bytes) -> tuple[int, bytes, int | None]:
     """A non-streamed Responses answer (status, JSON, output tokens) from the SSE events of the same request:
     the `response` of its terminal event, which is the object vLLM answers without streaming."""
-    for ev in reversed(data.split(b"\n\n")):
+    evs = _events(data)
+    if not evs:
+        raise ValueError("stream without a terminal event")
+    obj = evs[-1]
+    if obj.get("type") == "error" or "error" in obj and obj.get("type") not in _TERMINAL:
+        err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+        code = err.get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+        msg = err.get("message") or "upstream error"
+        return status, error_body(str(msg), str(err.get("type") or "upstream_error"), err.get("param"), status), None
+    if obj.get("type") in _TERMINAL and isinstance(obj.get("response"), dict):
+        resp = obj["response"]
+        usage = resp.get("usage")
+        tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
+        return 200, _encode(resp), tokens if isinstance(tokens, int) else None
+    raise ValueError(f"stream ends with a {obj.get('type')!r} event, not a terminal one")
+
+
+def _events(data: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of an SSE body's `data:` lines, in order (an event's lines joined)."""
+    out = []
+    for ev in data.split(b"\n\n"):
         payload = b"".join(line[5:].strip() for line in ev.split(b"\n") if line.startswith(b"data:"))
-        if not payload or payload == b"[DONE]":
-            continue
-        obj = _decode(payload)
-        if obj.get("type") == "error" or "error" in obj and obj.get("type") not in _TERMINAL:
-            err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
-            code = err.get("code")
-            status = code if isinstance(code, int) and 400 <= code < 600 else 502
-            msg = err.get("message") or "upstream error"
-            return status, error_body(str(msg), str(err.get("type") or "upstream_error"), err.get("param"), status), None
-        if obj.get("type") in _TERMINAL and isinstance(obj.get("response"), dict):
-            resp = obj["response"]
-            usage = resp.get("usage")
-            tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
-            return 200, _encode(resp), tokens if isinstance(tokens, int) else None
-        raise ValueError(f"stream ends with a {obj.get('type')!r} event, not a terminal one")
-    raise ValueError("stream without a terminal event")
+        if payload and payload != b"[DONE]":
+            out.append(_decode(payload))
+    return out
+
+
+def assemble_message(data: bytes) -> tuple[int, bytes, int | None]:
+    """A non-streamed Anthropic Messages answer (status, JSON, output tokens) from the stream of the same
+    request: `message_start`'s message with the text of its blocks and `message_delta`'s stop reason and usage.
+    Only requests without tools or thinking are streamed internally, so the blocks are text."""
+    msg: dict[str, Any] | None = None
+    texts: dict[int, list[str]] = {}
+    for obj in _events(data):
+        kind = obj.get("type")
+        if kind == "error":
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+            return 502, error_body(str(err.get("message") or "upstream error"), str(err.get("type") or
+                                                                                    "upstream_error")), None
+        if kind == "message_start":
+            msg = dict(obj["message"])
+        elif kind == "content_block_delta" and isinstance(obj.get("delta"), dict):
+            texts.setdefault(obj.get("index", 0), []).append(obj["delta"].get("text") or "")
+        elif kind == "content_block_start":
+            texts.setdefault(obj.get("index", 0), [])
+        elif kind == "message_delta" and msg is not None:
+            msg.update({k: v for k, v in (obj.get("delta") or {}).items() if k in ("stop_reason", "stop_sequence")})
+            if isinstance(obj.get("usage"), dict):
+                msg["usage"] = {**(msg.get("usage") or {}), **obj["usage"]}
+    if msg is None:
+        raise ValueError("stream without a message_start event")
+    msg["content"] = [{"type": "text", "text": "".join(texts[k])} for k in sorted(texts)]
+    usage = msg.get("usage")
+    tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
+    return 200, _encode(msg), tokens if isinstance(tokens, int) else None
+
+
+def assemble_other(endpoint: str, data: bytes) -> tuple[int, bytes, int | None]:
+    """The re-assembly of the Responses and Messages streams (`internal_stream_ok`)."""
+    return assemble_response(data) if endpoint == RESPONSES else assemble_message(data)
 
 
 class Routes:

@@ -29,6 +29,7 @@ from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnecti
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
     CHAT,
+    COMPLETIONS,
     RESPONSES,
     BadRequest,
     Parsed,
@@ -37,7 +38,7 @@ from llmsched.gateway.openai_req import (
     parse_body,
 )
 from llmsched.gateway.record import Recorder
-from llmsched.gateway.routes import ADMITTED, Routes, assemble_response, internal_stream_ok, past_preamble
+from llmsched.gateway.routes import ADMITTED, Routes, assemble_other, internal_stream_ok, past_preamble
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.request import REQUEST_POLICIES
@@ -46,6 +47,7 @@ log = logging.getLogger("llmsched.gateway")
 
 _JSON = b"application/json"
 _NO_BACKEND = -1  # a queued request's future gets this when no backend is left to serve it
+_OPENAI = (COMPLETIONS, CHAT)  # re-assembled by `assemble`; the Responses and Messages streams by routes.py
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 _COMPLETION_TOKENS = re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)')  # Responses: output_tokens
@@ -206,8 +208,8 @@ class _Attempt:
             raise _UpstreamFailure("stream ended before its first chunk")
         if self.mode == _COLLECT:
             try:
-                status, body, out.tokens = (assemble_response(ex.body()) if endpoint == RESPONSES
-                                            else assemble(ex.body(), endpoint == CHAT))
+                status, body, out.tokens = (assemble(ex.body(), endpoint == CHAT) if endpoint in _OPENAI
+                                            else assemble_other(endpoint, ex.body()))
             except (ValueError, TypeError, AttributeError) as e:
                 raise _UpstreamFailure(f"unreadable stream: {e}") from None
             out.e2e = gw.now() - self.req.arrival
