@@ -2,12 +2,13 @@
 is routed (docs/gateway.md, "Routes").
 
 Four kinds:
-- **admitted** (`ADMITTED`): completions, chat, Responses, embeddings, classification, pooling, scoring and
-  reranking go through the admission queue and the router like completions; their cost estimate is the prompt
-  (a cross-encoder's score/rerank: every (query, document) pair) and the output tokens asked for (1 for the
-  pooling routes: one forward pass, the pooled result at the end of the prefill). `gateway.server` proxies them.
-- **any backend** (`ANY_BACKEND`): tokenisation and prompt rendering run on a backend's API server, not its
-  engine: any healthy backend serving the named model answers, no routing state is charged.
+- **admitted** (`ADMITTED`): completions, chat (and its batch), Responses, Anthropic Messages, SageMaker
+  invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring and reranking go
+  through the admission queue and the router like completions; their cost estimate is the prompt (a
+  cross-encoder's score/rerank: every (query, document) pair) and the output tokens asked for (1 for the pooling
+  routes: one forward pass, the pooled result at the end of the prefill). `gateway.server` proxies them.
+- **any backend** (`ANY_BACKEND`): tokenisation, prompt rendering and token counting run on a backend's API
+  server, not its engine: any healthy backend serving the named model answers, no routing state is charged.
 - **response id** (`/v1/responses/{id}`, `/v1/responses/{id}/cancel`): a stored response lives in the memory
   of the server that made it, so these go to that backend (the gateway names each response it routes, through
   vLLM's `request_id` field, and remembers where it went); an id it does not know is asked of each backend.
