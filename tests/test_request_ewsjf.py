@@ -342,6 +342,21 @@ def test_beats_needs_the_margin_and_no_worse_tail() -> None:
     assert Score(0.5, 0.1).beats(Score(1.0, 0.2), 0.05) and not Score(1.1, 0.0).beats(Score(1.0, 0.2), 0.05)
 
 
+def test_tail_constraint_is_on_the_long_tails_e2e() -> None:
+    """The constraint is the user's: p99 E2E (twin TTFT + measured decode) of the long decile over FCFS's (which
+    `close` computes the same way). Long requests waiting 2 s before a 10 s decode have a 12 s tail: inside 1.5x
+    an FCFS tail of 11 s, 8x beyond one of 1 s; without the decode the same wait is a 2 s tail."""
+    size = np.arange(1.0, 21.0)
+    ttft = np.where(size >= 19, 2.0, 1.0)
+    tuner = _toy_tuner(3.0)
+    tuner.tail_limit = 1.5
+    long_decode = Window(np.arange(20.0), size, ttft, size, np.full(20, 10.0))
+    assert tuner.score(ttft, long_decode, tail_fcfs=11.0).violation == 0.0
+    assert tuner.score(ttft, long_decode, tail_fcfs=1.0).violation == pytest.approx(12.0 / 1.5 - 1.0)
+    no_decode = Window(np.arange(20.0), size, ttft, size, np.zeros(20))
+    assert tuner.score(ttft, no_decode, tail_fcfs=1.0).violation == pytest.approx(2.0 / 1.5 - 1.0)
+
+
 def _toy_tuner(start_b_u: float, **kw: object) -> TwinTuner:
     """b_u < 2.5 means SJF, otherwise FCFS: a known-better and a known-worse order for the short half."""
     start = {"a_u": 0.0, "b_u": start_b_u, "a_f": 0.0, "b_f": 0.5, "alpha": 1.5}

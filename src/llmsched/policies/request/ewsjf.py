@@ -84,7 +84,7 @@ class EWSJFParams(GuardParams):
     meta_trials: int = Field(60, ge=0, description="twin trials in all; then the tuner stops proposing")
     meta_per_window: int = Field(4, ge=1, description="twin trials judged on each window")
     meta_tail_limit: float = Field(
-        1.5, gt=0, description="constraint: long-tail p99 TTFT <= this x FCFS's on the same arrivals (twin)"
+        1.5, gt=0, description="constraint: long-tail p99 E2E <= this x FCFS's on the same arrivals (twin)"
     )
     meta_batch_tokens: int = Field(
         8192, ge=1, description="the twin's token budget per iteration (the engine's max_num_batched_tokens)"
