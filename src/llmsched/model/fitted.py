@@ -64,6 +64,9 @@ ATTN_DECODE = {'a100': {'bw_eff': 0.783045,
           'mape': 7.70805,
           'round_latency_s': 5.89651e-06,
           'rows': 115.0,
-          'sm_ratio': 1.48101}}
+          'sm_ratio': 1.48101,
+          'smooth_bw_eff': 0.765512,
+          'smooth_latency_s': 1.17464e-05,
+          'smooth_mape': 10.126}}
 
 CUSTOM_ALL_REDUCE = {'h100': {'bw': 269566000000.0, 'latency_s': 8.63988e-06, 'mape': 5.25828, 'rows': 18.0}}

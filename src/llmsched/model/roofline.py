@@ -81,9 +81,14 @@ class LinkFit:
 
 def attn_decode_fit(key: str) -> tuple[float, float, float, float]:
     """(HBM bandwidth efficiency, kernel floor s, SM streaming ratio, latency per CTA round s) of decode
-    attention for a calibration key: its own fit where a decode-attention profile exists, else the A100 one
-    (the only such profile shipped)."""
-    hit = fitted.ATTN_DECODE.get(key) or fitted.ATTN_DECODE["a100"]
+    attention for a calibration key. Where the key has its own decode-attention profile: that fit, with the
+    CTA quantisation of the kernel profiled (FlashAttention-2 on A100). Elsewhere (H100/H200: vLLM runs
+    FlashAttention-3 there, whose split and GQA-packing rules differ and are not profiled here) the smooth fit
+    of the A100 rows: no quantisation (ratio infinite, no round latency)."""
+    hit = fitted.ATTN_DECODE.get(key)
+    if hit is None:
+        ref = fitted.ATTN_DECODE["a100"]
+        return float(ref["smooth_bw_eff"]), float(ref["smooth_latency_s"]), float("inf"), 0.0
     return float(hit["bw_eff"]), float(hit["latency_s"]), float(hit["sm_ratio"]), float(hit["round_latency_s"])
 
 
