@@ -235,8 +235,10 @@ def test_custom_all_reduce_takes_small_messages_and_nccl_the_rest() -> None:
 def test_decode_attention_streams_kv_at_its_own_efficiency() -> None:
     llm, gpu = get_llm("llama-3.1-8b"), get_gpu("h100")
     default = CostModel(llm, gpu)
-    # unless told: the decode-attention fit (A100 rows; H100 has none and borrows it)
-    assert default.attn_bw_eff == fitted.ATTN_DECODE["a100"]["bw_eff"]
+    # unless told: the decode-attention fit (A100 rows; H100 has none and borrows their smooth fit, without the
+    # A100 kernel's CTA quantisation); the A100 itself uses the quantised fit
+    assert default.attn_bw_eff == fitted.ATTN_DECODE["a100"]["smooth_bw_eff"]
+    assert CostModel(llm, get_gpu("a100-80g")).attn_bw_eff == fitted.ATTN_DECODE["a100"]["bw_eff"]
     half = CostModel(llm, gpu, attn_bw_eff=default.attn_bw_eff / 2)
     b = BatchStats(decode_tokens=64, kv_tokens=64 * 4000)
     kv_bytes_per_token = 32 * 2 * 8 * 128 * 2  # layers x (K, V) x kv heads x head dim x bf16

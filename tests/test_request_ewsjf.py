@@ -335,11 +335,28 @@ def test_calibration_recovers_the_kv_capacity() -> None:
     assert measured.mean() > 1.2 * replay(FCFS(), w, cost, 8192, kv=1e9).mean()  # KV does bind here
 
 
-def test_beats_needs_the_margin_and_no_worse_tail() -> None:
+def test_beats_is_feasibility_first_with_the_margin() -> None:
     inc = Score(1.0, 0.0)
     assert Score(0.9, 0.0).beats(inc, 0.05) and not Score(0.97, 0.0).beats(inc, 0.05)
     assert not Score(0.5, 0.1).beats(inc, 0.05)  # a better short class never buys a broken tail constraint
-    assert Score(0.5, 0.1).beats(Score(1.0, 0.2), 0.05) and not Score(1.1, 0.0).beats(Score(1.0, 0.2), 0.05)
+    # against an incumbent beyond the constraint, a smaller violation wins whatever J (the bound comes first)
+    assert Score(0.5, 0.1).beats(Score(1.0, 0.2), 0.05) and Score(1.1, 0.0).beats(Score(1.0, 0.2), 0.05)
+    assert not Score(0.5, 0.195).beats(Score(1.0, 0.2), 0.05)  # ... by the margin
+
+
+def test_tail_constraint_is_on_the_long_tails_e2e() -> None:
+    """The constraint is the user's: p99 E2E (twin TTFT + measured decode) of the long decile over FCFS's (which
+    `close` computes the same way). Long requests waiting 2 s before a 10 s decode have a 12 s tail: inside 1.5x
+    an FCFS tail of 11 s, 8x beyond one of 1 s; without the decode the same wait is a 2 s tail."""
+    size = np.arange(1.0, 21.0)
+    ttft = np.where(size >= 19, 2.0, 1.0)
+    tuner = _toy_tuner(3.0)
+    tuner.tail_limit = 1.5
+    long_decode = Window(np.arange(20.0), size, ttft, size, np.full(20, 10.0))
+    assert tuner.score(ttft, long_decode, tail_fcfs=11.0).violation == 0.0
+    assert tuner.score(ttft, long_decode, tail_fcfs=1.0).violation == pytest.approx(12.0 / 1.5 - 1.0)
+    no_decode = Window(np.arange(20.0), size, ttft, size, np.zeros(20))
+    assert tuner.score(ttft, no_decode, tail_fcfs=1.0).violation == pytest.approx(2.0 / 1.5 - 1.0)
 
 
 def _toy_tuner(start_b_u: float, **kw: object) -> TwinTuner:
@@ -378,6 +395,57 @@ def test_tuner_keeps_the_incumbent_when_nothing_is_better_and_stops() -> None:
         assert tuner.close(w) is None
     assert tuner.adopted == 0 and tuner.incumbent["b_u"] == 1.0
     assert tuner.trials == 9 and tuner.done
+
+
+def _guard_tuner(tail_limit: float) -> TwinTuner:
+    """SJF as the incumbent; theta's guard_rate turns on SJF's max-wait guard at the window's FCFS wait / rate."""
+    start = {"a_u": 0.0, "b_u": 1.0, "a_f": 0.0, "b_f": 0.5, "alpha": 1.5}
+    box: list[TwinTuner] = []
+
+    def make(th: dict[str, float]) -> object:
+        if th.get("guard_rate", 0.0) > 0:
+            return REQUEST_POLICIES.create("sjf", {"max_wait_s": box[0].wait_ref / th["guard_rate"],
+                                                   "guard_share": th["guard_share"]})
+        return REQUEST_POLICIES.create("sjf")
+
+    box.append(TwinTuner(start, make, lambda n: 2e-4 * n, budget=4096, seed=1, tail_limit=tail_limit,  # type: ignore[arg-type]
+                         per_window=2, confirm=1, guard=True))
+    return box[0]
+
+
+def _overloaded(k: int, tuner: TwinTuner) -> Window:
+    w = _window(300, seed=30 + k, rate=4.0, decode=5.0)
+    return Window(w.arrival, w.size, replay(REQUEST_POLICIES.create("sjf"), w, tuner.cost, 4096, kv=25_000.0),
+                  w.hold, w.decode)
+
+
+def test_guard_repairs_an_incumbent_beyond_the_tail_constraint() -> None:
+    """SJF starves the long class of an overloaded window beyond 1.5x FCFS's tail: the repair judges the guard
+    grid and adopts a guard once it is confirmed; under a constraint SJF meets, no guard is ever tried."""
+    tuner = _guard_tuner(1.5)
+    for k in range(4):
+        if tuner.close(_overloaded(k, tuner)) is not None:
+            break
+    assert tuner.adopted == 1 and tuner.incumbent["guard_rate"] > 0, tuner.incumbent
+    loose = _guard_tuner(100.0)
+    for k in range(4):
+        loose.close(_overloaded(k, loose))
+    assert loose.incumbent["guard_rate"] == 0.0
+    assert loose.history and all(th["guard_rate"] == 0.0 for th, _ in loose.history)  # TPE never moves the guard
+
+
+def test_adopted_guard_is_live_in_seconds_and_covers_requests_already_queued() -> None:
+    """EWSJF turns an adopted guard_rate into max_wait_s = FCFS's wait / rate, and requests queued before the
+    guard was on are guarded too: the oldest overdue one goes first."""
+    pol = EWSJF(min_samples=10, meta_window=20)
+    for i in range(30):
+        pol.push(Request(i, float(i), 100 + (5000 if i == 0 else 0), 10), float(i))
+    assert pol.tuner_ is not None and pol.params.max_wait_s is None  # type: ignore[attr-defined]
+    pol.tuner_.wait_ref = 10.0
+    pol._apply({**pol.tuner_.incumbent, "guard_rate": 2.0, "guard_share": 1.0})
+    assert pol.params.max_wait_s == pytest.approx(5.0)  # type: ignore[attr-defined]
+    first = pol.pop(40.0)
+    assert first is not None and first.rid == 0  # the long, oldest request, overdue since t = 5
 
 
 def _sim_ttfts(params: dict[str, object], n: int = 1500) -> tuple[list[float], EWSJF]:

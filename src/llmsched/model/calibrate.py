@@ -13,8 +13,9 @@ latency + bytes / bw, fitted by non-negative least squares on relative error, pe
 (all workers on one node) and inter-node.
 
 Decode attention: the shipped rows of Vidur's A100 `attention.csv` (`llmsched/data/calibration`, see its
-README) give decode attention's kernel floor and HBM bandwidth efficiency (the model is linear in both), fitted
-by the same robust least squares on relative error: `ATTN_DECODE[gpu] = {bw_eff, latency_s, mape, rows}`.
+README) give decode attention's kernel floor, HBM bandwidth efficiency, SM streaming ratio and latency per CTA
+round (`roofline.attn_waves`), fitted by the same robust least squares on relative error:
+`ATTN_DECODE[gpu] = {bw_eff, latency_s, sm_ratio, round_latency_s, mape, rows}`.
 
 Custom all-reduce: vLLM's kernel timed on H100 at tp 2/4/8 (sglang PR #2904, shipped beside the attention rows)
 gives its latency per barrier phase and the bytes each GPU moves per second, fitted the same way through the
@@ -230,30 +231,41 @@ def _attn_rows(path: Path) -> dict[str, list[tuple[LlmPreset, int, float, float,
     return out
 
 
-def _attn_predict(rows: list, key: str, fit: ComputeFit, eff: float, latency: float) -> np.ndarray:
+def _attn_predict(rows: list, key: str, fit: ComputeFit, z: np.ndarray) -> np.ndarray:
+    """Per-layer decode attention of each row with z = (floor us, 1 / bw_eff, sm_ratio, round latency us)."""
     gpu = get_gpu(GPU_OF_KEY[key])
-    return np.array([float(CostModel(shape, gpu, tp=tp, fit=fit, attn_bw_eff=eff, attn_latency_s=latency)
+    return np.array([float(CostModel(shape, gpu, tp=tp, fit=fit, attn_bw_eff=1.0 / z[1], attn_latency_s=z[0] * 1e-6,
+                                     attn_sm_ratio=z[2], attn_round_latency_s=z[3] * 1e-6)
                            .decode_attention_time(b, kv)) for shape, tp, b, kv, _ in rows])
 
 
 def fit_attention_decode(path: Path, fits: dict[str, ComputeFit]) -> dict[str, dict[str, float]]:
-    """ATTN_DECODE[gpu] = {bw_eff, latency_s, mape (%), rows}: t = floor + bytes / (bw x eff) per layer. The
-    model is linear in (floor, 1 / eff), so two predictions separate the byte term; robust least squares."""
+    """ATTN_DECODE[gpu] = {bw_eff, latency_s, sm_ratio, round_latency_s, mape (%), rows}: per layer
+    t = floor + rounds x round latency + KV bytes / (bw x eff) x max(1, imbalance / sm_ratio) + q/o bytes, with
+    rounds and imbalance from the kernel's CTA quantisation (`roofline.attn_waves`); robust least squares on
+    relative error."""
     out = {}
     for key, rows in _attn_rows(path).items():
         fit = fits.get(key) or ComputeFit(**fitted.COMPUTE[key])
         t = np.array([r[-1] for r in rows])
-        at1, at2 = _attn_predict(rows, key, fit, 1.0, 0.0), _attn_predict(rows, key, fit, 0.5, 0.0)
-        per_inv = at2 - at1  # bytes / bw: the time per unit of 1 / eff
 
-        def residuals(z: np.ndarray, per_inv: np.ndarray = per_inv, t: np.ndarray = t) -> np.ndarray:
-            return (z[0] * 1e-6 + per_inv * z[1] - t) / t
+        def residuals(z: np.ndarray, rows: list = rows, t: np.ndarray = t, fit: ComputeFit = fit,
+                      key: str = key) -> np.ndarray:
+            return (_attn_predict(rows, key, fit, z) - t) / t
 
-        sol = least_squares(residuals, [10.0, 1.3], bounds=([0.0, 1.0], [100.0, 20.0]), loss="soft_l1", f_scale=0.05)
-        latency, eff = float(sol.x[0]) * 1e-6, 1.0 / float(sol.x[1])
-        pred = _attn_predict(rows, key, fit, eff, latency)
-        out[key] = {"bw_eff": eff, "latency_s": latency, "mape": float(np.mean(np.abs(pred - t) / t) * 100),
-                    "rows": len(rows)}
+        sol = least_squares(residuals, [5.0, 1.3, 1.5, 5.0], bounds=([0.0, 1.0, 0.5, 0.0], [100.0, 20.0, 10.0, 100.0]),
+                            loss="soft_l1", f_scale=0.05, diff_step=1e-3)
+        pred = _attn_predict(rows, key, fit, sol.x)
+        # The smooth fit (no CTA quantisation: infinite SM ratio, no round latency), for GPUs whose kernel
+        # was not profiled (`roofline.attn_decode_fit`).
+        smooth = least_squares(lambda z: residuals(np.array([z[0], z[1], np.inf, 0.0])), [10.0, 1.3],
+                               bounds=([0.0, 1.0], [100.0, 20.0]), loss="soft_l1", f_scale=0.05, diff_step=1e-3)
+        spred = _attn_predict(rows, key, fit, np.array([smooth.x[0], smooth.x[1], np.inf, 0.0]))
+        out[key] = {"bw_eff": 1.0 / float(sol.x[1]), "latency_s": float(sol.x[0]) * 1e-6,
+                    "sm_ratio": float(sol.x[2]), "round_latency_s": float(sol.x[3]) * 1e-6,
+                    "mape": float(np.mean(np.abs(pred - t) / t) * 100), "rows": len(rows),
+                    "smooth_bw_eff": 1.0 / float(smooth.x[1]), "smooth_latency_s": float(smooth.x[0]) * 1e-6,
+                    "smooth_mape": float(np.mean(np.abs(spred - t) / t) * 100)}
     return out
 
 
@@ -318,7 +330,8 @@ Made by `python -m llmsched.model.calibrate <vidur>/profiling --write` from Vidu
 (compute/<gpu>/<model>/mlp.csv, medians) and NCCL profiles (network/<node>/{{all_reduce,send_recv}}.csv):
 COMPUTE by robust least squares over each GPU kind's profiles jointly; links (latency_s, bytes/s) by
 non-negative least squares on relative error. MAPE: per-layer token-level time per profile, and per link fit (%).
-ATTN_DECODE: decode attention's bandwidth efficiency and kernel floor, fitted to the shipped Vidur A100 rows.
+ATTN_DECODE: decode attention's bandwidth efficiency, kernel floor, SM streaming ratio and latency per CTA round,
+fitted to the shipped Vidur A100 rows.
 CUSTOM_ALL_REDUCE: vLLM's custom all-reduce (latency per barrier phase, bytes/s per GPU), fitted to the shipped
 sglang PR #2904 H100 timings.
 """
@@ -356,9 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         lat, bw = all_reduce[key][kind][int(nw)] if coll == "all_reduce" else send_recv[key][kind]
         print(f"{name:40s} {lat * 1e6:10.1f} {bw / 1e9:8.1f} {v:8.2f}")
     attn = fit_attention_decode(ATTN_DECODE_CSV, fits)
-    print(f"\n{'decode attention':40s} {'bw eff':>10s} {'floor us':>9s} {'rows':>6s} {'MAPE %':>8s}")
+    print(f"\n{'decode attention':40s} {'bw eff':>10s} {'floor us':>9s} {'SM ratio':>9s} {'round us':>9s} {'rows':>6s} "
+          f"{'MAPE %':>8s}")
     for key, d in attn.items():
-        print(f"{key:40s} {d['bw_eff']:10.3f} {d['latency_s'] * 1e6:9.1f} {int(d['rows']):6d} {d['mape']:8.2f}")
+        print(f"{key:40s} {d['bw_eff']:10.3f} {d['latency_s'] * 1e6:9.1f} {d['sm_ratio']:9.2f} "
+              f"{d['round_latency_s'] * 1e6:9.1f} {int(d['rows']):6d} {d['mape']:8.2f}")
     car = fit_custom_all_reduce(CUSTOM_AR_CSV)
     print(f"\n{'vLLM custom all-reduce':40s} {'latency us':>10s} {'GB/s':>8s} {'rows':>6s} {'MAPE %':>8s}")
     for key, d in car.items():

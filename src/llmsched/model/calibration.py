@@ -31,6 +31,8 @@ class Calibration(BaseModel):
     attn_flops_eff: float | None = Field(None, gt=0, le=1, description="prefill attention fraction of peak FLOP/s")
     attn_bw_eff: float | None = Field(None, gt=0, le=1, description="decode attention fraction of HBM bandwidth")
     attn_latency_s: float | None = Field(None, ge=0, description="attention kernel floor per layer, seconds")
+    attn_sm_ratio: float | None = Field(None, gt=0, description="decode attention: SM streaming rate / its HBM rate")
+    attn_round_latency_s: float | None = Field(None, ge=0, description="decode attention latency per CTA round")
     custom_ar_max_bytes: float | None = Field(None, ge=0, description="largest all-reduce on vLLM's custom kernel")
     custom_ar_latency_s: float | None = Field(None, ge=0, description="custom all-reduce latency per phase")
     custom_ar_bw: float | None = Field(None, gt=0, description="custom all-reduce bytes per GPU per second")

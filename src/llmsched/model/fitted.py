@@ -4,7 +4,8 @@ Made by `python -m llmsched.model.calibrate <vidur>/profiling --write` from Vidu
 (compute/<gpu>/<model>/mlp.csv, medians) and NCCL profiles (network/<node>/{all_reduce,send_recv}.csv):
 COMPUTE by robust least squares over each GPU kind's profiles jointly; links (latency_s, bytes/s) by
 non-negative least squares on relative error. MAPE: per-layer token-level time per profile, and per link fit (%).
-ATTN_DECODE: decode attention's bandwidth efficiency and kernel floor, fitted to the shipped Vidur A100 rows.
+ATTN_DECODE: decode attention's bandwidth efficiency, kernel floor, SM streaming ratio and latency per CTA round,
+fitted to the shipped Vidur A100 rows.
 CUSTOM_ALL_REDUCE: vLLM's custom all-reduce (latency per barrier phase, bytes/s per GPU), fitted to the shipped
 sglang PR #2904 H100 timings.
 """
@@ -58,6 +59,14 @@ NETWORK_MAPE = {'a100/all_reduce/inter/16': 29.69,
  'h100/send_recv/inter/2': 4.4,
  'h100/send_recv/intra/2': 2.86}
 
-ATTN_DECODE = {'a100': {'bw_eff': 0.765512, 'latency_s': 1.17464e-05, 'mape': 10.126, 'rows': 115.0}}
+ATTN_DECODE = {'a100': {'bw_eff': 0.783045,
+          'latency_s': 4.21994e-06,
+          'mape': 7.70805,
+          'round_latency_s': 5.89651e-06,
+          'rows': 115.0,
+          'sm_ratio': 1.48101,
+          'smooth_bw_eff': 0.765512,
+          'smooth_latency_s': 1.17464e-05,
+          'smooth_mape': 10.126}}
 
 CUSTOM_ALL_REDUCE = {'h100': {'bw': 269566000000.0, 'latency_s': 8.63988e-06, 'mape': 5.25828, 'rows': 18.0}}

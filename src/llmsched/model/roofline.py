@@ -37,6 +37,14 @@ SEQ_OVERHEAD_S = 2.5e-6  # CPU per scheduled sequence: schedule() + update_from_
 CUSTOM_AR_MAX_BYTES = 8 * 2**20  # vLLM CustomAllreduce default max_size: larger messages go to NCCL
 CUSTOM_AR_MAX_BYTES_BY_GPU = {"h100": {6: 2**19, 8: 2**18}}  # vLLM's sm90 limits when symmetric memory is on
 ATTN_FLOPS_EFF = 0.55  # FlashAttention-2/3 forward reach ~50-75% of dense peak on A100/H100
+# Decode attention's work quantisation (FlashAttention-2's split-KV decode kernel, `flash_attn_with_kvcache`):
+# one thread block (CTA) per (sequence, KV head) (query heads of a KV head packed together), times the KV splits
+# its heuristic picks; CTAs spread over the GPU's streaming multiprocessors, at most ATTN_CTAS_PER_SM resident
+# on one (80 KiB of shared memory each at head dim 128: 2 fit in A100's 164 KiB and H100's 228 KiB).
+SM_COUNT = {"a100": 108, "h100": 132}  # NVIDIA A100 / H100 SXM5 (also H200) whitepapers
+ATTN_CTAS_PER_SM = 2
+ATTN_SPLIT_FILL = 0.8  # FA2 `num_splits_heuristic`: no split once the CTAs fill 80% of the SMs
+ATTN_MAX_SPLITS = 128
 ACT_RESERVE_TOKENS = 8192  # vLLM profiles activations with max_num_batched_tokens (default 8192)
 ACT_RESERVE_SEQS = 256  # ... and samples max_num_seqs (default 256) sequences' fp32 logits
 NON_TORCH_RESERVE_BYTES = 0.5 * GIB  # NCCL/cuBLAS workspaces, CUDA graph pool
@@ -71,11 +79,37 @@ class LinkFit:
         return self.latency_s + nbytes / self.bw
 
 
-def attn_decode_fit(key: str) -> tuple[float, float]:
-    """(HBM bandwidth efficiency, kernel floor s) of decode attention for a calibration key: its own fit where
-    a decode-attention profile exists, else the A100 one (the only such profile shipped)."""
-    hit = fitted.ATTN_DECODE.get(key) or fitted.ATTN_DECODE["a100"]
-    return float(hit["bw_eff"]), float(hit["latency_s"])
+def attn_decode_fit(key: str) -> tuple[float, float, float, float]:
+    """(HBM bandwidth efficiency, kernel floor s, SM streaming ratio, latency per CTA round s) of decode
+    attention for a calibration key. Where the key has its own decode-attention profile: that fit, with the
+    CTA quantisation of the kernel profiled (FlashAttention-2 on A100). Elsewhere (H100/H200: vLLM runs
+    FlashAttention-3 there, whose split and GQA-packing rules differ and are not profiled here) the smooth fit
+    of the A100 rows: no quantisation (ratio infinite, no round latency)."""
+    hit = fitted.ATTN_DECODE.get(key)
+    if hit is None:
+        ref = fitted.ATTN_DECODE["a100"]
+        return float(ref["smooth_bw_eff"]), float(ref["smooth_latency_s"]), float("inf"), 0.0
+    return float(hit["bw_eff"]), float(hit["latency_s"]), float(hit["sm_ratio"]), float(hit["round_latency_s"])
+
+
+def attn_waves(ctas: int, sms: int) -> tuple[int, float]:
+    """(rounds, imbalance) of a decode-attention launch of `ctas` CTAs (sequences x KV heads) on `sms` SMs.
+
+    Below ATTN_SPLIT_FILL x sms CTAs the kernel splits each one along the KV (FlashAttention-2's
+    `num_splits_heuristic`: the fewest splits whose wave efficiency, CTAs / (waves x SMs), is within 85% of the
+    best, up to ATTN_MAX_SPLITS; the context is assumed long enough to split, which matters only when it is).
+    The busiest SM then holds n = ceil(CTAs / sms) of them, in ceil(n / ATTN_CTAS_PER_SM) rounds of resident
+    CTAs; imbalance = n / (mean CTAs per SM) >= 1 is how much more KV the busiest SM streams than the mean."""
+    if ctas <= 0:
+        return 0, 1.0
+    splits = 1
+    if ctas < ATTN_SPLIT_FILL * sms:
+        effs = [(w / -(-w // 1)) for w in (ctas * k / sms for k in range(1, min(ATTN_MAX_SPLITS, sms) + 1))]
+        top = max(effs)
+        splits = next(k for k, e in enumerate(effs, 1) if e >= 0.85 * top)
+    total = ctas * splits
+    n = -(-total // sms)
+    return -(-n // ATTN_CTAS_PER_SM), n * sms / total
 
 
 def custom_ar_fit(gpu: GpuPreset) -> tuple[float, float]:
@@ -129,6 +163,11 @@ class CostModel:
         attn_bw_eff: fraction of HBM bandwidth decode attention streams KV at (default: fitted to Vidur's
             A100 decode-attention rows, `fitted.ATTN_DECODE`; not the GEMM efficiency).
         attn_latency_s: attention kernel floor per layer (default: the same fit).
+        attn_sm_ratio: decode attention's SMs streaming at full rate over its HBM rate (`attn_bw_eff` x bandwidth):
+            when the CTAs spread unevenly over the SMs (`attn_waves`), the busiest SM bounds the kernel once its
+            imbalance exceeds this ratio (default: the same fit).
+        attn_round_latency_s: fixed time per round of resident CTAs on the busiest SM (load Q, write O), per
+            layer (default: the same fit).
         custom_ar_max_bytes: all-reduces below this size use vLLM's custom one-/two-shot kernel (tp <= 8,
             one node), larger ones NCCL (default: vLLM's limit for the GPU and tp; 0 = NCCL only).
         custom_ar_latency_s: the custom kernel's latency per barrier phase (one-shot: one, two-shot: two);
@@ -159,6 +198,8 @@ class CostModel:
         seq_overhead_s: float = SEQ_OVERHEAD_S,
         attn_bw_eff: float | None = None,
         attn_latency_s: float | None = None,
+        attn_sm_ratio: float | None = None,
+        attn_round_latency_s: float | None = None,
         custom_ar_max_bytes: float | None = None,
         custom_ar_latency_s: float | None = None,
         custom_ar_bw: float | None = None,
@@ -176,9 +217,11 @@ class CostModel:
         if llm.num_heads % tp:
             raise ValueError(f"{llm.name}: {llm.num_heads} heads do not split over tp={tp}")
         if min(step_overhead_s, seq_overhead_s, custom_ar_latency_s or 0.0, moe_layer_overhead_s,
-               attn_latency_s or 0.0) < 0 or (custom_ar_bw is not None and custom_ar_bw <= 0):
+               attn_latency_s or 0.0, attn_round_latency_s or 0.0) < 0 or (custom_ar_bw is not None and custom_ar_bw <= 0):
             raise ValueError("step_overhead_s, seq_overhead_s, custom_ar_latency_s, moe_layer_overhead_s, "
-                             "attn_latency_s must be >= 0 and custom_ar_bw > 0")
+                             "attn_latency_s, attn_round_latency_s must be >= 0 and custom_ar_bw > 0")
+        if attn_sm_ratio is not None and attn_sm_ratio <= 0:
+            raise ValueError(f"attn_sm_ratio must be > 0, got {attn_sm_ratio}")
         if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
             raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
         if not (compute_scale > 0 and bandwidth_scale > 0):
@@ -221,9 +264,15 @@ class CostModel:
         per = llm.num_layers / self.dp
         # attention runs in bf16 whatever the weights
         inv_attn_flops = 1.0 / (gpu.peak_flops * attn_flops_eff * compute_scale)
-        fit_eff, fit_lat = attn_decode_fit(gpu.calibration)
+        fit_eff, fit_lat, fit_ratio, fit_round = attn_decode_fit(gpu.calibration)
         self.attn_bw_eff = fit_eff if attn_bw_eff is None else float(attn_bw_eff)
         attn_lat = fit_lat if attn_latency_s is None else float(attn_latency_s)
+        # (SMs, CTAs per decode sequence, SM streaming ratio, round latency summed over layers, DP groups), and
+        # `_awc`, the per-sequence-count cache of (round latency, KV slowdown) that `_attn_waves` fills.
+        self._aw = (SM_COUNT.get(gpu.calibration, SM_COUNT["a100"]), max(1, llm.num_kv_heads // min(tp, llm.num_kv_heads)),
+                    fit_ratio if attn_sm_ratio is None else float(attn_sm_ratio),
+                    per * (fit_round if attn_round_latency_s is None else float(attn_round_latency_s)), self.dp)
+        self._awc: dict[int, tuple[float, float]] = {}
         inv_attn_bw = 1.0 / (gpu.mem_bw * self.attn_bw_eff * bandwidth_scale)
         self._a_flops = 4.0 * heads_g * hd * per * inv_attn_flops  # s per query-key pair
         self._a_kv = kv_elems_g * llm.kv_dtype_bytes * per * inv_attn_bw  # s per KV token read/written
@@ -260,7 +309,21 @@ class CostModel:
         or the FLOPs if those are larger. The same float operations as `step_time`'s decode part."""
         d = np.asarray(decode_tokens, dtype=np.float64)
         kv = np.asarray(kv_tokens, dtype=np.float64)
-        return self._a_lat + np.maximum(kv * self._a_flops, (kv + d) * self._a_kv + d * self._a_q)
+        waves = np.array([self._attn_waves(int(x)) for x in d.ravel().tolist()]).reshape(*d.shape, 2)
+        lat, slow = waves[..., 0], waves[..., 1]
+        return self._a_lat + lat + np.maximum(kv * self._a_flops, (kv + d) * self._a_kv * slow + d * self._a_q)
+
+    def _attn_waves(self, seqs: int) -> tuple[float, float]:
+        """(round latency over all layers s, KV-streaming slowdown >= 1) of decode attention over `seqs` decode
+        sequences (split evenly over the DP groups): the busiest SM streams `imbalance` x the mean SM's KV at a
+        rate `attn_sm_ratio` x the mean SM's share of HBM bandwidth, so it sets the time once the imbalance
+        exceeds that ratio (`attn_waves`). Memoised per sequence count."""
+        hit = self._awc.get(seqs)
+        if hit is None:
+            sms, heads, ratio, round_s, dp = self._aw
+            rounds, imbalance = attn_waves(-(-seqs // dp) * heads, sms)
+            hit = self._awc[seqs] = (rounds * round_s, max(1.0, imbalance / ratio))
+        return hit
 
     @property
     def custom_ar_max_bytes(self) -> float:
@@ -461,8 +524,9 @@ class CostModel:
         if b.decode_tokens:
             # Decode attention reads its context's KV and writes one KV row per sequence; memory bound, with
             # the FLOPs as the roof for pathological shapes.
-            dec = max(b.kv_tokens * self._a_flops, (b.kv_tokens + b.decode_tokens) * self._a_kv
-                      + b.decode_tokens * self._a_q)
+            lat, slow = self._awc.get(b.decode_tokens) or self._attn_waves(b.decode_tokens)
+            dec = lat + max(b.kv_tokens * self._a_flops, (b.kv_tokens + b.decode_tokens) * self._a_kv * slow
+                            + b.decode_tokens * self._a_q)
         return self._fixed(b, n) + dec
 
     def decode_run(self, b: BatchStats, k: int, now: float) -> np.ndarray:
@@ -475,17 +539,23 @@ class CostModel:
         if not b.decode_tokens:
             return np.full(k, fixed + 0.0)
         kv = b.kv_tokens + np.arange(k, dtype=np.float64) * b.decode_tokens
-        dec = np.maximum(kv * self._a_flops, (kv + b.decode_tokens) * self._a_kv + b.decode_tokens * self._a_q)
+        lat, slow = self._attn_waves(b.decode_tokens)
+        dec = lat + np.maximum(kv * self._a_flops, (kv + b.decode_tokens) * self._a_kv * slow
+                               + b.decode_tokens * self._a_q)
         return fixed + dec
 
     def decode_affine(self, b: BatchStats) -> tuple[float, float] | None:
         """(c0, c1) with decode_run(b, k)[i] == c0 + c1 * i, when the decode attention is memory-bound for every
         context length (the usual case); None otherwise. Lets the engine price and cut runs in closed form."""
-        if not b.decode_tokens or self._a_kv < self._a_flops:
+        if not b.decode_tokens:
             return None
         d = b.decode_tokens
-        c0 = self._fixed(b, b.prefill_tokens + d) + (b.kv_tokens + d) * self._a_kv + d * self._a_q
-        return c0, d * self._a_kv
+        lat, slow = self._attn_waves(d)
+        a_kv = self._a_kv * slow
+        if a_kv < self._a_flops:
+            return None
+        c0 = self._fixed(b, b.prefill_tokens + d) + (lat + ((b.kv_tokens + d) * a_kv + d * self._a_q))
+        return c0, d * a_kv
 
     # ---- memory -------------------------------------------------------------------------------------------
 

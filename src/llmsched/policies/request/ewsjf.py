@@ -38,7 +38,7 @@ from llmsched.policies.request.base import REQUEST_POLICIES, RequestPolicy
 from llmsched.policies.request.ewsjf_partition import refine_and_prune
 from llmsched.policies.request.ewsjf_routing import LengthQueue, QueueSet
 from llmsched.policies.request.ewsjf_scoring import PrefillFit, ScoreWeights, score_line
-from llmsched.policies.request.ewsjf_tuner import TwinTuner, Window
+from llmsched.policies.request.ewsjf_tuner import RANGES, TwinTuner, Window
 from llmsched.policies.request.keyed import GuardParams
 
 Entry = tuple[float, int, int, Request]  # (arrival, rid, seq, request)
@@ -84,7 +84,7 @@ class EWSJFParams(GuardParams):
     meta_trials: int = Field(60, ge=0, description="twin trials in all; then the tuner stops proposing")
     meta_per_window: int = Field(4, ge=1, description="twin trials judged on each window")
     meta_tail_limit: float = Field(
-        1.5, gt=0, description="constraint: long-tail p99 TTFT <= this x FCFS's on the same arrivals (twin)"
+        1.5, gt=0, description="constraint: long-tail p99 E2E <= this x FCFS's on the same arrivals (twin)"
     )
     meta_batch_tokens: int = Field(
         8192, ge=1, description="the twin's token budget per iteration (the engine's max_num_batched_tokens)"
@@ -96,6 +96,10 @@ class EWSJFParams(GuardParams):
     meta_confirm: int = Field(2, ge=1, description="fresh windows a challenger must win before it is adopted")
     meta_objective: Literal["short", "mean"] = Field(
         "short", description="minimise the mean TTFT of the short half (by size) or of every request"
+    )
+    meta_guard: bool = Field(
+        True, description="also tune the starvation guard (max_wait_s from FCFS's wait in the twin, guard_share); "
+        "ignored when max_wait_s is set"
     )
     seed: int = 0
 
@@ -154,11 +158,37 @@ class EWSJF(RequestPolicy):
                 objective=p.meta_objective,
                 confirm=p.meta_confirm,
                 screen=p.meta_screen,
+                guard=p.meta_guard and p.max_wait_s is None,
             )
             self._apply(self.tuner_.incumbent)
 
     # -- parameters ------------------------------------------------------------------------------------
+    def _guard_of(self, theta: dict[str, float], live: bool = True) -> dict[str, Any]:
+        """The guard parameters a tuned theta stands for: the live ones for the incumbent (fixed in seconds when
+        it was adopted), else max_wait_s = the latest window's FCFS wait / guard_rate; {} when not tuned."""
+        if "guard_rate" not in theta:
+            return {}
+        tuner = self.tuner_
+        if live and tuner is not None and theta == tuner.incumbent:
+            p = self.params
+            return {"max_wait_s": p.max_wait_s, "guard_share": p.guard_share}  # type: ignore[attr-defined]
+        rate, wait = theta["guard_rate"], tuner.wait_ref if tuner is not None else 0.0
+        return {"max_wait_s": wait / rate if rate > 0 and wait > 0 else None, "guard_share": theta["guard_share"]}
+
+    def _set_guard(self, theta: dict[str, float]) -> None:
+        """Live guard of a newly adopted theta, in seconds from the FCFS wait of the window that adopted it."""
+        g = self._guard_of(theta, live=False)
+        if not g:
+            return
+        was = self.params.max_wait_s  # type: ignore[attr-defined]
+        self.params = self.params.model_copy(update=g)
+        if was is None and g["max_wait_s"] is not None:  # requests queued before the guard was on join its heap
+            self._old = [e for q in self.queues_.queues for e in q.heap
+                         if self._live.get(e[1], (None, None))[0] == e[2]]
+            heapq.heapify(self._old)
+
     def _apply(self, theta: dict[str, float]) -> None:
+        self._set_guard(theta)
         w = self.weights_
         self.weights_ = ScoreWeights(
             theta["a_u"], theta["b_u"], theta["a_f"], theta["b_f"], w.w_base, w.min_urgency
@@ -383,8 +413,10 @@ class EWSJF(RequestPolicy):
         Refine-and-Prune gives on the live size window with theta's alpha; it never re-partitions itself."""
         p: EWSJFParams = self.params  # type: ignore[assignment]
         never = 10**9
+        scoring = {k: v for k, v in theta.items() if k in RANGES}
         twin = EWSJF(**{
-            **p.model_dump(), **theta, "meta_optimize": False, "window": 10, "min_samples": never,
+            **p.model_dump(), **scoring, **self._guard_of(theta), "meta_optimize": False, "window": 10,
+            "min_samples": never,
             "repartition_every": never, "split_check_every": never,
             "prefill_coeff": self.fit_.coeff, "prefill_exp": self.fit_.exp,
         })

@@ -17,15 +17,18 @@ the same arrivals: comparisons are paired, and a load burst moves the incumbent 
 Objective of a window (what the user sees, from the twin's TTFTs):
     J    = mean TTFT of the window's short half (requests at or below the window's median size; `objective`
            "mean": of every request),
-    tail = p99 TTFT of its long tail (sizes at or above the 90th percentile),
-subject to tail <= `tail_limit` x the same tail under FCFS in the same twin. A trial's violation is
+    tail = p99 E2E of its long tail (sizes at or above the 90th percentile; E2E = the twin's TTFT + the decode
+           time the request really had, the figure the user sees),
+subject to tail <= `tail_limit` x the same tail under FCFS in the same twin. (A TTFT tail let the tuner adopt,
+at overload, settings that starve the long class: on `mixed` at load 1.1 the twin's TTFT bound held while the
+live long-class p99 E2E went from 1.29x to 2.09x FCFS.) A trial's violation is
 v = max(0, tail / (tail_limit x tail_fcfs) - 1). Optuna's seeded TPE sampler (ask/tell; a Bayesian density-ratio
 surrogate with an expected-improvement criterion) proposes `per_window` trials a window over the paper's box
 (`RANGES`), the first ones a one-factor-at-a-time screen (`screen`: each parameter at either end of its range,
 the others at the incumbent's values), and is told ln(J / J_incumbent) + 10 v, lower is better.
 
-Adoption: a trial *beats* the incumbent on a window when its J is lower by the fraction `margin` and its tail
-is no further beyond the constraint (v no larger). The window's best such trial becomes the challenger; it is
+Adoption: a trial *beats* the incumbent on a window, feasibility first: when the incumbent breaks the tail
+constraint, by a violation v smaller by the fraction `margin`; otherwise by v = 0 and a J lower by `margin`. The window's best such trial becomes the challenger; it is
 replayed on the next `confirm` windows (fresh arrivals) and adopted only if it beats the incumbent on each.
 After `max_trials` trials the tuner stops proposing; a pending challenger still gets its confirmation.
 """
@@ -50,6 +53,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "b_f": (0.01, 2.0),
     "alpha": (0.5, 3.0),
 }
+# The starvation guard as a repair (`guard=True`; `EWSJF` asks for it unless the user set a guard): theta gains
+# guard_rate r >= 0, which sets max_wait_s = (FCFS's p99 wait of the long decile in the twin) / r (0 = no
+# guard), and guard_share, the guard's share of admissions (see `keyed`). The scale is the window's own FCFS
+# wait, so one grid fits every workload and load. These candidates are judged only on windows where the
+# incumbent breaks the tail constraint.
+GUARD_GRID: tuple[tuple[float, float], ...] = tuple((r, sh) for r in (0.5, 1.0, 2.0, 4.0) for sh in (0.5, 1.0))
 Theta = dict[str, float]
 
 
@@ -71,8 +80,11 @@ class Score:
     violation: float  # relative excess of the long tail over tail_limit x FCFS's
 
     def beats(self, other: Score, margin: float) -> bool:
-        """Lower J by the margin, with a long tail no further beyond the constraint than `other`'s."""
-        return self.violation <= other.violation and self.j < (1.0 - margin) * other.j
+        """Feasibility first: against an `other` beyond the tail constraint, a violation smaller by the margin
+        (J aside: the constraint is the user's bound); otherwise no violation of its own and a J lower by it."""
+        if other.violation > 0:
+            return self.violation < (1.0 - margin) * other.violation
+        return self.violation <= 0 and self.j < (1.0 - margin) * other.j
 
 
 def replay(pol: RequestPolicy, w: Window, cost: Callable[[float], float], budget: int, kv: float) -> np.ndarray:
@@ -147,6 +159,7 @@ class TwinTuner:
         screen: bool = True,
         startup_trials: int = 8,
         ranges: dict[str, tuple[float, float]] | None = None,
+        guard: bool = False,
     ) -> None:
         if per_window < 1 or max_trials < 0 or tail_limit <= 0 or not 0 <= margin < 1:
             raise ValueError(
@@ -179,12 +192,17 @@ class TwinTuner:
             for k, ends in self.ranges.items():
                 for v in ends:
                     self.study.enqueue_trial({**self.incumbent, k: v})
+        self.guard = guard
+        if guard:
+            self.incumbent.update(guard_rate=max(0.0, start.get("guard_rate", 0.0)),
+                                  guard_share=min(1.0, max(1e-3, start.get("guard_share", 1.0))))
         self.challenger: Theta | None = None
         self.trials = 0
         self.windows = 0
         self.adopted = 0
         self.history: list[tuple[Theta, float]] = []  # (trial, told value)
         self.kv = 0.0  # the last window's calibrated KV capacity (tokens)
+        self.wait_ref = 0.0  # FCFS's p99 TTFT of the long decile in the last window's twin (the guard's scale)
 
     # -- the twin ----------------------------------------------------------------------------------------
     def run(self, pol: RequestPolicy, w: Window, kv: float) -> np.ndarray:
@@ -207,8 +225,8 @@ class TwinTuner:
         ttft, size = ttft[w.warm :], w.size[w.warm :]
         short = size <= np.median(size) if self.objective == "short" else slice(None)
         long = size >= np.quantile(size, 0.9)
-        tail = float(np.quantile(ttft[long], 0.99))
-        return Score(float(ttft[short].mean()), max(0.0, tail / (self.tail_limit * tail_fcfs) - 1.0))
+        tail = float(np.quantile((ttft + w.decode[w.warm :])[long], 0.99)) / tail_fcfs
+        return Score(float(ttft[short].mean()), max(0.0, tail / self.tail_limit - 1.0))
 
     def judge(self, theta: Theta, w: Window, tail_fcfs: float) -> Score:
         return self.score(self.run(self.make(theta), w, self.kv), w, tail_fcfs)
@@ -217,10 +235,14 @@ class TwinTuner:
     def close(self, w: Window) -> Theta | None:
         """Judge the pending challenger and this window's trials on `w`; the new incumbent if one is adopted."""
         self.windows += 1
-        self.kv = self.calibrate(w)
         size = w.size[w.warm :]
         long = size >= np.quantile(size, 0.9)
-        tail_fcfs = max(float(np.quantile(self.run(FCFS(), w, self.kv)[w.warm :][long], 0.99)), 1e-9)
+        if self.wait_ref <= 0:  # first window: the measured long wait scales the incumbent's guard in calibration
+            self.wait_ref = max(float(np.quantile(w.ttft[w.warm :][long], 0.99)), 1e-3)
+        self.kv = self.calibrate(w)
+        ttft_fcfs = self.run(FCFS(), w, self.kv)[w.warm :]
+        self.wait_ref = max(float(np.quantile(ttft_fcfs[long], 0.99)), 1e-3)
+        tail_fcfs = max(float(np.quantile((ttft_fcfs + w.decode[w.warm :])[long], 0.99)), 1e-9)
         inc = self.judge(self.incumbent, w, tail_fcfs)
         adopted = None
         if self.challenger is not None:
@@ -236,7 +258,7 @@ class TwinTuner:
         best: tuple[Score, Theta] | None = None
         for _ in range(min(self.per_window, self.max_trials - self.trials)):
             trial = self.study.ask(self.dists)
-            theta = dict(trial.params)
+            theta = {**self.incumbent, **trial.params}  # the guard (not searched by TPE) stays the incumbent's
             s = self.judge(theta, w, tail_fcfs)
             value = math.log(max(s.j, 1e-12) / max(inc.j, 1e-12)) + 10.0 * s.violation
             self.study.tell(trial, value)
@@ -244,6 +266,13 @@ class TwinTuner:
             self.trials += 1
             if s.beats(inc, self.margin) and (best is None or s.beats(best[0], 0.0)):
                 best = (s, theta)
+        if self.guard and inc.violation > 0 and self.trials < self.max_trials:
+            # Repair: the incumbent breaks the tail constraint; try the guard grid on it (feasibility first).
+            for rate, share in GUARD_GRID:
+                theta = {**self.incumbent, "guard_rate": rate, "guard_share": share}
+                s = self.judge(theta, w, tail_fcfs)
+                if s.beats(inc, self.margin) and (best is None or s.beats(best[0], 0.0)):
+                    best = (s, theta)
         if best is not None and self.challenger is None:
             self.challenger, self._confirmed = best[1], 0
         return None if adopted is None else dict(adopted)
