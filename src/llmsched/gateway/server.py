@@ -13,6 +13,7 @@ import gc
 import itertools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,7 @@ import aiohttp
 import msgspec
 
 from llmsched.core.types import Request
-from llmsched.gateway.breaker import CircuitBreaker
 from llmsched.gateway.config import GatewayConfig
-from llmsched.gateway.dispatcher import Dispatcher
 from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnection, Upstream, UpstreamError
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
@@ -36,10 +35,9 @@ from llmsched.gateway.openai_req import (
     error_body,
     parse_body,
 )
+from llmsched.gateway.pools import Pools, parse_model_list, with_lora
 from llmsched.gateway.record import Recorder
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
-from llmsched.policies.instance import ROUTERS
-from llmsched.policies.request import REQUEST_POLICIES
 
 log = logging.getLogger("llmsched.gateway")
 
@@ -71,10 +69,12 @@ class _UpstreamFailure(Exception):
 class Outcome:
     """What is known of one request when it completes (the gateway's single completion point, `_complete`)."""
 
-    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded")
+    __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded",
+                 "model")
 
     def __init__(self, endpoint: str, arrival: float) -> None:
         self.endpoint = endpoint
+        self.model: str | None = None  # the label of the model pool it went to (gateway.pools), once resolved
         self.arrival = arrival
         self.stream = False
         self.status = 500
@@ -301,21 +301,17 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
-        policy = REQUEST_POLICIES.create(cfg.request_policy.name, cfg.request_policy.params)
-        router = ROUTERS.create(cfg.router.name, cfg.router.params)
-        b = cfg.breaker
-        self.dispatcher = Dispatcher(policy, router, cfg.max_in_flight_per_backend, cfg.queue_bound,
-                                     lambda: CircuitBreaker(b.failure_threshold, b.cooldown))
-        self.metrics = GatewayMetrics(self.dispatcher, cfg.router.name, cfg.request_policy.name)
+        # One model pool (queue, router) per served model id, over one backend list (gateway/pools.py).
+        self.dispatcher = Pools(cfg, 0.0)
+        self.metrics = GatewayMetrics(self.dispatcher)
         self._t0 = time.monotonic()
-        for url in cfg.backends:
-            self.dispatcher.add_backend(url, 0.0)
+        self._discovered = -math.inf  # when the backends' /v1/models were last read
         self._rid = itertools.count()
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self._session_header = cfg.session_header.lower()
-        # Only prefix-aware routers read the prompt's block hashes, and the recorder (salted, for replay).
-        self._hash_blocks = bool(getattr(router, "uses_index", False)) or cfg.record is not None
+        # Only prefix-aware routers read the prompt's block hashes (`Pool.uses_index`), and the recorder.
+        self._hash_blocks = cfg.record is not None
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
@@ -330,6 +326,8 @@ class Gateway:
         self._hists: dict[str, tuple[Any, Any, Any]] = {}
         self._routes: dict[str, dict[str, Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]]] = {
             "/v1/models": {"GET": self._models},
+            "/v1/load_lora_adapter": {"POST": self._load_lora},
+            "/v1/unload_lora_adapter": {"POST": self._unload_lora},
             "/health": {"GET": self._health},
             "/metrics": {"GET": self._metrics},
             "/admin/backends": {"GET": self._admin_list, "POST": self._admin_add, "DELETE": self._admin_remove},
@@ -353,6 +351,7 @@ class Gateway:
         # of long streams they would time out and open the breaker of a backend that is only busy.
         self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),
                                             timeout=self._scrape_timeout, skip_auto_headers=("User-Agent",))
+        await self._discover_all()  # which backend serves which model, before the first request
         h, p = await self._http.start(host, port, reuse_port)
         self.url = f"http://{h}:{p}"
         self._scraper = asyncio.create_task(self._scrape_loop())
@@ -443,8 +442,8 @@ class Gateway:
     def _pump(self) -> None:
         d = self.dispatcher
         now = self.now()
-        if d.queued and not d.any_usable(now):
-            for req in d.take_all(now):  # every backend drained or removed: fail fast, don't wait
+        if d.queued:
+            for req in d.take_stranded(now):  # no backend of its pool left (drained, removed): fail fast
                 fut = req.shell_data
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     fut.set_result(_NO_BACKEND)
@@ -477,6 +476,8 @@ class Gateway:
             e2e.observe(out.e2e)
         if out.tpot is not None:
             tpot.observe(out.tpot)
+        if out.model is not None:
+            self.metrics.by_model(out.model, out.status, out.ttft if out.stream else None, out.e2e)
         if out.recorded is not None:
             req, cls, priority = out.recorded
             self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
@@ -497,11 +498,18 @@ class Gateway:
             return self._err(conn, e.status, e.message, param=e.param)
         out.stream = parsed.stream
         d = self.dispatcher
+        try:
+            pool = d.resolve(parsed.body.get("model"))
+        except BadRequest as e:
+            return self._err(conn, e.status, e.message, "not_found_error" if e.status == 404 else
+                             "invalid_request_error", e.param)
+        out.model = pool.label
         t_arr = out.arrival
-        if not d.any_usable(t_arr):
+        if not pool.d.any_usable(t_arr):
             return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
         req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
-                            self._hash_blocks)
+                            self._hash_blocks or pool.uses_index)
+        d.assign(req, pool)
         if self.recorder is not None:
             out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -617,18 +625,69 @@ class Gateway:
         return status, json.dumps(obj).encode(), _JSON
 
     async def _models(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
-        now = self.now()
-        for b in self.dispatcher.live():
-            if b.draining or not b.breaker.available(now):
-                continue
-            try:
-                async with self._probe.get(b.url + "/v1/models") as resp:  # type: ignore[union-attr]
-                    if resp.status == 200:
-                        return 200, await resp.read(), _JSON
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                continue
-        data = [{"id": self.cfg.model_name, "object": "model", "owned_by": "llmsched"}] if self.cfg.model_name else []
+        """The union of the models the backends serve (vLLM's cards; adapters with `parent`)."""
+        data = self.dispatcher.model_cards()
+        if not data and self.cfg.model_name:
+            data = [{"id": self.cfg.model_name, "object": "model", "owned_by": "llmsched"}]
         return self._json({"object": "list", "data": data})
+
+    async def _discover_one(self, i: int) -> None:
+        """Read backend `i`'s /v1/models into its pools (kept as it was when the backend does not answer)."""
+        b = self.dispatcher.backends[i]
+        if b.removed or self.dispatcher.pinned(b.url):
+            return
+        try:
+            async with self._probe.get(b.url + "/v1/models") as resp:  # type: ignore[union-attr]
+                raw = await resp.read()
+                cards = parse_model_list(raw) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return
+        if self.dispatcher.set_models(i, cards):
+            log.info("backend %s serves %s", b.url, ", ".join(sorted(b.models)) if b.models else "unknown models")
+
+    async def _discover_all(self) -> None:
+        self._discovered = time.monotonic()
+        await asyncio.gather(*(self._discover_one(b.index) for b in self.dispatcher.live()), return_exceptions=True)
+        self._pump()  # a request may have a backend now, or none any more
+
+    async def _lora_admin(self, r: HttpRequest, path: str) -> tuple[int, bytes, bytes]:
+        """vLLM's runtime adapter loading, forwarded to every live backend (`?model=BASE`: only those serving
+        BASE); the backends' model lists are read again at once, so the adapter's pool forms (or goes)."""
+        if self._admin_keys and r.headers.get("authorization") not in self._admin_keys:
+            raise BadRequest("missing or invalid admin API key", status=401, code="authentication_error")
+        base = r.query.get("model")
+        targets = [b for b in self.dispatcher.live()
+                   if not b.draining and (base is None or (b.models is not None and base in b.models))]
+        if not targets:
+            raise BadRequest("no backend to forward to" + (f" serving {base}" if base else ""), "model", 404)
+        results: list[tuple[str, int, bytes]] = []
+
+        async def one(url: str) -> None:
+            try:
+                async with self._probe.post(url + path, data=r.body,  # type: ignore[union-attr]
+                                            headers={"Content-Type": "application/json"}) as resp:
+                    results.append((url, resp.status, await resp.read()))
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                results.append((url, 502, str(e).encode()))
+
+        await asyncio.gather(*(one(b.url) for b in targets))
+        await self._discover_all()
+        failed = [(u, s, body) for u, s, body in results if s >= 300]
+        if not failed:
+            return 200, results[0][2], b"text/plain; charset=utf-8"
+        detail = "; ".join(f"{u}: HTTP {s} {body[:200].decode(errors='replace')}" for u, s, body in failed)
+        ok = [u for u, s, _ in results if s < 300]
+        msg = f"{len(failed)} of {len(results)} backends failed ({detail})" + (f"; succeeded: {', '.join(ok)}" if ok
+                                                                              else "")
+        status = failed[0][1] if 400 <= failed[0][1] < 600 else 502
+        return status, error_body(msg, "invalid_request_error" if status < 500 else "upstream_error", None, status), \
+            _JSON
+
+    async def _load_lora(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return await self._lora_admin(r, "/v1/load_lora_adapter")
+
+    async def _unload_lora(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return await self._lora_admin(r, "/v1/unload_lora_adapter")
 
     async def _health(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         now = self.now()
@@ -664,6 +723,7 @@ class Gateway:
 
     async def _admin_add(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         b = self.dispatcher.add_backend(self._admin_url(r), self.now())
+        await self._discover_one(b.index)
         task = asyncio.create_task(self._scrape_one(b.index))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -710,7 +770,7 @@ class Gateway:
                 async with probe.get(b.url + "/metrics") as r:
                     if r.status == 200:
                         text = await r.text()
-                        snap = snapshot_from_metrics(parse_vllm_metrics(text), i, self.now())
+                        snap = with_lora(snapshot_from_metrics(parse_vllm_metrics(text), i, self.now()), text)
                         self.dispatcher.scraped(i, snap, self.now())
                         return
             except (MetricsParseError, UnicodeDecodeError) as e:
@@ -732,6 +792,8 @@ class Gateway:
                 live = [b.index for b in self.dispatcher.live()]
                 if live:
                     await asyncio.gather(*(self._scrape_one(i) for i in live), return_exceptions=True)
+                if time.monotonic() - self._discovered >= self.cfg.discovery_interval:
+                    await self._discover_all()
                 self._pump()  # breakers may have closed, snapshots changed: queued requests may go now
             except Exception:  # the loop is the gateway's heartbeat: log and carry on
                 log.exception("scrape loop iteration failed")
