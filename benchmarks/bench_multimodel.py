@@ -6,9 +6,9 @@ Four `llmsched emulate` processes (emulated H100s): two serve `--m1` (Llama-3.1-
 serve `--m2` (Llama-2-13B) with adapters b1..b4, each `--max-loras 2`. One `llmsched serve --config` in front,
 discovering the models and adapters from each backend's /v1/models. A Poisson client (seeded) sends streamed
 completions: per family 30% base model, 70% its adapters with Zipf(1) popularity, prompts of 100-1,500 tokens,
-16-128 output tokens. Each repetition runs the same requests twice, with the gateway's `adapter_router`
-`lora-affinity` (adapter-aware) and `round-robin` (adapter-blind), fresh processes each time, in alternating
-order. TTFT is measured by the client, in emulated seconds (wall x speed). Medians over the repetitions; the
+16-128 output tokens. Each repetition runs the same requests twice, fresh processes each time, in alternating
+order: adapter-aware (`router` and `adapter_router` `lora-affinity`: one router per model family) and
+adapter-blind (both `least-requests`: balanced, blind to adapters). TTFT is measured by the client, in emulated seconds (wall x speed). Medians over the repetitions; the
 ratio is aware / blind in the same repetition. Prints the load average (a busy box inflates the live figures).
 """
 
@@ -92,7 +92,7 @@ async def run_once(args: argparse.Namespace, router: str, reqs: list[tuple[float
                      *(f"{a}=/adapters/{a}" for a in adapters)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 urls.append(f"http://127.0.0.1:{port}")
-        cfg = {"backends": urls, "router": {"name": "least-requests"}, "adapter_router": {"name": router},
+        cfg = {"backends": urls, "router": {"name": router}, "adapter_router": {"name": router},
                "scrape_interval": 0.5 / args.speed, "discovery_interval": 5.0}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             json.dump(cfg, f)  # JSON is YAML
@@ -172,28 +172,29 @@ def main() -> None:
     for name, (_, adapters) in _families(args).items():
         model_of[name] = name
         model_of.update({a: name for a in adapters})
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {"lora-affinity": [], "round-robin": []}
+    aware, blind = "lora-affinity", "least-requests"
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {aware: [], blind: []}
     loads = []
     for rep in range(args.reps):
         reqs = plan(args, rep)
-        order = ["lora-affinity", "round-robin"] if rep % 2 == 0 else ["round-robin", "lora-affinity"]
+        order = [aware, blind] if rep % 2 == 0 else [blind, aware]
         for router in order:
             rows = asyncio.run(run_once(args, router, reqs))
             runs[router].append(figures(rows, model_of))
             loads.append(os.getloadavg()[0])
             print(f"rep {rep} {router}: {sum(1 for r in rows if r[1])}/{len(rows)} ok, load {loads[-1]:.2f}",
                   flush=True)
-    keys = sorted(runs["lora-affinity"][0], key=lambda k: (not k.endswith("(all)"), k))
+    keys = sorted(runs[aware][0], key=lambda k: (not k.endswith("(all)"), k))
     print(f"\nlive emulated (llama-3.1-8b and llama-2-13b on h100, emulator speed {args.speed}), {args.requests} "
-          f"requests at {args.rate}/s, median of {args.reps} reps; TTFT in emulated s; ratio aware/blind per rep, "
-          f"median; load average {min(loads):.2f}-{max(loads):.2f}")
+          f"requests at {args.rate}/s, median of {args.reps} reps; TTFT in emulated s; aware = {aware}, blind = "
+          f"{blind}; ratio aware/blind per rep, median; load average {min(loads):.2f}-{max(loads):.2f}")
     print("model | requests | errors aware/blind | TTFT mean aware | TTFT mean blind | ratio | TTFT p90 aware | "
           "TTFT p90 blind | p90 ratio")
     print("---|---|---|---|---|---|---|---|---")
     result: dict[str, Any] = {}
     for k in keys:
-        a = [r[k] for r in runs["lora-affinity"]]
-        b = [r[k] for r in runs["round-robin"]]
+        a = [r[k] for r in runs[aware]]
+        b = [r[k] for r in runs[blind]]
 
         def med(xs: list[dict[str, float]], f: str) -> float:
             return statistics.median(x[f] for x in xs)

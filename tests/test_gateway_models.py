@@ -76,6 +76,18 @@ def test_without_model_the_only_base_model_is_used_and_adapters_form_their_own_p
     assert p.dispatch(0.0) == [(r, 0)]  # a1 is only on backend 0
 
 
+def test_a_base_model_shares_its_adapters_router_when_both_are_the_same_policy() -> None:
+    p = _pools(1, router={"name": "lora-affinity"})
+    p.set_models(0, [*_cards("base", "solo"), *_cards("a1", parent="base")])
+    assert p.resolve("base").d.router is p.resolve("a1").d.router
+    assert p.resolve("solo").d.router is not p.resolve("base").d.router
+    assert {label for label, _, _ in p.routers()} == {"*", "base", "solo"}
+    q = _pools(1)  # round-robin for base models, lora-affinity for adapters: separate
+    q.set_models(0, [*_cards("base"), *_cards("a1", parent="base")])
+    assert q.resolve("base").d.router is not q.resolve("a1").d.router
+    assert {label for label, _, _ in q.routers()} == {"*", "base", "base adapters"}
+
+
 def test_backends_with_unknown_models_serve_the_unnamed_pool_as_before_pools_existed() -> None:
     p = _pools(2)
     p.set_models(0, None)  # e.g. a server without /v1/models

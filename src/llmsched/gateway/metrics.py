@@ -48,8 +48,9 @@ class _Live(Collector):
         yield models
         q = GaugeMetricFamily("llmsched_gateway_queue_length", "requests waiting in a model pool's admission queue",
                               labels=["policy", "model"])
+        served = self.d.served()
         for p in self.d.pools.values():
-            if p.key is None or p.d.policy or p.d.in_flight or p.key in self.d.served():
+            if p.key is None or p.d.policy or p.d.in_flight or p.key in served:
                 q.add_metric([p.policy_name, p.label], len(p.d.policy))
         yield q
         dec = CounterMetricFamily("llmsched_gateway_routing_decisions", "routing decisions by router and reason "

@@ -9,7 +9,9 @@ to the pool its `model` field names; without `model`, to the only base model whe
 LoRA adapters: the pools of the adapters of one base model share one router (`adapter_router`, `lora-affinity`
 by default), so that it sees every adapter's requests on every backend: it prefers a backend where the adapter
 is active (vLLM's `vllm:lora_requests_info` gauge, scraped into the snapshot's `AdapterState`) or was sent
-recently, and balances otherwise.
+recently, and balances otherwise. When `router` and `adapter_router` are the same policy, the base model's
+pool shares that router too, so its load counts cover the base model's requests as well (one router per model
+family, as in the simulator).
 
 A backend whose models are not known (it has not answered `/v1/models` usably, e.g. a server without that
 route) serves the *unnamed* pool: requests naming no served model go there, as before model pools existed.
@@ -51,7 +53,7 @@ class Pool:
     d: Dispatcher
     policy_name: str
     router_name: str
-    shared_router: bool  # the router is the adapter router of `parent`, shared with its sibling adapters
+    shared_router: bool  # the router is its model family's (base model and adapters), shared with the family
     uses_index: bool  # its router reads the prompt's block hashes (prefix-aware)
 
     @property
@@ -137,11 +139,12 @@ class Pools:
         pc: PolicyConfig = (over.request_policy if over else None) or cfg.request_policy
         policy = REQUEST_POLICIES.create(pc.name, pc.params)
         own = over.router if over is not None and (parent is None or key in cfg.model_policies) else None
-        if parent is not None and own is None:  # an adapter: its base model's adapter router, shared
+        family = parent if parent is not None else key if cfg.router == cfg.adapter_router else None
+        if own is None and family is not None:  # the family's router: adapters, and the base when it is the same
             rc = cfg.adapter_router
-            router = self._adapter_routers.get(parent)
+            router = self._adapter_routers.get(family)
             if router is None:
-                router = self._adapter_routers[parent] = ROUTERS.create(rc.name, rc.params)
+                router = self._adapter_routers[family] = ROUTERS.create(rc.name, rc.params)
         else:
             rc = own or cfg.router
             router = ROUTERS.create(rc.name, rc.params)
@@ -151,7 +154,7 @@ class Pools:
 
         d = Dispatcher(policy, router, cfg.max_in_flight_per_backend, cfg.queue_bound, self.breaker_factory,
                        backends=self.backends, serves=serves)
-        p = self.pools[key] = Pool(key, parent, d, pc.name, rc.name, parent is not None and own is None,
+        p = self.pools[key] = Pool(key, parent, d, pc.name, rc.name, own is None and family is not None,
                                    bool(getattr(router, "uses_index", False)))
         return p
 
@@ -227,14 +230,14 @@ class Pools:
         return min(ok, key=lambda b: b.in_flight, default=None)
 
     def routers(self) -> list[tuple[str, str, Router]]:
-        """(pool label, router name, router) once per router object: adapter pools of a base model share one."""
-        out, seen = [], set()
+        """(label, router name, router) once per router object. A family's shared router is labelled with its
+        base model when the base pool uses it too, else `<base> adapters`."""
+        out: dict[int, tuple[str, str, Router]] = {}
         for p in self.pools.values():
-            if id(p.d.router) in seen:
-                continue
-            seen.add(id(p.d.router))
-            out.append((f"{p.parent} adapters" if p.shared_router else p.label, p.router_name, p.d.router))
-        return out
+            r = p.d.router
+            if p.parent is None or id(r) not in out:
+                out[id(r)] = (f"{p.parent} adapters" if p.parent is not None else p.label, p.router_name, r)
+        return list(out.values())
 
     @property
     def default(self) -> Pool:
