@@ -81,14 +81,9 @@ class Dispatcher:
 
     # -- membership -------------------------------------------------------------------------------------
     def add_backend(self, url: str, now: float) -> Backend:
-        url = url.rstrip("/")
-        live = self.find(url)
-        if live is not None:
-            live.draining = False  # re-adding a draining backend undoes the drain
-            return live
-        b = Backend(len(self.backends), url, self.breaker_factory(), empty_snapshot(len(self.backends), now))
-        self.backends.append(b)
-        self.sync()
+        b, new = add_backend_to(self.backends, url, self.breaker_factory, now)
+        if new:
+            self.sync()
         return b
 
     def sync(self) -> None:
@@ -247,12 +242,7 @@ class Dispatcher:
     # -- health -----------------------------------------------------------------------------------------
     def scraped(self, i: int, snap: InstanceSnapshot | None, now: float) -> None:
         """A scrape or health probe of backend `i` succeeded (`snap` may be None for a bare /health)."""
-        b = self.backends[i]
-        if snap is not None:
-            b.snapshot = replace(snap, instance=i)
-            b.scraped = True
-        if b.breaker.available(now):
-            b.breaker.success(now)
+        scrape_succeeded(self.backends[i], snap, now)
         self.refresh(i, snap is not None, now)
 
     def refresh(self, i: int, wrote: bool, now: float, notify: bool = True) -> None:
@@ -265,6 +255,28 @@ class Dispatcher:
     def scrape_failed(self, i: int, now: float) -> None:
         b = self.backends[i]
         b.breaker.failure(now)
+
+
+def add_backend_to(backends: list[Backend], url: str, breaker_factory: Callable[[], CircuitBreaker],
+                   now: float) -> tuple[Backend, bool]:
+    """The live backend at `url` (re-adding a draining one undoes the drain), or a new one appended (True)."""
+    url = url.rstrip("/")
+    live = find_backend(backends, url)
+    if live is not None:
+        live.draining = False
+        return live, False
+    b = Backend(len(backends), url, breaker_factory(), empty_snapshot(len(backends), now))
+    backends.append(b)
+    return b, True
+
+
+def scrape_succeeded(b: Backend, snap: InstanceSnapshot | None, now: float) -> None:
+    """Backend `b` answered its scrape (`snap`: its metrics) or health probe (None)."""
+    if snap is not None:
+        b.snapshot = replace(snap, instance=b.index)
+        b.scraped = True
+    if b.breaker.available(now):
+        b.breaker.success(now)
 
 
 def find_backend(backends: list[Backend], url: str) -> Backend | None:

@@ -33,9 +33,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmsched.core.types import AdapterState, InstanceSnapshot, Request
 from llmsched.gateway.breaker import CircuitBreaker
 from llmsched.gateway.config import GatewayConfig, PolicyConfig
-from llmsched.gateway.dispatcher import Backend, Dispatcher, drain_backend, find_backend
+from llmsched.gateway.dispatcher import (
+    Backend,
+    Dispatcher,
+    add_backend_to,
+    drain_backend,
+    find_backend,
+    scrape_succeeded,
+)
 from llmsched.gateway.openai_req import BadRequest
-from llmsched.gateway.scrape import empty_snapshot
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.instance.base import Router
 from llmsched.policies.request import REQUEST_POLICIES
@@ -255,18 +261,13 @@ class Pools:
 
     # -- membership -----------------------------------------------------------------------------------------
     def add_backend(self, url: str, now: float) -> Backend:
-        url = url.rstrip("/")
-        live = self.find(url)
-        if live is not None:
-            live.draining = False  # re-adding a draining backend undoes the drain
-            return live
-        b = Backend(len(self.backends), url, self.breaker_factory(), empty_snapshot(len(self.backends), now))
-        self.backends.append(b)
-        pinned = self.cfg.backend_models.get(url)
-        for p in self.pools.values():
-            p.d.sync()
-        if pinned:
-            self.set_models(b.index, pinned_cards(pinned))
+        b, new = add_backend_to(self.backends, url, self.breaker_factory, now)
+        if new:
+            for p in self.pools.values():
+                p.d.sync()
+            pinned = self.cfg.backend_models.get(b.url)
+            if pinned:
+                self.set_models(b.index, pinned_cards(pinned))
         return b
 
     def pinned(self, url: str) -> bool:
@@ -341,12 +342,7 @@ class Pools:
 
     # -- health ---------------------------------------------------------------------------------------------
     def scraped(self, i: int, snap: InstanceSnapshot | None, now: float) -> None:
-        b = self.backends[i]
-        if snap is not None:
-            b.snapshot = replace(snap, instance=i)
-            b.scraped = True
-        if b.breaker.available(now):
-            b.breaker.success(now)
+        scrape_succeeded(self.backends[i], snap, now)
         notified: set[int] = set()
         for p in self.pools.values():
             r = id(p.d.router)
