@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -258,6 +259,26 @@ async def test_discovery_refresh_moves_a_backend_whose_models_changed() -> None:
         for k in range(4):
             assert (await _post(http, gw.url + "/v1/completions", {"model": "a1", "prompt": f"{k}", "max_tokens": 2}))[0] == 200
         assert [_done(e) - b for e, b in zip(emus, before, strict=True)] == [0, 4]
+
+
+async def test_a_backend_down_at_start_is_discovered_as_soon_as_it_answers() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    late = EmulatorServer(speed=200.0, served_model_name="beta")
+    async with _fleet([{"served_model_name": "alpha"}], discovery_interval=60) as (gw, _), \
+            aiohttp.ClientSession() as http:
+        async with http.post(gw.url + "/admin/backends", json={"url": f"http://127.0.0.1:{port}"}) as r:
+            assert r.status == 200
+        status, body = await _post(http, gw.url + "/v1/completions", {"model": "beta", "prompt": "x"})
+        assert status == 404 and "alpha" in body["error"]["message"]
+        await late.start("127.0.0.1", port)
+        try:
+            await asyncio.sleep(0.4)  # a few scrape intervals, far below discovery_interval
+            status, body = await _post(http, gw.url + "/v1/completions", {"model": "beta", "prompt": "x", "max_tokens": 1})
+            assert status == 200 and body["model"] == "beta"
+        finally:
+            await late.stop()
 
 
 async def test_mixed_load_of_two_models_and_several_adapters_loses_nothing() -> None:

@@ -41,6 +41,7 @@ class Backend:
     # None = not known (never answered /v1/models usably): it then serves the unnamed pool (gateway.pools).
     models: frozenset[str] | None = None
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /v1/models cards by id
+    probed: bool = False  # its models were read (an answer to /v1/models, or pinned)
 
     @property
     def state(self) -> str:

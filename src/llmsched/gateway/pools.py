@@ -176,7 +176,8 @@ class Pools:
         return {k: p for k, p in self.pools.items() if k is not None and k in ids}
 
     def _has_unnamed(self) -> bool:
-        return any(b.models is None and not b.removed and not b.draining for b in self.backends)
+        """A backend answered /v1/models without a usable list (one not reached yet does not count)."""
+        return any(b.models is None and b.probed and not b.removed and not b.draining for b in self.backends)
 
     def resolve(self, model: str | None) -> Pool:
         """The pool a request naming `model` goes to. BadRequest: 404 naming the served models, or 400 when
@@ -206,6 +207,7 @@ class Pools:
     def set_models(self, i: int, cards: list[dict[str, Any]] | None) -> bool:
         """Backend `i` serves these models (None: not known). True if its set changed (it moved pools)."""
         b = self.backends[i]
+        b.probed = True
         if cards is None:
             changed = b.models is not None
             b.models, b.cards = None, {}

@@ -306,6 +306,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self.dispatcher)
         self._t0 = time.monotonic()
         self._discovered = -math.inf  # when the backends' /v1/models were last read
+        self._discovery: asyncio.Task[None] | None = None  # a discovery run by the scrape loop, in the background
         self._rid = itertools.count()
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
@@ -366,10 +367,11 @@ class Gateway:
                 self._idle.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), 0.05)
-        if self._scraper:
-            self._scraper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scraper
+        for task in (self._scraper, self._discovery):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._http.close()
         await asyncio.sleep(0)  # let cancelled handlers run their clean-up
         for pool in self._pools.values():
@@ -645,9 +647,12 @@ class Gateway:
         if self.dispatcher.set_models(i, cards):
             log.info("backend %s serves %s", b.url, ", ".join(sorted(b.models)) if b.models else "unknown models")
 
-    async def _discover_all(self) -> None:
-        self._discovered = time.monotonic()
-        await asyncio.gather(*(self._discover_one(b.index) for b in self.dispatcher.live()), return_exceptions=True)
+    async def _discover_all(self, only_new: bool = False) -> None:
+        """Read every live backend's /v1/models (`only_new`: those that never answered one)."""
+        if not only_new:
+            self._discovered = time.monotonic()
+        todo = [b.index for b in self.dispatcher.live() if not (only_new and b.probed)]
+        await asyncio.gather(*(self._discover_one(i) for i in todo), return_exceptions=True)
         self._pump()  # a request may have a backend now, or none any more
 
     async def _lora_admin(self, r: HttpRequest, path: str) -> tuple[int, bytes, bytes]:
@@ -792,8 +797,12 @@ class Gateway:
                 live = [b.index for b in self.dispatcher.live()]
                 if live:
                     await asyncio.gather(*(self._scrape_one(i) for i in live), return_exceptions=True)
-                if time.monotonic() - self._discovered >= self.cfg.discovery_interval:
-                    await self._discover_all()
+                if self._discovery is None or self._discovery.done():
+                    # In the background (a slow /v1/models must not delay scrapes): all backends every
+                    # discovery_interval, and at once those that never answered (e.g. down at start, now up).
+                    due = time.monotonic() - self._discovered >= self.cfg.discovery_interval
+                    if due or any(not b.probed for b in self.dispatcher.live()):
+                        self._discovery = asyncio.create_task(self._discover_all(only_new=not due))
                 self._pump()  # breakers may have closed, snapshots changed: queued requests may go now
             except Exception:  # the loop is the gateway's heartbeat: log and carry on
                 log.exception("scrape loop iteration failed")
