@@ -175,6 +175,12 @@ class Pools:
                 ids.update(b.models)
         return {k: p for k, p in self.pools.items() if k is not None and k in ids}
 
+    def _serving(self, key: str) -> bool:
+        for b in self.backends:  # noqa: SIM110 - on every request: no generator
+            if b.models is not None and key in b.models and not b.removed and not b.draining:
+                return True
+        return False
+
     def _has_unnamed(self) -> bool:
         """A backend answered /v1/models without a usable list (one not reached yet does not count)."""
         return any(b.models is None and b.probed and not b.removed and not b.draining for b in self.backends)
@@ -182,16 +188,16 @@ class Pools:
     def resolve(self, model: str | None) -> Pool:
         """The pool a request naming `model` goes to. BadRequest: 404 naming the served models, or 400 when
         `model` is missing and several base models are served."""
-        served = self.served()
         if model is not None:
-            p = served.get(model)
-            if p is not None:
+            p = self.pools.get(model)
+            if p is not None and p.key is not None and self._serving(model):
                 return p
+            served = self.served()
             if self._has_unnamed() or not served:
                 return self.unnamed
             raise BadRequest(f"The model `{model}` does not exist; this gateway serves: {', '.join(sorted(served))}",
                              "model", 404, "model_not_found")
-        bases = [p for p in served.values() if p.parent is None]
+        bases = [p for k, p in self.pools.items() if k is not None and p.parent is None and self._serving(k)]
         if len(bases) == 1:
             return bases[0]
         if not bases:
@@ -297,8 +303,13 @@ class Pools:
     def dispatch(self, now: float) -> list[tuple[Request, int]]:
         """Queued requests that may go now, one pool after another a request at a time: pools that share a
         backend share its free slots instead of the first pool taking them all."""
+        active = []
+        for p in self.pools.values():  # a loop, not a comprehension: this runs several times a request
+            if p.d.policy:
+                active.append(p.d)
+        if len(active) == 1:
+            return active[0].dispatch(now)
         out: list[tuple[Request, int]] = []
-        active = [p.d for p in self.pools.values() if p.d.policy]
         while active:
             nxt = []
             for d in active:
@@ -328,11 +339,17 @@ class Pools:
 
     @property
     def queued(self) -> int:
-        return sum(len(p.d.policy) for p in self.pools.values())
+        n = 0
+        for p in self.pools.values():  # read several times a request: no generator
+            n += len(p.d.policy)
+        return n
 
     @property
     def in_flight(self) -> int:
-        return sum(p.d.in_flight for p in self.pools.values())
+        n = 0
+        for p in self.pools.values():
+            n += p.d.in_flight
+        return n
 
     @property
     def rejected(self) -> int:
