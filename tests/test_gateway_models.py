@@ -126,6 +126,21 @@ def test_pools_sharing_a_backend_share_its_free_slots() -> None:
     assert sorted(got) == ["m1", "m1", "m2", "m2"]  # not the first pool taking all four
 
 
+def test_healthy_backend_for_a_model_is_the_least_loaded_one_serving_it() -> None:
+    p = _pools(3)
+    for i, m in enumerate(("m1", "m2", "m1")):
+        p.set_models(i, _cards(m))
+    p.backends[0].in_flight = 5
+    assert p.healthy_backend("m1", 0.0) is p.backends[2]
+    p.drain(p.backends[2].url)
+    assert p.healthy_backend("m1", 0.0) is p.backends[0]
+    p.drain(p.backends[0].url)
+    assert p.healthy_backend("m1", 0.0) is None  # m1's backends are draining: none now, the model still exists
+    assert not p.resolve("m1").d.any_usable(0.0)  # (a request gets 503, not 404)
+    with pytest.raises(BadRequest):
+        p.healthy_backend("m3", 0.0)
+
+
 def test_lora_requests_info_is_read_from_the_latest_label_set() -> None:
     text = (
         "# TYPE vllm:lora_requests_info gauge\n"
@@ -145,11 +160,16 @@ def test_model_list_parsing() -> None:
 
 def test_config_pins_models_per_backend_and_names_bad_entries() -> None:
     cfg = build_config({"backends": ["http://a:1", {"url": "http://b:2/", "models": ["m1"]}],
-                        "model_policies": {"m1": {"router": {"name": "least-requests"}}}})
+                        "model_policies": {"m1": {"router": {"name": "least-requests"},
+                                                  "request_policy": {"name": "sjf"}}}})
     assert cfg.backends == ["http://a:1", "http://b:2"] and cfg.backend_models == {"http://b:2": ["m1"]}
     p = Pools(cfg)
     assert p.backends[1].models == {"m1"} and p.pinned("http://b:2") and not p.pinned("http://a:1")
-    assert p.resolve("m1").router_name == "least-requests"
+    assert p.resolve("m1").router_name == "least-requests" and p.resolve("m1").policy_name == "sjf"
+    p.set_models(0, [*_cards("m0"), *_cards("m1-lora", parent="m1")])
+    adapter = p.resolve("m1-lora")  # its base model's request policy, the adapter router
+    assert (adapter.policy_name, adapter.router_name) == ("sjf", "lora-affinity")
+    assert (p.resolve("m0").policy_name, p.resolve("m0").router_name) == ("fcfs", "round-robin")
     assert p.backends[1].cards == {c["id"]: c for c in pinned_cards(["m1"])}
     with pytest.raises(ConfigError, match=r"backends\.0"):
         build_config({"backends": [{"url": "http://a:1", "model": ["x"]}]})

@@ -168,22 +168,22 @@ class Pools:
         return self.pools[req.model].d
 
     def served(self) -> dict[str, Pool]:
-        """Named pools with a live, non-draining backend serving them."""
+        """Named pools with a backend serving them (draining ones count: the model is back when they are)."""
         ids: set[str] = set()
         for b in self.backends:
-            if b.models and not b.removed and not b.draining:
+            if b.models and not b.removed:
                 ids.update(b.models)
         return {k: p for k, p in self.pools.items() if k is not None and k in ids}
 
     def _serving(self, key: str) -> bool:
         for b in self.backends:  # noqa: SIM110 - on every request: no generator
-            if b.models is not None and key in b.models and not b.removed and not b.draining:
+            if b.models is not None and key in b.models and not b.removed:
                 return True
         return False
 
     def _has_unnamed(self) -> bool:
         """A backend answered /v1/models without a usable list (one not reached yet does not count)."""
-        return any(b.models is None and b.probed and not b.removed and not b.draining for b in self.backends)
+        return any(b.models is None and b.probed and not b.removed for b in self.backends)
 
     def resolve(self, model: str | None) -> Pool:
         """The pool a request naming `model` goes to. BadRequest: 404 naming the served models, or 400 when
@@ -231,7 +231,7 @@ class Pools:
         """The union of the served models' cards (the first backend's card of each id), base models first."""
         out: dict[str, dict[str, Any]] = {}
         for b in self.backends:
-            if b.removed or b.draining or not b.models:
+            if b.removed or not b.models:
                 continue
             for mid in sorted(b.cards):
                 out.setdefault(mid, b.cards[mid])
