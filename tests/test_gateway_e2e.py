@@ -59,7 +59,7 @@ async def test_openai_client_chat_and_completions_stream_and_not(backends: list[
             async with http.get(gw.url + "/health") as h:
                 assert h.status == 200 and (await h.json())["backends_up"] == 2
         assert 'llmsched_gateway_requests_total{endpoint="/v1/chat/completions",status="200"} 2.0' in text
-        assert 'llmsched_gateway_routing_decisions_total{policy="round-robin",reason="rotate"} 4.0' in text
+        assert 'llmsched_gateway_routing_decisions_total{model="fake-model",policy="round-robin",reason="rotate"} 4.0' in text
         assert 'llmsched_gateway_ttft_seconds_count{endpoint="/v1/completions"} 1.0' in text
         assert "llmsched_gateway_queue_time_seconds_count 4.0" in text
     finally:
@@ -72,11 +72,11 @@ async def test_api_key_and_size_limit(backends: list[FakeBackend]) -> None:
     try:
         bad = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
-            await bad.completions.create(model="m", prompt="x")
+            await bad.completions.create(model="fake-model", prompt="x")
         good = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="sesame", max_retries=0)
-        assert (await good.completions.create(model="m", prompt="x", max_tokens=1)).choices
+        assert (await good.completions.create(model="fake-model", prompt="x", max_tokens=1)).choices
         with pytest.raises(openai.APIStatusError) as e:
-            await good.completions.create(model="m", prompt="x" * 10_000)
+            await good.completions.create(model="fake-model", prompt="x" * 10_000)
         assert e.value.status_code == 413 and "larger than 4096" in str(e.value)
         await bad.close()
         await good.close()

@@ -25,6 +25,7 @@ from llmsched.gateway.openai_req import (
     build_request,
     parse_body,
 )
+from llmsched.gateway.pools import pinned_cards
 from llmsched.gateway.routes import assemble_message, assemble_response, internal_stream_ok, past_preamble
 from llmsched.gateway.server import Gateway
 
@@ -90,9 +91,10 @@ async def test_healthy_backends_skip_drained_broken_and_other_models(env: Env) -
     d.add_backend(urls[0], gw.now())  # un-drain
     for _ in range(5):
         d.backends[1].breaker.failure(gw.now())
-    assert [b.index for b in gw.routes.healthy_backends(None)] == [0]
-    d.backends[0].model_ids = ["another-model"]  # known to serve something else
+    assert [b.index for b in gw.routes.healthy_backends(None)] == [0]  # the only model served
+    d.set_models(0, pinned_cards(["another-model"]))  # now known to serve something else
     assert gw.routes.healthy_backends(MODEL) == []
+    assert [b.index for b in gw.routes.healthy_backends("another-model")] == [0]
 
 
 async def test_scoring_reranking_classify_pooling_are_routed(env: Env) -> None:

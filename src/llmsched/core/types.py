@@ -39,6 +39,8 @@ class Request:
             finish so the follow-up can hit them.
         adapter: the LoRA adapter the request names (vLLM: the `model` field names the adapter); None = the
             base model. See engine/lora.py.
+        model: the model id the client named (a base model or an adapter), i.e. the gateway's model pool; None
+            in the simulator and when the gateway serves one unnamed pool.
 
     Progress (owned by the engine):
         num_computed: prompt+output tokens whose KV is in cache (cached prefix included).
@@ -58,6 +60,7 @@ class Request:
     priority: int = 0
     output_hashes: tuple[int, ...] | None = None
     adapter: str | None = None
+    model: str | None = None
 
     status: Status = Status.WAITING
     instance: int = -1

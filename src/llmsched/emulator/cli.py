@@ -34,17 +34,37 @@ def emulate_cmd(
     calibration: Annotated[
         str | None, typer.Option(help="Cost-model calibration file (docs/calibration.md).")
     ] = None,
+    enable_lora: Annotated[bool, typer.Option(help="Serve LoRA adapters (on with --lora-modules/--max-loras).")] = False,
+    lora_modules: Annotated[
+        list[str] | None,
+        typer.Option(help="LoRA adapters, vLLM's form: name=path or JSON {\"name\", \"path\"}; several after one "
+                          "flag (--lora-modules a=/p/a b=/p/b) or the flag repeated."),
+    ] = None,
+    max_loras: Annotated[int | None, typer.Option(min=1, help="Adapters in one batch / GPU slots (vLLM's).")] = None,
+    max_cpu_loras: Annotated[
+        int | None, typer.Option(min=1, help="Adapters cached in CPU memory (vLLM's; default --max-loras).")
+    ] = None,
+    extra: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
 ) -> None:
     """Serve vLLM's OpenAI-compatible API and /metrics, driven in real time by the engine model."""
+    from llmsched.emulator.lora import parse_lora_modules
     from llmsched.emulator.server import EmulatorServer
+    from llmsched.engine.lora import LoraConfig
 
+    if extra and not lora_modules:
+        raise typer.BadParameter(f"unexpected argument {extra[0]!r}")
+    lora = None
+    if enable_lora or lora_modules or max_loras or max_cpu_loras:
+        lora = LoraConfig(max_loras=max_loras or 1, max_cpu_loras=max_cpu_loras)
     cfg = EngineConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         block_size=block_size,
         enable_prefix_caching=enable_prefix_caching,
+        lora=lora,
     )
     try:
+        modules = parse_lora_modules([*(lora_modules or ()), *(extra or ())])
         cost = None
         if calibration is not None:
             from llmsched.model import build_cost_model
@@ -62,13 +82,16 @@ def emulate_cmd(
             seed=seed,
             max_model_len=max_model_len,
             cost=cost,
+            lora_modules=modules,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 
     async def serve() -> None:
         url = await server.start(host, port)
-        typer.echo(f"llmsched emulator: {server.served_model_name} on {gpu} at {url} (speed {speed}x)")
+        names = ", ".join(server.adapters.paths)
+        typer.echo(f"llmsched emulator: {server.served_model_name} on {gpu} at {url} (speed {speed}x)"
+                   + (f", LoRA adapters {names}" if names else ""))
         try:
             await wait_for_stop_signal()
         finally:

@@ -9,6 +9,7 @@ Each server has its own `CollectorRegistry`, so several emulators can live in on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -207,6 +208,12 @@ class _Collector(Collector):
                                  labels=[*names, *m.cache_config])  # fmt: skip
         info.add_metric([*lv, *m.cache_config.values()], 1.0)
         yield info
+        if snap.adapters is not None:  # vLLM's LoRA gauge: the state is in the labels, the value is the time set
+            st = snap.adapters
+            lora = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                     labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"])
+            lora.add_metric([str(st.max_loras), ",".join(st.waiting), ",".join(st.running)], time.time())
+            yield lora
         yield hist("vllm:time_to_first_token_seconds", "Arrival to first token, emulated seconds.", m.ttft)
         yield hist(
             "vllm:time_per_output_token_seconds", "Gap between output tokens, emulated seconds.", m.itl

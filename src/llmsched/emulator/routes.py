@@ -94,8 +94,9 @@ class ExtraRoutes:
         r.add_post("/invocations", self.invocations)
 
     # -- running prompts through the engine -------------------------------------------------------------
-    async def _prefill(self, prompts: list[list[int]], body: Mapping[str, Any]) -> list[int]:
-        """Run each prompt as one engine request with one output token (a forward pass); cached tokens each."""
+    async def _prefill(self, prompts: list[list[int]], body: Mapping[str, Any], model: str) -> list[int]:
+        """Run each prompt as one engine request with one output token (a forward pass); cached tokens each.
+        `model` (base or LoRA adapter) sets the request's adapter, so an adapter's load is priced as for generation."""
         srv = self.srv
         cap = srv.max_model_len
         for p in prompts:
@@ -106,7 +107,7 @@ class ExtraRoutes:
                                f"{len(p)} input tokens. Please reduce the length of the input.", param="input")
         user = body.get("user") if isinstance(body.get("user"), str) else None
         prio = body.get("priority") if isinstance(body.get("priority"), int) else 0
-        reqs = [srv._make_request(GenRequest(False, "", p, 1, False, False, user, None, prio)) for p in prompts]
+        reqs = [srv._make_request(GenRequest(False, model, p, 1, False, False, user, None, prio)) for p in prompts]
         return [s.req.num_cached for s in await self._run_all(reqs)]
 
     async def _run_all(self, reqs: list[Request]) -> list[TokenStream]:
@@ -174,7 +175,7 @@ class ExtraRoutes:
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise ApiError("encoding_format must be 'float' or 'base64'.", param="encoding_format")
-        await self._prefill(prompts, body)
+        await self._prefill(prompts, body, model)
         data = []
         for k, p in enumerate(prompts):
             v = _vector(p, dim or EMBED_DIM)
@@ -208,7 +209,7 @@ class ExtraRoutes:
             raise ApiError("embedding_types must be a list of float, base64, binary, ubinary.",
                            param="embedding_types")
         prompts = [self.srv.tokenizer.encode(t) for t in texts]
-        await self._prefill(prompts, body)
+        await self._prefill(prompts, body, model)
         vecs = [_vector(p, dim) for p in prompts]
         out: dict[str, Any] = {}
         for kind in kinds:
@@ -229,7 +230,7 @@ class ExtraRoutes:
     async def classify(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         model, prompts = self._inputs(body)
-        await self._prefill(prompts, body)
+        await self._prefill(prompts, body, model)
         data = []
         for k, p in enumerate(prompts):
             s = _score(p)
@@ -240,7 +241,7 @@ class ExtraRoutes:
     async def pooling(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         model, prompts = self._inputs(body)
-        await self._prefill(prompts, body)
+        await self._prefill(prompts, body, model)
         data = [{"index": k, "object": "pooling", "data": _vector(p, EMBED_DIM).tolist()} for k, p in enumerate(prompts)]
         return json_response({**self._base("pool", model), "data": data, "usage": self._usage(sum(map(len, prompts)))})
 
@@ -282,7 +283,7 @@ class ExtraRoutes:
             return tok.encode(x) if isinstance(x, str) else _token_ids(x, tok.vocab_size, pair[0])
 
         prompts = [enc(q) + enc(d) for q, d in zip(queries, docs, strict=True)]  # query, then document
-        await self._prefill(prompts, body)
+        await self._prefill(prompts, body, model)
         return model, docs, prompts
 
     async def score(self, request: web.Request) -> web.Response:

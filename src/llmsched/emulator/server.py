@@ -24,6 +24,7 @@ from llmsched.core.types import Request
 from llmsched.emulator import events
 from llmsched.emulator.driver import EngineDriver
 from llmsched.emulator.events import json_response as _json_response
+from llmsched.emulator.lora import Adapters
 from llmsched.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from llmsched.emulator.protocol import (
     ApiError,
@@ -38,6 +39,7 @@ from llmsched.emulator.protocol import (
 from llmsched.emulator.routes import ExtraRoutes
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.engine import Engine
+from llmsched.engine.lora import LoraConfig
 from llmsched.model.base import StepCostModel
 
 # Without max_tokens vLLM generates up to the end of the context window, which turns every client that forgets
@@ -66,6 +68,10 @@ class EmulatorServer:
             the KV cache holds.
         default_max_tokens: output length when a request gives no max_tokens.
         token_window_s, max_lag_s: see `EngineDriver`.
+        lora_modules: LoRA adapters served from the start, name -> path (vLLM's `--lora-modules`); clients name
+            one in `model`. See `emulator/lora.py`.
+        max_loras: adapters in a batch and in GPU slots (vLLM's `--max-loras`); LoRA is on when this, or
+            `lora_modules`, or `engine_config.lora` is given (default 1 slot).
     """
 
     def __init__(
@@ -86,6 +92,8 @@ class EmulatorServer:
         token_window_s: float = 0.002,
         tokenizer: StandInTokenizer | None = None,
         max_lag_s: float = 0.005,
+        lora_modules: dict[str, str] | None = None,
+        max_loras: int | None = None,
     ) -> None:
         from llmsched.policies.request import REQUEST_POLICIES
 
@@ -95,6 +103,9 @@ class EmulatorServer:
         self.served_model_name = served_model_name or model
         self.seed = seed
         self.config = engine_config or EngineConfig()
+        if (lora_modules or max_loras) and (self.config.lora is None or max_loras):
+            lcfg = (self.config.lora or LoraConfig()).model_copy(update={"max_loras": max_loras or 1})
+            self.config = self.config.model_copy(update={"lora": LoraConfig.model_validate(lcfg.model_dump())})
         self.tokenizer = tokenizer or StandInTokenizer()
         policy = REQUEST_POLICIES.create(request_policy, policy_params)
         self.engine = Engine(cost, policy, self.config, instance=0)
@@ -105,6 +116,7 @@ class EmulatorServer:
         if default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
         self.limits = Limits((self.served_model_name,), self.max_model_len, default_max_tokens)
+        self.adapters = Adapters(self.engine.lora, self.served_model_name, self.limits, lora_modules or {})
         cache_config = {
             "block_size": str(self.config.block_size),
             "num_gpu_blocks": str(snap.num_total_blocks),
@@ -137,6 +149,8 @@ class EmulatorServer:
         r.add_post("/v1/completions/render", self.render_completion)
         r.add_post("/v1/chat/completions/render", self.render_chat)
         r.add_get("/v1/models", self.models)
+        r.add_post("/v1/load_lora_adapter", self.load_lora_adapter)
+        r.add_post("/v1/unload_lora_adapter", self.unload_lora_adapter)
         r.add_get("/health", self.health)
         r.add_get("/ping", self.health)
         r.add_get("/metrics", self.prom)
@@ -196,6 +210,7 @@ class EmulatorServer:
             block_hashes=hashes,
             session=g.user,
             priority=g.priority,
+            adapter=self.adapters.adapter_of(g.model),
         )
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -222,7 +237,15 @@ class EmulatorServer:
             "parent": None,
             "max_model_len": self.max_model_len,
         }
-        return _json_response({"object": "list", "data": [card]})
+        return _json_response({"object": "list", "data": [card, *self.adapters.cards()]})
+
+    async def load_lora_adapter(self, request: web.Request) -> web.Response:
+        text, read_s = self.adapters.load(await _read_json(request))
+        await asyncio.sleep(read_s / self.speed)  # vLLM answers once the adapter is read (its add_lora)
+        return web.Response(text=text)
+
+    async def unload_lora_adapter(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.adapters.unload(await _read_json(request)))
 
     async def health(self, request: web.Request) -> web.Response:
         if self.driver.failed is not None:

@@ -136,6 +136,19 @@ class AdapterSlots:
         self.stats.load_s += cost
         self._pending += cost
 
+    def preload(self, adapter: str) -> float:
+        """vLLM's `add_lora` (an adapter named at start-up, or loaded through the API): read the adapter into the
+        CPU cache ahead of its first request. Returns the read time (0 when it is cached already)."""
+        if adapter in self.cpu:
+            self.cpu.move_to_end(adapter)
+            return 0.0
+        if len(self.cpu) >= self.max_cpu:
+            if all(a in self.running for a in self.cpu):
+                return self.disk_s  # read, but nothing may leave the cache now: its first use reads it again
+            self._evict(self.cpu)
+        self.cpu[adapter] = None
+        return self.disk_s
+
     def _evict(self, cache: OrderedDict[str, None]) -> None:
         victim = next((a for a in cache if a not in self.running), None)
         if victim is None:  # cannot happen while `admissible` is respected

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmsched.yamlfile import read_yaml
 
@@ -23,6 +23,13 @@ class PolicyConfig(_Model):
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelPolicies(_Model):
+    """Policies of one model pool, where they differ from the top-level ones (docs/gateway.md, "Models")."""
+
+    request_policy: PolicyConfig | None = None
+    router: PolicyConfig | None = None
 
 
 class Timeouts(_Model):
@@ -82,6 +89,46 @@ class GatewayConfig(_Model):
                           "router learns of the first token when it happens (not at completion)",
     )
     record: RecordConfig | None = Field(None, description="record finished requests (docs/calibration.md)")
+    backend_models: dict[str, list[str]] = Field(
+        default_factory=dict, description="backend URL -> the model ids it serves, pinned (no discovery); the "
+                                          "`{url, models}` form of a `backends` entry fills it")
+    model_policies: dict[str, ModelPolicies] = Field(
+        default_factory=dict, description="per model id: request_policy and/or router of its pool (an adapter "
+                                          "without its own entry takes its base model's request_policy)")
+    adapter_router: PolicyConfig = Field(
+        default_factory=lambda: PolicyConfig(name="lora-affinity"),
+        description="router shared by the pools of the LoRA adapters of one base model")
+    discovery_interval: float = Field(5.0, gt=0, description="seconds between /v1/models reads of each backend")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_entries(cls, data: Any) -> Any:
+        """`backends` entries may be `{url: ..., models: [...]}`: the URL stays in `backends`, the models are
+        pinned in `backend_models`."""
+        if not isinstance(data, dict) or not isinstance(data.get("backends"), list):
+            return data
+        urls: list[Any] = []
+        pins = dict(data.get("backend_models") or {})
+        for k, e in enumerate(data["backends"]):
+            if isinstance(e, dict):
+                unknown = set(e) - {"url", "models"}
+                if unknown or not isinstance(e.get("url"), str):
+                    raise ValueError(f"backends.{k}: a backend is a URL or {{url: URL, models: [ids]}}"
+                                     + (f" (unknown keys: {', '.join(sorted(map(str, unknown)))})" if unknown else ""))
+                urls.append(e["url"])
+                if e.get("models") is not None:
+                    pins[e["url"].rstrip("/")] = e["models"]
+            else:
+                urls.append(e)
+        return {**data, "backends": urls, "backend_models": pins}
+
+    @field_validator("backend_models")
+    @classmethod
+    def _pins(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for url, ids in v.items():
+            if not ids or not all(isinstance(m, str) and m for m in ids):
+                raise ValueError(f"{url}: models must be a non-empty list of model ids")
+        return {u.rstrip("/"): ids for u, ids in v.items()}
 
     @field_validator("backends")
     @classmethod
@@ -125,7 +172,15 @@ def _check_policies(cfg: GatewayConfig, source: str) -> None:
     from llmsched.policies.instance import ROUTERS
     from llmsched.policies.request import REQUEST_POLICIES
 
-    for key, reg, pc in (("request_policy", REQUEST_POLICIES, cfg.request_policy), ("router", ROUTERS, cfg.router)):
+    checks: list[tuple[str, Any, PolicyConfig | None]] = [
+        ("request_policy", REQUEST_POLICIES, cfg.request_policy), ("router", ROUTERS, cfg.router),
+        ("adapter_router", ROUTERS, cfg.adapter_router)]
+    for model, mp in cfg.model_policies.items():
+        checks += [(f"model_policies.{model}.request_policy", REQUEST_POLICIES, mp.request_policy),
+                   (f"model_policies.{model}.router", ROUTERS, mp.router)]
+    for key, reg, pc in checks:
+        if pc is None:
+            continue
         try:
             reg.create(pc.name, pc.params)
         except ValueError as e:

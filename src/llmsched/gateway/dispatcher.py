@@ -5,13 +5,15 @@ happened, passing the time. The same `RequestPolicy` and `Router` objects as in 
 the policy orders the admission queue, the router picks the backend among those that may take a request.
 
 Backends keep their index for life (the router's per-instance accounting is indexed by it); a removed backend
-is a tombstone that is never eligible again.
+is a tombstone that is never eligible again. Behind several models (`gateway.pools`), one `Dispatcher` per model
+pool shares the gateway's backend list (`backends=`) and takes only the backends that serve its model (`serves=`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +37,11 @@ class Backend:
     scraped: bool = False
     served: int = 0
     failed: int = 0
-    model_ids: list[str] = field(default_factory=list)
+    # Model ids it serves (base models and LoRA adapters, from its /v1/models or pinned in the config);
+    # None = not known (never answered /v1/models usably): it then serves the unnamed pool (gateway.pools).
+    models: frozenset[str] | None = None
+    cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /v1/models cards by id
+    probed: bool = False  # its models were read (an answer to /v1/models, or pinned)
 
     @property
     def state(self) -> str:
@@ -54,44 +60,47 @@ class Dispatcher:
         max_in_flight: int = 256,
         queue_bound: int = 4096,
         breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker,
+        *,
+        backends: list[Backend] | None = None,
+        serves: Callable[[Backend], bool] | None = None,
     ) -> None:
         self.policy = policy
         self.router = router
         self.max_in_flight = max_in_flight
         self.queue_bound = queue_bound
         self.breaker_factory = breaker_factory
-        self.backends: list[Backend] = []
+        # Shared with the other model pools when given (their owner adds backends and calls `sync`).
+        self.backends: list[Backend] = [] if backends is None else backends
+        self.serves = serves  # None: every backend serves this dispatcher's requests
         # What the router reads: the last scrape of each backend, `healthy` = eligible for this decision. One
         # row changes per scrape, so the router's work per request does not grow with the backend count.
         self.table = SnapshotTable()
         self.rejected = 0
         self.retried = 0
-        self._in_flight = 0  # sum of the backends' in_flight, kept as they change (read on every request)
+        self._in_flight = 0  # requests it dispatched and not finished (the gateway's total with one pool)
+        self.sync()
 
     # -- membership -------------------------------------------------------------------------------------
     def add_backend(self, url: str, now: float) -> Backend:
-        url = url.rstrip("/")
-        live = self.find(url)
-        if live is not None:
-            live.draining = False  # re-adding a draining backend undoes the drain
-            return live
-        b = Backend(len(self.backends), url, self.breaker_factory(), empty_snapshot(len(self.backends), now))
-        self.backends.append(b)
-        self.table.put(b.snapshot)
-        self.router.resize(len(self.backends))
+        b, new = add_backend_to(self.backends, url, self.breaker_factory, now)
+        if new:
+            self.sync()
         return b
 
+    def sync(self) -> None:
+        """Give backends added to the (shared) list a row in the table and a slot in the router."""
+        n = len(self.backends)
+        for b in self.backends[self.table.n:]:
+            self.table.put(b.snapshot)
+        if n:
+            self.router.resize(n)
+
     def find(self, url: str) -> Backend | None:
-        url = url.rstrip("/")
-        return next((b for b in self.backends if b.url == url and not b.removed), None)
+        return find_backend(self.backends, url)
 
     def drain(self, url: str) -> Backend:
         """No new requests go to `url`; in-flight ones finish."""
-        b = self.find(url)
-        if b is None:
-            raise KeyError(url)
-        b.draining = True
-        return b
+        return drain_backend(self.backends, url)
 
     def reap(self) -> list[Backend]:
         """Remove drained backends that have nothing in flight; returns those removed now."""
@@ -112,6 +121,7 @@ class Dispatcher:
             and not b.draining
             and (not cap or b.in_flight < self.max_in_flight)
             and b.breaker.available(now)
+            and (self.serves is None or self.serves(b))
         )
 
     def has_capacity(self, now: float) -> bool:
@@ -122,8 +132,9 @@ class Dispatcher:
 
     def any_usable(self, now: float) -> bool:
         """Is there a backend that could ever take this request (ignoring the in-flight cap)?"""
+        serves = self.serves
         for b in self.backends:  # noqa: SIM110
-            if not b.removed and not b.draining:
+            if not b.removed and not b.draining and (serves is None or serves(b)):
                 return True
         return False
 
@@ -155,10 +166,10 @@ class Dispatcher:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def dispatch(self, now: float) -> list[tuple[Request, int]]:
-        """Pop queued requests while some backend has room; each goes where the router says."""
+    def dispatch(self, now: float, limit: int = 1 << 62) -> list[tuple[Request, int]]:
+        """Pop queued requests (at most `limit`) while some backend has room; each goes where the router says."""
         out: list[tuple[Request, int]] = []
-        while self.policy and self.has_capacity(now):
+        while self.policy and len(out) < limit and self.has_capacity(now):
             req = self.policy.pop(now)
             if req is None:
                 break
@@ -232,15 +243,52 @@ class Dispatcher:
     # -- health -----------------------------------------------------------------------------------------
     def scraped(self, i: int, snap: InstanceSnapshot | None, now: float) -> None:
         """A scrape or health probe of backend `i` succeeded (`snap` may be None for a bare /health)."""
-        b = self.backends[i]
-        if snap is not None:
-            b.snapshot = replace(snap, instance=i, healthy=bool(self.table.healthy[i]))
-            b.scraped = True
-            self.table.put(b.snapshot)
-        if b.breaker.available(now):
-            b.breaker.success(now)
-        self.router.on_snapshots(self.table, now)
+        scrape_succeeded(self.backends[i], snap, now)
+        self.refresh(i, snap is not None, now)
+
+    def refresh(self, i: int, wrote: bool, now: float, notify: bool = True) -> None:
+        """Backend `i`'s scrape reaches the table (`wrote`: a new snapshot) and, with `notify`, the router."""
+        if wrote:
+            self.table.put(replace(self.backends[i].snapshot, healthy=bool(self.table.healthy[i])))
+        if notify:
+            self.router.on_snapshots(self.table, now)
 
     def scrape_failed(self, i: int, now: float) -> None:
         b = self.backends[i]
         b.breaker.failure(now)
+
+
+def add_backend_to(backends: list[Backend], url: str, breaker_factory: Callable[[], CircuitBreaker],
+                   now: float) -> tuple[Backend, bool]:
+    """The live backend at `url` (re-adding a draining one undoes the drain), or a new one appended (True)."""
+    url = url.rstrip("/")
+    live = find_backend(backends, url)
+    if live is not None:
+        live.draining = False
+        return live, False
+    b = Backend(len(backends), url, breaker_factory(), empty_snapshot(len(backends), now))
+    backends.append(b)
+    return b, True
+
+
+def scrape_succeeded(b: Backend, snap: InstanceSnapshot | None, now: float) -> None:
+    """Backend `b` answered its scrape (`snap`: its metrics) or health probe (None)."""
+    if snap is not None:
+        b.snapshot = replace(snap, instance=b.index)
+        b.scraped = True
+    if b.breaker.available(now):
+        b.breaker.success(now)
+
+
+def find_backend(backends: list[Backend], url: str) -> Backend | None:
+    url = url.rstrip("/")
+    return next((b for b in backends if b.url == url and not b.removed), None)
+
+
+def drain_backend(backends: list[Backend], url: str) -> Backend:
+    """No new requests go to `url`; in-flight ones finish. KeyError if it is not a live backend."""
+    b = find_backend(backends, url)
+    if b is None:
+        raise KeyError(url)
+    b.draining = True
+    return b

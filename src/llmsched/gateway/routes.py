@@ -4,20 +4,23 @@ is routed (docs/gateway.md, "Routes").
 Four kinds:
 - **admitted** (`ADMITTED`): completions, chat (and its batch), Responses, Anthropic Messages, SageMaker
   invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring and reranking go
-  through the admission queue and the router like completions; their cost estimate is the prompt (a
-  cross-encoder's score/rerank: every (query, document) pair) and the output tokens asked for (1 for the pooling
-  routes: one forward pass, the pooled result at the end of the prefill). `gateway.server` proxies them.
+  through the admission queue and the router of the pool of the body's `model` (`gateway.pools`), like
+  completions; their cost estimate is the prompt (a cross-encoder's score/rerank: every (query, document) pair)
+  and the output tokens asked for (1 for the pooling routes: one forward pass, the pooled result at the end of
+  the prefill). `gateway.server` proxies them.
 - **any backend** (`ANY_BACKEND`): tokenisation, prompt rendering and token counting run on a backend's API
-  server, not its engine: any healthy backend serving the named model answers, no routing state is charged.
+  server, not its engine: any healthy backend of the named model's pool answers (`Pools.healthy_backends`: only
+  backends serving that model), no routing state is charged; an unknown model is the same 404 as elsewhere.
 - **response id** (`/v1/responses/{id}`, `/v1/responses/{id}/cancel`): a stored response lives in the memory
   of the server that made it, so these go to that backend (the gateway names each response it routes, through
   vLLM's `request_id` field, and remembers where it went); an id it does not know is asked of each backend.
 - **local**: `/version`, `/ping`, `/liveness`, `/readiness`, `/health_generate` (and `/health`, `/metrics`,
   `/v1/models`, `/admin/*` in `gateway.server`) are answered by the gateway itself.
 
-Everything else is a 404 whose message lists the supported routes. Per-engine control routes of vLLM (sleep,
-wake_up, reset caches, weights, profiling, collective_rpc, LoRA loading) are not proxied: they act on one engine,
-and a router would pick an arbitrary one.
+LoRA loading and unloading (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`) are `gateway.server`'s: sent to
+every live backend (of a base model), then the model lists are read again. Everything else is a 404 whose message
+lists the supported routes. vLLM's other per-engine control routes (sleep, wake_up, reset caches, weights,
+profiling, collective_rpc) are not proxied: they act on one engine, and a router would pick an arbitrary one.
 """
 
 from __future__ import annotations
@@ -225,7 +228,7 @@ class Routes:
         i = self._owner.get(parsed.body.get("previous_response_id"))  # type: ignore[arg-type]
         if i is None:
             return None
-        d = self.gw.dispatcher
+        d = self.gw.dispatcher.pool_of(req)  # the request's model pool (`Pools.assign`): its router is charged
         i = d.route(req, now, exclude=frozenset(b.index for b in d.backends if b.index != i), cap=False)
         if i is not None:
             req.first_scheduled = now
@@ -241,13 +244,12 @@ class Routes:
 
     # -- any healthy backend -----------------------------------------------------------------------------
     def healthy_backends(self, model: str | None) -> list[Backend]:
-        """Backends that may answer a request for `model` now (not draining, breaker closed or probing), in a
-        rotating order. A backend whose served models are known (`Backend.model_ids`) and lack `model` is left
-        out."""
-        now = self.gw.now()
-        ok = [b for b in self.gw.dispatcher.live()
-              if not b.draining and b.breaker.available(now) and (model is None or not b.model_ids
-                                                                  or model in b.model_ids)]
+        """Backends that may answer a request for `model` now, in a rotating order: those of the model's pool
+        (`Pools.healthy_backends`: serving `model`, not draining, breaker closed or probing). BadRequest: 404
+        naming the served models for a model none serves, 400 without `model` when several base models are."""
+        return self._rotate(self.gw.dispatcher.healthy_backends(model, self.gw.now()))
+
+    def _rotate(self, ok: list[Backend]) -> list[Backend]:
         if ok:
             k = next(self._rr) % len(ok)
             ok = ok[k:] + ok[:k]
@@ -296,7 +298,8 @@ class Routes:
         assert m is not None
         rid = m.group(1)
         i = self._owner.get(rid)
-        live = self.healthy_backends(None)
+        now = self.gw.now()  # any model: a response id names no model
+        live = self._rotate([b for b in self.gw.dispatcher.live() if not b.draining and b.breaker.available(now)])
         backends = [b for b in live if b.index == i] if i is not None else live
         if i is not None and not backends:
             url = self.gw.dispatcher.backends[i].url

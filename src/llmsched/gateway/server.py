@@ -13,6 +13,7 @@ import gc
 import itertools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,7 @@ import aiohttp
 import msgspec
 
 from llmsched.core.types import Request
-from llmsched.gateway.breaker import CircuitBreaker
 from llmsched.gateway.config import GatewayConfig
-from llmsched.gateway.dispatcher import Dispatcher
 from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnection, Upstream, UpstreamError
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
@@ -37,11 +36,10 @@ from llmsched.gateway.openai_req import (
     error_body,
     parse_body,
 )
+from llmsched.gateway.pools import Pools, parse_model_list, with_lora
 from llmsched.gateway.record import Recorder
 from llmsched.gateway.routes import ADMITTED, Routes, assemble_other, internal_stream_ok, past_preamble
 from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
-from llmsched.policies.instance import ROUTERS
-from llmsched.policies.request import REQUEST_POLICIES
 
 log = logging.getLogger("llmsched.gateway")
 
@@ -72,10 +70,11 @@ class Outcome:
     """What is known of one request when it completes (the gateway's single completion point, `_complete`)."""
 
     __slots__ = ("endpoint", "arrival", "stream", "status", "backend", "ttft", "e2e", "tokens", "tpot", "recorded",
-                 "response_id")
+                 "response_id", "model")
 
     def __init__(self, endpoint: str, arrival: float) -> None:
         self.endpoint = endpoint
+        self.model: str | None = None  # the label of the model pool it went to (gateway.pools), once resolved
         self.arrival = arrival
         self.stream = False
         self.status = 500
@@ -311,21 +310,18 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
-        policy = REQUEST_POLICIES.create(cfg.request_policy.name, cfg.request_policy.params)
-        router = ROUTERS.create(cfg.router.name, cfg.router.params)
-        b = cfg.breaker
-        self.dispatcher = Dispatcher(policy, router, cfg.max_in_flight_per_backend, cfg.queue_bound,
-                                     lambda: CircuitBreaker(b.failure_threshold, b.cooldown))
-        self.metrics = GatewayMetrics(self.dispatcher, cfg.router.name, cfg.request_policy.name)
+        # One model pool (queue, router) per served model id, over one backend list (gateway/pools.py).
+        self.dispatcher = Pools(cfg, 0.0)
+        self.metrics = GatewayMetrics(self.dispatcher)
         self._t0 = time.monotonic()
-        for url in cfg.backends:
-            self.dispatcher.add_backend(url, 0.0)
+        self._discovered = -math.inf  # when the backends' /v1/models were last read
+        self._discovery: asyncio.Task[None] | None = None  # a discovery run by the scrape loop, in the background
         self._rid = itertools.count()
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self._session_header = cfg.session_header.lower()
-        # Only prefix-aware routers read the prompt's block hashes, and the recorder (salted, for replay).
-        self._hash_blocks = bool(getattr(router, "uses_index", False)) or cfg.record is not None
+        # Only prefix-aware routers read the prompt's block hashes (`Pool.uses_index`), and the recorder.
+        self._hash_blocks = cfg.record is not None
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
@@ -340,6 +336,8 @@ class Gateway:
         self._hists: dict[str, tuple[Any, Any, Any]] = {}
         self._routes: dict[str, dict[str, Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]]] = {
             "/v1/models": {"GET": self._models},
+            "/v1/load_lora_adapter": {"POST": self._load_lora},
+            "/v1/unload_lora_adapter": {"POST": self._unload_lora},
             "/health": {"GET": self._health},
             "/metrics": {"GET": self._metrics},
             "/admin/backends": {"GET": self._admin_list, "POST": self._admin_add, "DELETE": self._admin_remove},
@@ -365,6 +363,7 @@ class Gateway:
         # of long streams they would time out and open the breaker of a backend that is only busy.
         self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),
                                             timeout=self._scrape_timeout, skip_auto_headers=("User-Agent",))
+        await self._discover_all()  # which backend serves which model, before the first request
         h, p = await self._http.start(host, port, reuse_port)
         self.url = f"http://{h}:{p}"
         self._scraper = asyncio.create_task(self._scrape_loop())
@@ -379,10 +378,11 @@ class Gateway:
                 self._idle.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), 0.05)
-        if self._scraper:
-            self._scraper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scraper
+        for task in (self._scraper, self._discovery):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._http.close()
         await asyncio.sleep(0)  # let cancelled handlers run their clean-up
         for pool in self._pools.values():
@@ -419,6 +419,12 @@ class Gateway:
         conn.respond(status, error_body(message, kind, param, status), headers=headers)
         return status
 
+    @classmethod
+    def _bad(cls, conn: ServerConnection, e: BadRequest) -> int:
+        """A client error as OpenAI's JSON: a 404 (an unknown model) is a `not_found_error`."""
+        return cls._err(conn, e.status, e.message, "not_found_error" if e.status == 404 else "invalid_request_error",
+                        e.param)
+
     async def _handle(self, conn: ServerConnection, r: HttpRequest) -> None:
         path = r.path
         if path in ADMITTED:
@@ -447,8 +453,8 @@ class Gateway:
             return
         try:
             status, body, ctype = await handler(r)
-        except BadRequest as e:
-            self._err(conn, e.status, e.message, param=e.param)
+        except BadRequest as e:  # e.g. a tokenize for a model no backend serves: 404 naming the served ones
+            self._bad(conn, e)
             return
         except Exception:  # a bug must still answer in OpenAI's format, and be logged
             log.exception("unhandled error on %s", path)
@@ -460,8 +466,8 @@ class Gateway:
     def _pump(self) -> None:
         d = self.dispatcher
         now = self.now()
-        if d.queued and not d.any_usable(now):
-            for req in d.take_all(now):  # every backend drained or removed: fail fast, don't wait
+        if d.queued:
+            for req in d.take_stranded(now):  # no backend of its pool left (drained, removed): fail fast
                 fut = req.shell_data
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     fut.set_result(_NO_BACKEND)
@@ -496,6 +502,8 @@ class Gateway:
             tpot.observe(out.tpot)
         if out.response_id is not None and out.status == 200:
             self.routes.owned(out.response_id, out.backend)
+        if out.model is not None:
+            self.metrics.by_model(out.model, out.status, out.ttft if out.stream else None, out.e2e)
         if out.recorded is not None:
             req, cls, priority = out.recorded
             self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
@@ -514,14 +522,20 @@ class Gateway:
             parsed = parse_body(r.body, endpoint)
             raw, out.response_id = self.routes.prepare(parsed, endpoint, r.body)
         except BadRequest as e:
-            return self._err(conn, e.status, e.message, param=e.param)
+            return self._bad(conn, e)
         out.stream = parsed.stream
         d = self.dispatcher
+        try:
+            pool = d.resolve(parsed.body.get("model"))  # the model's pool: its queue and router (gateway/pools.py)
+        except BadRequest as e:
+            return self._bad(conn, e)
+        out.model = pool.label
         t_arr = out.arrival
-        if not d.any_usable(t_arr):
+        if not pool.d.any_usable(t_arr):
             return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
         req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
-                            self._hash_blocks)
+                            self._hash_blocks or pool.uses_index)
+        d.assign(req, pool)
         if self.recorder is not None:
             out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
         pinned = self.routes.pin(req, parsed, endpoint, t_arr)  # a Responses follow-up: where its history is
@@ -639,18 +653,72 @@ class Gateway:
         return status, json.dumps(obj).encode(), _JSON
 
     async def _models(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
-        now = self.now()
-        for b in self.dispatcher.live():
-            if b.draining or not b.breaker.available(now):
-                continue
-            try:
-                async with self._probe.get(b.url + "/v1/models") as resp:  # type: ignore[union-attr]
-                    if resp.status == 200:
-                        return 200, await resp.read(), _JSON
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                continue
-        data = [{"id": self.cfg.model_name, "object": "model", "owned_by": "llmsched"}] if self.cfg.model_name else []
+        """The union of the models the backends serve (vLLM's cards; adapters with `parent`)."""
+        data = self.dispatcher.model_cards()
+        if not data and self.cfg.model_name:
+            data = [{"id": self.cfg.model_name, "object": "model", "owned_by": "llmsched"}]
         return self._json({"object": "list", "data": data})
+
+    async def _discover_one(self, i: int) -> None:
+        """Read backend `i`'s /v1/models into its pools (kept as it was when the backend does not answer)."""
+        b = self.dispatcher.backends[i]
+        if b.removed or self.dispatcher.pinned(b.url):
+            return
+        try:
+            async with self._probe.get(b.url + "/v1/models") as resp:  # type: ignore[union-attr]
+                raw = await resp.read()
+                cards = parse_model_list(raw) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return
+        if self.dispatcher.set_models(i, cards):
+            log.info("backend %s serves %s", b.url, ", ".join(sorted(b.models)) if b.models else "unknown models")
+
+    async def _discover_all(self, only_new: bool = False) -> None:
+        """Read every live backend's /v1/models (`only_new`: those that never answered one)."""
+        if not only_new:
+            self._discovered = time.monotonic()
+        todo = [b.index for b in self.dispatcher.live() if not (only_new and b.probed)]
+        await asyncio.gather(*(self._discover_one(i) for i in todo), return_exceptions=True)
+        self._pump()  # a request may have a backend now, or none any more
+
+    async def _lora_admin(self, r: HttpRequest, path: str) -> tuple[int, bytes, bytes]:
+        """vLLM's runtime adapter loading, forwarded to every live backend (`?model=BASE`: only those serving
+        BASE); the backends' model lists are read again at once, so the adapter's pool forms (or goes)."""
+        if self._admin_keys and r.headers.get("authorization") not in self._admin_keys:
+            raise BadRequest("missing or invalid admin API key", status=401, code="authentication_error")
+        base = r.query.get("model")
+        targets = [b for b in self.dispatcher.live()
+                   if not b.draining and (base is None or (b.models is not None and base in b.models))]
+        if not targets:
+            raise BadRequest("no backend to forward to" + (f" serving {base}" if base else ""), "model", 404)
+        results: list[tuple[str, int, bytes]] = []
+
+        async def one(url: str) -> None:
+            try:
+                async with self._probe.post(url + path, data=r.body,  # type: ignore[union-attr]
+                                            headers={"Content-Type": "application/json"}) as resp:
+                    results.append((url, resp.status, await resp.read()))
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                results.append((url, 502, str(e).encode()))
+
+        await asyncio.gather(*(one(b.url) for b in targets))
+        await self._discover_all()
+        failed = [(u, s, body) for u, s, body in results if s >= 300]
+        if not failed:
+            return 200, results[0][2], b"text/plain; charset=utf-8"
+        detail = "; ".join(f"{u}: HTTP {s} {body[:200].decode(errors='replace')}" for u, s, body in failed)
+        ok = [u for u, s, _ in results if s < 300]
+        msg = f"{len(failed)} of {len(results)} backends failed ({detail})" + (f"; succeeded: {', '.join(ok)}" if ok
+                                                                              else "")
+        status = failed[0][1] if 400 <= failed[0][1] < 600 else 502
+        return status, error_body(msg, "invalid_request_error" if status < 500 else "upstream_error", None, status), \
+            _JSON
+
+    async def _load_lora(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return await self._lora_admin(r, "/v1/load_lora_adapter")
+
+    async def _unload_lora(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
+        return await self._lora_admin(r, "/v1/unload_lora_adapter")
 
     async def _health(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         now = self.now()
@@ -686,6 +754,7 @@ class Gateway:
 
     async def _admin_add(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         b = self.dispatcher.add_backend(self._admin_url(r), self.now())
+        await self._discover_one(b.index)
         task = asyncio.create_task(self._scrape_one(b.index))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -732,7 +801,7 @@ class Gateway:
                 async with probe.get(b.url + "/metrics") as r:
                     if r.status == 200:
                         text = await r.text()
-                        snap = snapshot_from_metrics(parse_vllm_metrics(text), i, self.now())
+                        snap = with_lora(snapshot_from_metrics(parse_vllm_metrics(text), i, self.now()), text)
                         self.dispatcher.scraped(i, snap, self.now())
                         return
             except (MetricsParseError, UnicodeDecodeError) as e:
@@ -754,6 +823,12 @@ class Gateway:
                 live = [b.index for b in self.dispatcher.live()]
                 if live:
                     await asyncio.gather(*(self._scrape_one(i) for i in live), return_exceptions=True)
+                if self._discovery is None or self._discovery.done():
+                    # In the background (a slow /v1/models must not delay scrapes): all backends every
+                    # discovery_interval, and at once those that never answered (e.g. down at start, now up).
+                    due = time.monotonic() - self._discovered >= self.cfg.discovery_interval
+                    if due or any(not b.probed for b in self.dispatcher.live()):
+                        self._discovery = asyncio.create_task(self._discover_all(only_new=not due))
                 self._pump()  # breakers may have closed, snapshots changed: queued requests may go now
             except Exception:  # the loop is the gateway's heartbeat: log and carry on
                 log.exception("scrape loop iteration failed")
