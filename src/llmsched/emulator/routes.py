@@ -162,7 +162,8 @@ class ExtraRoutes:
 
     @staticmethod
     def _usage(n: int) -> dict[str, Any]:
-        return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None}
+        return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None,
+                "completion_tokens_details": None}
 
     # -- pooling routes ----------------------------------------------------------------------------------
     async def embeddings(self, request: web.Request) -> web.Response:
@@ -188,7 +189,7 @@ class ExtraRoutes:
         body = await self._read_json(request)
         if not isinstance(body, Mapping):
             raise ApiError("The request body must be a JSON object.")
-        model = check_model(body, self.srv.limits)
+        check_model(body, self.srv.limits)
         given = [k for k in ("texts", "images", "inputs") if body.get(k) is not None]
         if len(given) != 1 or not isinstance(body[given[0]], list) or not body[given[0]]:
             raise ApiError("Exactly one of texts, images, or inputs must be provided, and it must be non-empty",
@@ -224,7 +225,7 @@ class ExtraRoutes:
         return json_response({"id": f"embd-{srv._id_prefix}{srv._next_rid:08x}", "embeddings": out, "texts": texts,
                       "meta": {"api_version": {"version": "2"},
                                "billed_units": {"input_tokens": sum(map(len, prompts))}},
-                      "response_type": "embeddings_by_type", "model": model})
+                      "response_type": "embeddings_by_type"})
 
     async def classify(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
@@ -296,7 +297,7 @@ class ExtraRoutes:
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
             raise ApiError("top_n must be an integer >= 0.", param="top_n")
         model, docs, prompts = await self._pairs(body, ("query", "documents"))
-        results = sorted(({"index": k, "document": {"text": d}, "relevance_score": _score(p)}
+        results = sorted(({"index": k, "document": {"text": d, "multi_modal": None}, "relevance_score": _score(p)}
                           for k, (d, p) in enumerate(zip(docs, prompts, strict=True))),
                          key=lambda x: -x["relevance_score"])
         n = sum(map(len, prompts))
@@ -361,7 +362,7 @@ class ExtraRoutes:
             raise ApiError("request_id must be a string.", param="request_id")
         msgs = self._messages(body)
         g = self._gen(model, msgs, body, "max_output_tokens", "input")
-        w = _ResponseState(rid, model, body, g.max_tokens, msgs, self._store)
+        w = _ResponseState(rid, model, body, g.max_tokens, msgs, self._store, srv.config.block_size)
         return await events.run(srv, request, g, srv._make_request(g), w)
 
     def _gen(self, model: str, msgs: list[dict[str, Any]], body: Mapping[str, Any], max_key: str,
@@ -411,12 +412,11 @@ class ExtraRoutes:
         choices = []
         for k, (g, st) in enumerate(zip(gens, streams, strict=True)):
             text = tok.decode(tok.generated_ids(hash((srv.seed, tuple(g.prompt_ids))), 0, st.generated))
-            choices.append({"index": k, "message": {"role": "assistant", "content": text, "tool_calls": []},
-                            "logprobs": None, "finish_reason": st.finish_reason, "stop_reason": None})
+            choices.append(wire.chat_choice(k, text, st.finish_reason))
         use = wire.usage(sum(q.prompt_len for q in reqs), sum(st.generated for st in streams),
                          sum(q.num_cached for q in reqs))
         base = self._base("chatcmpl", gens[0].model)
-        return json_response({**base, "object": "chat.completion", "choices": choices, "usage": use})
+        return json_response(wire.chat_body_of(base["id"], base["created"], base["model"], choices, use))
 
     async def invocations(self, request: web.Request) -> web.StreamResponse:
         """SageMaker's route: the body is served as the first route whose request it fits (vLLM's order)."""
@@ -497,8 +497,10 @@ class _ResponseState(events.Events):
     """One Responses answer: its object at each stage and its SSE events (vLLM's sequence, numbered)."""
 
     def __init__(self, rid: str, model: str, body: Mapping[str, Any], max_tokens: int, msgs: list[dict[str, Any]],
-                 store: Callable[[Mapping[str, Any], str, dict[str, Any], list[dict[str, Any]], str], None]) -> None:
+                 store: Callable[[Mapping[str, Any], str, dict[str, Any], list[dict[str, Any]], str], None],
+                 block_size: int) -> None:
         self.rid = rid
+        self.block_size = block_size
         self.msgs = msgs
         self.store = store
         self.model = model
@@ -511,13 +513,19 @@ class _ResponseState(events.Events):
     def _obj(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
         b = self.body
         return {
-            "id": self.rid, "object": "response", "created_at": self.created, "model": self.model, "status": status,
+            "id": self.rid, "object": "response", "created_at": self.created, "model": self.model,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "error": None, "instructions": b.get("instructions"), "metadata": b.get("metadata"), "output": output,
+            "instructions": b.get("instructions"), "metadata": b.get("metadata"), "output": output,
             "parallel_tool_calls": True, "temperature": b.get("temperature", 1.0), "tool_choice": "auto",
             "tools": [], "top_p": b.get("top_p", 1.0), "background": False, "max_output_tokens": self.max_tokens,
-            "previous_response_id": b.get("previous_response_id"), "reasoning": None, "service_tier": "auto",
-            "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": usage, "user": b.get("user"),
+            "max_tool_calls": None, "previous_response_id": b.get("previous_response_id"), "prompt": None,
+            "prompt_cache_options": None, "prompt_cache_key": b.get("prompt_cache_key"),
+            "prompt_cache_retention": None, "reasoning": None, "safety_identifier": None, "service_tier": "auto",
+            "status": status, "text": {"format": {"type": "text"}, "verbosity": None}, "top_logprobs": None,
+            "truncation": "disabled", "usage": usage, "user": b.get("user"),
+            # vLLM sends the sampling parameters it used: 0.0 penalties unless asked for
+            "presence_penalty": b.get("presence_penalty") or 0.0, "frequency_penalty": b.get("frequency_penalty") or 0.0,
+            "kv_transfer_params": None, "ec_transfer_params": None, "input_messages": None, "output_messages": None,
         }
 
     def in_progress(self) -> dict[str, Any]:
@@ -526,12 +534,21 @@ class _ResponseState(events.Events):
     def _message(self, text: str, status: str) -> dict[str, Any]:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         return {"id": self.item_id, "type": "message", "role": "assistant", "status": status,
-                "content": [part] if status == "completed" else []}
+                "content": [part] if status == "completed" else [], "phase": None}
 
     def whole(self, text: str, req: Request, n: int, finish_reason: str | None = "length") -> dict[str, Any]:
         # Generation runs to max_output_tokens ("length"): vLLM reports the response as incomplete.
-        usage = {"input_tokens": req.prompt_len, "input_tokens_details": {"cached_tokens": req.num_cached},
-                 "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0},
+        # cache_write_tokens: the prompt's full blocks written to the prefix cache beyond those it hit (vLLM's
+        # num_cache_creation_tokens); one turn (no tools).
+        full = req.prompt_len // self.block_size * self.block_size
+        usage = {"input_tokens": req.prompt_len,
+                 "input_tokens_details": {"cached_tokens": req.num_cached,
+                                          "cache_write_tokens": max(0, full - req.num_cached),
+                                          "input_tokens_per_turn": [req.prompt_len],
+                                          "cached_tokens_per_turn": [req.num_cached]},
+                 "output_tokens": n,
+                 "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
+                                           "output_tokens_per_turn": [n], "tool_output_tokens_per_turn": [0]},
                  "total_tokens": req.prompt_len + n}
         obj = self._obj("incomplete", [self._message(text, "completed")], usage)
         self.store(self.body, self.rid, obj, self.msgs, text)

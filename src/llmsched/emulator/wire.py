@@ -10,6 +10,7 @@ reason; with `stream_options.include_usage` one more chunk with empty `choices` 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 _SENTINEL = "\x00llmsched-text\x00"
@@ -21,8 +22,18 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "created_cache_tokens": None,
+                                  "multimodal_tokens": None},
+        "completion_tokens_details": None,
     }
+
+
+# The fields vLLM 0.33 sends with every non-streamed completion / chat answer (it dumps its whole response
+# model), null here as in a plain vLLM deployment: no logprobs, KV transfer or metrics asked for.
+_BODY_NULLS = {"service_tier": None, "system_fingerprint": None, "kv_transfer_params": None,
+               "ec_transfer_params": None, "metrics": None}
+_CHOICE_NULLS = {"token_ids": None, "routed_experts": None, "weight_versions": None}
+_MESSAGE_NULLS = {"refusal": None, "annotations": None, "audio": None, "function_call": None, "reasoning": None}
 
 
 def completion_body(
@@ -34,31 +45,53 @@ def completion_body(
         "created": created,
         "model": model,
         "choices": [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
+            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
+             "prompt_logprobs": None, "prompt_token_ids": None, **_CHOICE_NULLS}
         ],
         "usage": use,
+        **_BODY_NULLS,
+    }
+
+
+def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text, "tool_calls": [], **_MESSAGE_NULLS},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+        "stop_reason": None,
+        **_CHOICE_NULLS,
     }
 
 
 def chat_body(
     rid: str, created: int, model: str, text: str, finish_reason: str | None, use: dict[str, Any]
 ) -> dict[str, Any]:
+    return chat_body_of(rid, created, model, [chat_choice(0, text, finish_reason)], use)
+
+
+def chat_body_of(rid: str, created: int, model: str, choices: list[dict[str, Any]],
+                 use: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-                "stop_reason": None,
-            }
-        ],
+        "choices": choices,
         "usage": use,
+        **_BODY_NULLS,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "prompt_text": None,
     }
+
+
+def permission(created: int) -> dict[str, Any]:
+    """The one permission entry vLLM lists with each model (its defaults)."""
+    return {"id": f"modelperm-{secrets.token_hex(16)}", "object": "model_permission", "created": created,
+            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
+            "group": None, "is_blocking": False}
 
 
 def _split(obj: dict[str, Any]) -> tuple[bytes, bytes]:

@@ -315,7 +315,7 @@ class Routes:
 
     # -- answered here -----------------------------------------------------------------------------------
     async def _version(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
-        return 200, _encode({"version": __version__, "server": "llmsched-gateway"}), _JSON
+        return 200, _encode({"version": __version__}), _JSON
 
     async def _liveness(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         return 200, _encode({"status": "alive"}), _JSON
