@@ -429,11 +429,11 @@ class ExtraRoutes:
         return await handler(request)  # the body is read again from aiohttp's cache
 
     # -- Anthropic Messages API (vLLM serves it next to OpenAI's) -----------------------------------------
-    def _anthropic(self, body: Any) -> tuple[str, list[dict[str, Any]]]:
-        """(model, chat messages) of a /v1/messages or count_tokens body: `system`, then `messages`."""
+    def _anthropic(self, body: Any) -> list[dict[str, Any]]:
+        """The chat messages of a /v1/messages or count_tokens body: `system`, then `messages`. Its errors are
+        request validation errors, OpenAI-shaped as vLLM answers them."""
         if not isinstance(body, Mapping):
             raise ApiError("The request body must be a JSON object.")
-        model = check_model(body, self.srv.limits)
         msgs = []
         system = body.get("system")
         if system is not None:
@@ -445,22 +445,32 @@ class ExtraRoutes:
             if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
                 raise ApiError(f"messages[{k}].role must be 'user' or 'assistant'.", param=f"messages[{k}].role")
             msgs.append({"role": m["role"], "content": _blocks_text(m.get("content"), f"messages[{k}].content")})
-        return model, msgs
+        return msgs
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_json(request)
-        model, msgs = self._anthropic(body)
+        msgs = self._anthropic(body)
         mt = body.get("max_tokens")
         if mt is None:
             raise ApiError("Field required: max_tokens.", param="max_tokens")
-        g = self._gen(model, msgs, body, "max_tokens", "messages")
         srv = self.srv
-        req = srv._make_request(g)
-        return await events.run(srv, request, g, req, _MessageState(f"msg_{srv._id_prefix}{req.rid:08x}", model))
+        try:  # the serving's errors in Anthropic's shape (vLLM translates them)
+            model = check_model(body, srv.limits)
+            g = self._gen(model, msgs, body, "max_tokens", "messages")
+            req = srv._make_request(g)
+            return await events.run(srv, request, g, req, _MessageState(f"msg_{srv._id_prefix}{req.rid:08x}", model))
+        except ApiError as e:
+            return anthropic_error(e)
 
     async def count_tokens(self, request: web.Request) -> web.Response:
-        _, msgs = self._anthropic(await self._read_json(request))
+        body = await self._read_json(request)
+        msgs = self._anthropic(body)
+        try:
+            check_model(body, self.srv.limits)
+        except ApiError as e:
+            return anthropic_error(e)
         tok = self.srv.tokenizer
+        # vLLM sends the answer without nulls: no context_management unless asked for
         return json_response({"input_tokens": tok.count(tok.apply_chat_template(msgs))})
 
     async def get_response(self, request: web.Request) -> web.Response:
@@ -474,6 +484,17 @@ class ExtraRoutes:
         if rid not in self.stored:
             raise ApiError(f"Response with id '{rid}' not found.", 404, "response_id", err_type="invalid_request_error")
         raise ApiError("Cannot cancel a synchronous response.", 400, "response_id", err_type="invalid_request_error")
+
+
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                          503: "overloaded_error"}
+
+
+def anthropic_error(e: ApiError) -> web.Response:
+    """An error of the Messages API's serving as vLLM answers it: Anthropic's shape and error types."""
+    kind = _ANTHROPIC_ERROR_TYPES.get(e.status, "api_error" if e.status >= 500 else "invalid_request_error")
+    return json_response({"type": "error", "error": {"type": kind, "message": e.message}}, e.status)
 
 
 def _blocks_text(content: Any, where: str) -> str:
@@ -578,7 +599,7 @@ class _ResponseState(events.Events):
 
     def closing(self, text: str, req: Request, n: int) -> bytes:
         final = self.whole(text, req, n)
-        part = {"type": "output_text", "text": text, "annotations": []}
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": None}  # none asked for
         return (self.event("response.output_text.done", output_index=0, content_index=0, text=text, logprobs=[],
                            item_id=self.item_id)
                 + self.event("response.content_part.done", item_id=self.item_id, output_index=0, content_index=0,
@@ -603,8 +624,9 @@ class _MessageState(events.Events):
         return f"event: {kind}\ndata: {wire.dumps({'type': kind, **fields})}\n\n".encode()
 
     def whole(self, text: str, req: Request, n: int, finish_reason: str | None) -> dict[str, Any]:
+        # vLLM leaves the null fields out of a whole answer (no stop_sequence)
         return {"id": self.mid, "type": "message", "role": "assistant", "content": [{"type": "text", "text": text}],
-                "model": self.model, "stop_reason": "max_tokens", "stop_sequence": None, "usage": self._usage(req, n)}
+                "model": self.model, "stop_reason": "max_tokens", "usage": self._usage(req, n)}
 
     def opening(self, req: Request) -> bytes:
         msg = {"id": self.mid, "type": "message", "role": "assistant", "content": [], "model": self.model,

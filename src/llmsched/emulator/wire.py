@@ -13,6 +13,14 @@ import json
 import secrets
 from typing import Any
 
+from llmsched.gateway.openai_req import (
+    CHAT_NULLS,
+    CHOICE_NULLS,
+    COMPLETION_CHOICE_NULLS,
+    COMPLETION_NULLS,
+    MESSAGE_NULLS,
+)
+
 _SENTINEL = "\x00llmsched-text\x00"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -28,13 +36,6 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     }
 
 
-# The fields vLLM 0.33 sends with every non-streamed completion / chat answer (it dumps its whole response
-# model), null here as in a plain vLLM deployment: no logprobs, KV transfer or metrics asked for.
-_BODY_NULLS = {"service_tier": None, "system_fingerprint": None, "kv_transfer_params": None,
-               "ec_transfer_params": None, "metrics": None}
-_CHOICE_NULLS = {"token_ids": None, "routed_experts": None, "weight_versions": None}
-_MESSAGE_NULLS = {"refusal": None, "annotations": None, "audio": None, "function_call": None, "reasoning": None}
-
 
 def completion_body(
     rid: str, created: int, model: str, text: str, finish_reason: str | None, use: dict[str, Any]
@@ -46,21 +47,21 @@ def completion_body(
         "model": model,
         "choices": [
             {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
-             "prompt_logprobs": None, "prompt_token_ids": None, **_CHOICE_NULLS}
+             **COMPLETION_CHOICE_NULLS}
         ],
         "usage": use,
-        **_BODY_NULLS,
+        **COMPLETION_NULLS,
     }
 
 
 def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
     return {
         "index": index,
-        "message": {"role": "assistant", "content": text, "tool_calls": [], **_MESSAGE_NULLS},
+        "message": {"role": "assistant", "content": text, **MESSAGE_NULLS},  # vLLM drops an empty tool_calls
         "logprobs": None,
         "finish_reason": finish_reason,
         "stop_reason": None,
-        **_CHOICE_NULLS,
+        **CHOICE_NULLS,
     }
 
 
@@ -79,10 +80,7 @@ def chat_body_of(rid: str, created: int, model: str, choices: list[dict[str, Any
         "model": model,
         "choices": choices,
         "usage": use,
-        **_BODY_NULLS,
-        "prompt_logprobs": None,
-        "prompt_token_ids": None,
-        "prompt_text": None,
+        **CHAT_NULLS,
     }
 
 

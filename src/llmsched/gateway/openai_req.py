@@ -51,6 +51,17 @@ class BadRequest(ValueError):
         self.code = code
 
 
+# The fields vLLM 0.33 sends with every non-streamed completion / chat answer (it dumps its whole response
+# model), null in a plain deployment (no logprobs, KV transfer or per-request metrics asked for). The emulator
+# answers with them, the gateway adds them to the answers it assembles from streams.
+COMPLETION_NULLS = {"service_tier": None, "system_fingerprint": None, "kv_transfer_params": None,
+                    "ec_transfer_params": None, "metrics": None}
+CHAT_NULLS = {**COMPLETION_NULLS, "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None}
+CHOICE_NULLS = {"token_ids": None, "routed_experts": None, "weight_versions": None}
+COMPLETION_CHOICE_NULLS = {**CHOICE_NULLS, "prompt_logprobs": None, "prompt_token_ids": None}
+MESSAGE_NULLS = {"refusal": None, "annotations": None, "audio": None, "function_call": None, "reasoning": None}
+
+
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | int | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()

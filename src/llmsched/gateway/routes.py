@@ -132,9 +132,9 @@ def assemble_message(data: bytes) -> tuple[int, bytes, int | None]:
     for obj in _events(data):
         kind = obj.get("type")
         if kind == "error":
-            err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-            return 502, error_body(str(err.get("message") or "upstream error"), str(err.get("type") or
-                                                                                    "upstream_error")), None
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else {}  # Anthropic's shape, as vLLM's
+            return 502, _encode({"type": "error", "error": {"type": str(err.get("type") or "api_error"),
+                                                            "message": str(err.get("message") or "upstream error")}}), None
         if kind == "message_start":
             msg = dict(obj["message"])
         elif kind == "content_block_delta" and isinstance(obj.get("delta"), dict):
@@ -150,7 +150,16 @@ def assemble_message(data: bytes) -> tuple[int, bytes, int | None]:
     msg["content"] = [{"type": "text", "text": "".join(texts[k])} for k in sorted(texts)]
     usage = msg.get("usage")
     tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
-    return 200, _encode(msg), tokens if isinstance(tokens, int) else None
+    return 200, _encode(_no_nulls(msg)), tokens if isinstance(tokens, int) else None
+
+
+def _no_nulls(obj: Any) -> Any:
+    """`obj` without its null fields, at every depth: vLLM sends a whole Messages answer so (exclude_none)."""
+    if isinstance(obj, dict):
+        return {k: _no_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_no_nulls(v) for v in obj]
+    return obj
 
 
 def assemble_other(endpoint: str, data: bytes) -> tuple[int, bytes, int | None]:
