@@ -75,6 +75,8 @@ from vllm.entrypoints.serve.tokenize.protocol import (  # noqa: E402
     TokenizeResponse,
 )
 
+from llmsched.gateway.server import assemble  # noqa: E402
+
 # -- checking a body against a vLLM model --------------------------------------------------------------------
 
 
@@ -158,6 +160,14 @@ async def env() -> AsyncIterator[Env]:
         yield s, url
 
 
+@pytest_asyncio.fixture
+async def emulator() -> AsyncIterator[Env]:
+    """An emulator's own URL (the gateway re-assembles non-streamed completions and chat from streams; its
+    own answers are checked here)."""
+    async with gateway(1) as (_, _, _, urls), aiohttp.ClientSession() as s:
+        yield s, urls[0]
+
+
 async def post(s: aiohttp.ClientSession, url: str, body: Any, request_model: Any = None,
                method: str = "POST") -> tuple[int, bytes]:
     if request_model is not None:
@@ -198,6 +208,41 @@ async def test_completions_and_chat(env: Env) -> None:
         assert st == 200 and events[-1] == (None, "[DONE]") and len(events) >= 7
         for _, ev in events[:-1]:
             check(chunk, ev, dump=None)  # vLLM leaves unset fields out of chunks (exclude_unset)
+
+
+async def test_emulator_answers_unassembled(emulator: Env) -> None:
+    s, url = emulator
+    await call(s, url + "/v1/completions", {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4},
+               CompletionRequest, CompletionResponse)
+    await call(s, url + "/v1/chat/completions", {"model": MODEL, "messages": MSGS, "max_completion_tokens": 3},
+               ChatCompletionRequest, ChatCompletionResponse)
+    # SageMaker's /invocations answers as the route the body is served as
+    await call(s, url + "/invocations", {"messages": MSGS, "max_completion_tokens": 2}, ChatCompletionRequest,
+               ChatCompletionResponse)
+    await call(s, url + "/invocations", {"input": "embed me"}, EmbeddingCompletionRequest, EmbeddingResponse)
+    await call(s, url + "/invocations", {"query": "q", "documents": ["a", "b"]}, RerankRequest, RerankResponse)
+
+
+def test_gateway_assembles_chat_with_vllms_reasoning_field() -> None:
+    """vLLM 0.33 streams reasoning as `delta.reasoning`; the assembled answer carries it as `message.reasoning`."""
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                                       "model": MODEL, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                    "finish_reason": finish}]}).encode() + b"\n\n"
+    usage = {"prompt_tokens": 3, "total_tokens": 5, "completion_tokens": 2, "prompt_tokens_details": None,
+             "completion_tokens_details": None}
+    data = (chunk({"role": "assistant", "content": ""}) + chunk({"reasoning": "think"}) + chunk({"content": "ok"})
+            + chunk({"content": "!"}, "stop")
+            + b"data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                                      "model": MODEL, "choices": [], "usage": usage}).encode() + b"\n\n"
+            + b"data: [DONE]\n\n")
+    for _, ev in sse(data)[:-1]:
+        check(ChatCompletionStreamResponse, ev, dump=None)
+    st, body, tokens = assemble(data, chat=True)
+    r = check(ChatCompletionResponse, json.loads(body))
+    assert (st, tokens) == (200, 2)
+    msg = r.choices[0].message  # type: ignore[attr-defined]
+    assert (msg.content, msg.reasoning, r.choices[0].finish_reason) == ("ok!", "think", "stop")  # type: ignore[attr-defined]
 
 
 async def test_pooling_scoring_reranking(env: Env) -> None:
