@@ -43,6 +43,7 @@ from vllm.entrypoints.openai.completion.protocol import (  # noqa: E402
     CompletionResponse,
     CompletionStreamResponse,
 )
+from vllm.entrypoints.openai.decisions.protocol import DecisionRequest, DecisionResponse  # noqa: E402
 from vllm.entrypoints.openai.responses.protocol import (  # noqa: E402
     ResponsesRequest,
     ResponsesResponse,
@@ -266,6 +267,14 @@ async def test_pooling_scoring_reranking(env: Env) -> None:
     for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
         await call(s, url + path, {"model": MODEL, "query": "which doc", "documents": ["doc one", "two", "3"],
                                    "top_n": 2}, RerankRequest, RerankResponse)
+    questions = [{"type": "predicate", "instructions": "Is it about the weather?"},
+                 {"type": "choice", "name": "mood", "instructions": "The mood?",
+                  "choices": [{"value": "happy"}, {"value": "sad", "description": "down"}, {"value": True}]},
+                 {"type": "score", "instructions": "How formal?", "levels": [{"label": "low"}, {"label": "high"}]}]
+    for inp in ("It rains today.", [{"role": "user", "content": [{"type": "input_text", "text": "It rains."}]}]):
+        d = await call(s, url + "/v1/decisions", {"model": MODEL, "input": inp, "questions": questions},
+                       DecisionRequest, DecisionResponse)
+        assert [a["type"] for a in d["answers"]] == ["predicate", "choice", "score"] and d["answers"][1]["name"] == "mood"
     await call(s, url + "/generative_scoring", {"model": MODEL, "query": [5, 6, 7], "items": [[8, 9], [10]],
                                                 "label_token_ids": [1, 2]},
                GenerativeScoringRequest, GenerativeScoringResponse)

@@ -25,7 +25,17 @@ from llmsched.emulator import events, wire
 from llmsched.emulator.events import json_response
 from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, parse_chat, prompt_ids
 from llmsched.emulator.stream import TokenStream
-from llmsched.gateway.openai_req import CHAT, COMPLETIONS, RERANK, SCORE, invocation_route, is_token_ids
+from llmsched.gateway.openai_req import (
+    CHAT,
+    COMPLETIONS,
+    DECISIONS,
+    RERANK,
+    SCORE,
+    BadRequest,
+    decision_parts,
+    invocation_route,
+    is_token_ids,
+)
 
 if TYPE_CHECKING:
     from llmsched.core.types import Request
@@ -84,6 +94,7 @@ class ExtraRoutes:
         for p in RERANK_PATHS:
             r.add_post(p, self.rerank)
         r.add_post("/generative_scoring", self.generative_scoring)
+        r.add_post(DECISIONS, self.decisions)
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{rid}", self.get_response)
         r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
@@ -317,6 +328,48 @@ class ExtraRoutes:
         return json_response({**self._base("gen-score", model), "data": data,
                               "usage": self._usage(sum(map(len, prompts)))})
 
+    async def decisions(self, request: web.Request) -> web.Response:
+        """vLLM's /v1/decisions: each question one read (input + the question's prompt, one output token, the
+        label probabilities), all reads together. Probabilities are synthetic, drawn from the read's token ids."""
+        body = await self._read_json(request)
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        try:
+            text, qs = decision_parts(dict(body))
+        except BadRequest as e:
+            raise ApiError(e.message, param=e.param) from None
+        model = check_model(body, self.srv.limits)
+        tok = self.srv.tokenizer
+        prompts = [tok.encode(f"{text}\n\n{q['instructions']}") for q in qs]
+        cached = await self._prefill(prompts, body)
+        answers = []
+        for q, p in zip(qs, prompts, strict=True):
+            name = q.get("name")
+            if q["type"] == "predicate":
+                answers.append({"type": "predicate", "name": name, "probability": _score(p)})
+                continue
+            options = q["choices"] if q["type"] == "choice" else q["levels"]
+            probs = np.random.default_rng(_seed_of(p)).dirichlet(np.ones(len(options))).tolist()
+            top = int(np.argmax(probs))
+            if q["type"] == "choice":
+                answers.append({"type": "choice", "name": name, "choice": options[top]["value"],
+                                "probabilities": [{"value": o["value"], "probability": pr}
+                                                  for o, pr in zip(options, probs, strict=True)],
+                                "confidence": probs[top]})
+            else:
+                answers.append({"type": "score", "name": name, "score": sum(i * pr for i, pr in enumerate(probs)),
+                                "probabilities": [{"value": i, "label": o["label"], "probability": pr}
+                                                  for i, (o, pr) in enumerate(zip(options, probs, strict=True))],
+                                "confidence": probs[top]})
+        n_in, bs = sum(map(len, prompts)), self.srv.config.block_size
+        usage = {"input_tokens": n_in, "output_tokens": len(qs), "total_tokens": n_in + len(qs),
+                 "input_tokens_details": {
+                     "cached_tokens": sum(cached),
+                     "cache_write_tokens": sum(cache_writes(len(p), c, bs) for p, c in zip(prompts, cached,
+                                                                                           strict=True))},
+                 "output_tokens_details": {"reasoning_tokens": 0}}
+        return json_response({"model": model, "answers": answers, "usage": usage})
+
     # -- Responses API -----------------------------------------------------------------------------------
     def _messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The conversation of a Responses request: the stored one of `previous_response_id`, instructions,
@@ -497,6 +550,12 @@ def anthropic_error(e: ApiError) -> web.Response:
     return json_response({"type": "error", "error": {"type": kind, "message": e.message}}, e.status)
 
 
+def cache_writes(prompt_len: int, cached: int, block_size: int) -> int:
+    """The prompt tokens a request writes to the prefix cache: its full blocks beyond those it hit (vLLM's
+    num_cache_creation_tokens)."""
+    return max(0, prompt_len // block_size * block_size - cached)
+
+
 def _blocks_text(content: Any, where: str) -> str:
     """Text of an Anthropic content value: a string or a list of blocks (text, tool_result with its content)."""
     if isinstance(content, str):
@@ -559,12 +618,10 @@ class _ResponseState(events.Events):
 
     def whole(self, text: str, req: Request, n: int, finish_reason: str | None = "length") -> dict[str, Any]:
         # Generation runs to max_output_tokens ("length"): vLLM reports the response as incomplete.
-        # cache_write_tokens: the prompt's full blocks written to the prefix cache beyond those it hit (vLLM's
-        # num_cache_creation_tokens); one turn (no tools).
-        full = req.prompt_len // self.block_size * self.block_size
         usage = {"input_tokens": req.prompt_len,
                  "input_tokens_details": {"cached_tokens": req.num_cached,
-                                          "cache_write_tokens": max(0, full - req.num_cached),
+                                          "cache_write_tokens": cache_writes(req.prompt_len, req.num_cached,
+                                                                             self.block_size),
                                           "input_tokens_per_turn": [req.prompt_len],
                                           "cached_tokens_per_turn": [req.num_cached]},
                  "output_tokens": n,

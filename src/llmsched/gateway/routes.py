@@ -3,10 +3,11 @@ is routed (docs/gateway.md, "Routes").
 
 Four kinds:
 - **admitted** (`ADMITTED`): completions, chat (and its batch), Responses, Anthropic Messages, SageMaker
-  invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring and reranking go
-  through the admission queue and the router like completions; their cost estimate is the prompt (a
-  cross-encoder's score/rerank: every (query, document) pair) and the output tokens asked for (1 for the pooling
-  routes: one forward pass, the pooled result at the end of the prefill). `gateway.server` proxies them.
+  invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring, reranking and
+  decisions go through the admission queue and the router like completions; their cost estimate is the prompt (a
+  cross-encoder's score/rerank: every (query, document) pair; decisions: the input with each question) and the
+  output tokens asked for (1 for the pooling routes: one forward pass, the pooled result at the end of the
+  prefill; one a question for decisions). `gateway.server` proxies them.
 - **any backend** (`ANY_BACKEND`): tokenisation, prompt rendering and token counting run on a backend's API
   server, not its engine: any healthy backend serving the named model answers, no routing state is charged.
 - **response id** (`/v1/responses/{id}`, `/v1/responses/{id}/cancel`): a stored response lives in the memory
@@ -38,6 +39,7 @@ from llmsched.gateway.openai_req import (
     CHAT,
     CHAT_BATCH,
     COMPLETIONS,
+    DECISIONS,
     INVOCATIONS,
     MESSAGES,
     POOLING_ROUTES,
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
 
-ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, *POOLING_ROUTES))
+ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, DECISIONS, *POOLING_ROUTES))
 ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render",
                "/v1/messages/count_tokens")
 RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
