@@ -128,7 +128,13 @@ async def test_scoring_reranking_classify_pooling_are_routed(env: Env) -> None:
     assert st == 200 and [a["type"] for a in de["answers"]] == ["predicate", "score"], de
     assert abs(sum(p["probability"] for p in de["answers"][1]["probabilities"]) - 1) < 1e-9
     assert de["usage"]["output_tokens"] == 2  # one read (one output token) a question
-    assert _served(gw) == 10 and gw.dispatcher.in_flight == 0  # each through admission and the router
+    st, so = await _call(s, "POST", url + "/v1/systemone", {
+        "model": MODEL, "state": "It rains.", "questions": {"wet": {"type": "noul", "instructions": "Wet?"},
+                                                            "lvl": {"type": "score", "criteria": ["dry", "wet"]}}})
+    assert st == 200 and so["answers"]["wet"]["type"] == "noul" and so["answers"]["lvl"]["legend"] == {"0": "dry",
+                                                                                                       "1": "wet"}
+    assert so["usage"]["output_tokens"] == 2 and set(so["diagnostics"]) == {"wet", "lvl"}
+    assert _served(gw) == 11 and gw.dispatcher.in_flight == 0  # each through admission and the router
 
 
 async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
@@ -250,6 +256,10 @@ async def test_error_paths(env: Env) -> None:
            ("/v1/decisions", {"model": MODEL, "input": "x", "questions": [{"type": "choice", "instructions": "?",
                                                                            "choices": [{"value": "a"}]}]},
             "questions[0].choices"),
+           ("/v1/systemone", {"model": MODEL, "questions": {"a": {"type": "noul"}}}, "state"),
+           ("/v1/systemone", {"model": MODEL, "state": "s", "questions": {"a": {"type": "choice", "criteria": []}}},
+            "questions.a.criteria"),
+           ("/v1/systemone", {"model": MODEL, "state": "s", "questions": {"a": {"type": "rank"}}}, "questions.a"),
            ("/v1/responses", {"model": MODEL, "input": 5}, "input"),
            ("/v1/responses", {"model": MODEL, "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
            ("/v1/responses", {"model": MODEL, "input": "x", "request_id": 7}, "request_id"),

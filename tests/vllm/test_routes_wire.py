@@ -32,6 +32,10 @@ from vllm.entrypoints.generate.generative_scoring.serving import (  # noqa: E402
     GenerativeScoringRequest,
     GenerativeScoringResponse,
 )
+from vllm.entrypoints.generate.structured_decisions.protocol import (  # noqa: E402
+    StructuredDecisionRequest,
+    StructuredDecisionResponse,
+)
 from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
     BatchChatCompletionRequest,
     ChatCompletionRequest,
@@ -275,6 +279,13 @@ async def test_pooling_scoring_reranking(env: Env) -> None:
         d = await call(s, url + "/v1/decisions", {"model": MODEL, "input": inp, "questions": questions},
                        DecisionRequest, DecisionResponse)
         assert [a["type"] for a in d["answers"]] == ["predicate", "choice", "score"] and d["answers"][1]["name"] == "mood"
+    sys1 = {"model": MODEL, "instructions": "You read tickets.", "state": {"ticket": "It broke", "prio": 2},
+            "questions": {"area": {"type": "choice", "instructions": "Which area?",
+                                   "criteria": {"billing": None, "hardware": "devices"}},
+                          "urgent": {"type": "noul", "instructions": "Urgent?", "criteria": {"true": "now"}},
+                          "tone": {"type": "score", "instructions": "How angry?", "criteria": ["calm", "angry"]}}}
+    d1 = await call(s, url + "/v1/systemone", sys1, StructuredDecisionRequest, StructuredDecisionResponse)
+    assert [d1["answers"][q]["type"] for q in ("area", "urgent", "tone")] == ["choice", "noul", "score"]
     await call(s, url + "/generative_scoring", {"model": MODEL, "query": [5, 6, 7], "items": [[8, 9], [10]],
                                                 "label_token_ids": [1, 2]},
                GenerativeScoringRequest, GenerativeScoringResponse)

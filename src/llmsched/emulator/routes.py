@@ -31,10 +31,12 @@ from llmsched.gateway.openai_req import (
     DECISIONS,
     RERANK,
     SCORE,
+    SYSTEMONE,
     BadRequest,
     decision_parts,
     invocation_route,
     is_token_ids,
+    systemone_parts,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +61,11 @@ def _vector(ids: list[int], dim: int) -> np.ndarray:
 
 def _score(ids: list[int]) -> float:
     return float(np.random.default_rng(_seed_of(ids)).random())
+
+
+def _label_probs(ids: list[int], n: int) -> list[float]:
+    """Synthetic probabilities of `n` labels after a read of `ids` (they sum to 1)."""
+    return np.random.default_rng(_seed_of(ids)).dirichlet(np.ones(n)).tolist()
 
 
 def _token_ids(ids: list[int], vocab: int, param: str) -> list[int]:
@@ -95,6 +102,7 @@ class ExtraRoutes:
             r.add_post(p, self.rerank)
         r.add_post("/generative_scoring", self.generative_scoring)
         r.add_post(DECISIONS, self.decisions)
+        r.add_post(SYSTEMONE, self.systemone)
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{rid}", self.get_response)
         r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
@@ -328,20 +336,30 @@ class ExtraRoutes:
         return json_response({**self._base("gen-score", model), "data": data,
                               "usage": self._usage(sum(map(len, prompts)))})
 
-    async def decisions(self, request: web.Request) -> web.Response:
-        """vLLM's /v1/decisions: each question one read (input + the question's prompt, one output token, the
-        label probabilities), all reads together. Probabilities are synthetic, drawn from the read's token ids."""
+    async def _reads(self, request: web.Request, parts: Callable[[dict[str, Any]], tuple[str, Any]]) -> tuple[
+            Mapping[str, Any], str, Any, list[list[int]], list[int]]:
+        """A decisions body's reads: (body, model, questions, token ids of each read, cached tokens of each), run
+        together, one output token each (the label probabilities)."""
         body = await self._read_json(request)
         if not isinstance(body, Mapping):
             raise ApiError("The request body must be a JSON object.")
         try:
-            text, qs = decision_parts(dict(body))
+            text, qs = parts(dict(body))
         except BadRequest as e:
             raise ApiError(e.message, param=e.param) from None
         model = check_model(body, self.srv.limits)
         tok = self.srv.tokenizer
-        prompts = [tok.encode(f"{text}\n\n{q['instructions']}") for q in qs]
-        cached = await self._prefill(prompts, body)
+        prompts = [tok.encode(f"{text}\n\n{q.get('instructions') or ''}")
+                   for q in (qs.values() if isinstance(qs, dict) else qs)]
+        return body, model, qs, prompts, await self._prefill(prompts, body)
+
+    def _cache_writes(self, prompts: list[list[int]], cached: list[int]) -> int:
+        return sum(cache_writes(len(p), c, self.srv.config.block_size) for p, c in zip(prompts, cached, strict=True))
+
+    async def decisions(self, request: web.Request) -> web.Response:
+        """vLLM's /v1/decisions: each question one read (input + the question's prompt). Probabilities are
+        synthetic, drawn from the read's token ids."""
+        _, model, qs, prompts, cached = await self._reads(request, decision_parts)
         answers = []
         for q, p in zip(qs, prompts, strict=True):
             name = q.get("name")
@@ -349,7 +367,7 @@ class ExtraRoutes:
                 answers.append({"type": "predicate", "name": name, "probability": _score(p)})
                 continue
             options = q["choices"] if q["type"] == "choice" else q["levels"]
-            probs = np.random.default_rng(_seed_of(p)).dirichlet(np.ones(len(options))).tolist()
+            probs = _label_probs(p, len(options))
             top = int(np.argmax(probs))
             if q["type"] == "choice":
                 answers.append({"type": "choice", "name": name, "choice": options[top]["value"],
@@ -361,14 +379,40 @@ class ExtraRoutes:
                                 "probabilities": [{"value": i, "label": o["label"], "probability": pr}
                                                   for i, (o, pr) in enumerate(zip(options, probs, strict=True))],
                                 "confidence": probs[top]})
-        n_in, bs = sum(map(len, prompts)), self.srv.config.block_size
+        n_in = sum(map(len, prompts))
         usage = {"input_tokens": n_in, "output_tokens": len(qs), "total_tokens": n_in + len(qs),
-                 "input_tokens_details": {
-                     "cached_tokens": sum(cached),
-                     "cache_write_tokens": sum(cache_writes(len(p), c, bs) for p, c in zip(prompts, cached,
-                                                                                           strict=True))},
+                 "input_tokens_details": {"cached_tokens": sum(cached),
+                                          "cache_write_tokens": self._cache_writes(prompts, cached)},
                  "output_tokens_details": {"reasoning_tokens": 0}}
         return json_response({"model": model, "answers": answers, "usage": usage})
+
+    async def systemone(self, request: web.Request) -> web.Response:
+        """vLLM's /v1/systemone (structured decisions): questions by id (choice, noul, score), each one read of
+        the context, the state and the question. Synthetic probabilities; every label mass 1."""
+        body, model, qs, prompts, _ = await self._reads(request, systemone_parts)
+        answers: dict[str, dict[str, Any]] = {}
+        for (qid, q), p in zip(qs.items(), prompts, strict=True):
+            c = q.get("criteria")
+            names = list(c) if q["type"] == "choice" else ["yes", "no"] if q["type"] == "noul" else [str(x) for x in c]
+            probs = _label_probs(p, len(names))
+            top = int(np.argmax(probs))
+            if q["type"] == "choice":
+                a: dict[str, Any] = {"choice": names[top], "probabilities": dict(zip(names, probs, strict=True))}
+            elif q["type"] == "noul":
+                a = {"noul": probs[0], "probabilities": {"yes": probs[0], "no": probs[1]}}
+            else:
+                a = {"score": sum(i * pr for i, pr in enumerate(probs)),
+                     "legend": {str(i): n for i, n in enumerate(names)},
+                     "probabilities": {str(i): pr for i, pr in enumerate(probs)}}
+            answers[qid] = {"type": q["type"], **a, "confidence": probs[top]}
+        base = self._base("decision", model)
+        rid = body.get("request_id")
+        return json_response({"id": f"decision-{rid}" if isinstance(rid, str) else base["id"],
+                              "object": "structured_decision", "created": base["created"], "model": model,
+                              "answers": answers,
+                              "usage": {"input_tokens": sum(map(len, prompts)), "output_tokens": len(qs)},
+                              "diagnostics": {qid: {"label_mass": 1.0, "argmax_is_label": True} for qid in qs},
+                              "joint": None})
 
     # -- Responses API -----------------------------------------------------------------------------------
     def _messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:

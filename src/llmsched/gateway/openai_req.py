@@ -39,6 +39,7 @@ POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, GENERATIVE_SCORIN
 # vLLM's Decisions API: each question is one read of the input + the question's prompt, one output token
 # (the label's probability); the reads of a request run together.
 DECISIONS = "/v1/decisions"
+SYSTEMONE = "/v1/systemone"  # vLLM's structured decisions: the same reads, questions keyed by id
 # Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
 _SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
@@ -182,8 +183,8 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
         if max_tokens is None:
             raise BadRequest("'max_tokens' is required", "max_tokens")
         text = _anthropic_text(body)
-    elif endpoint == DECISIONS:
-        text, extra, max_tokens = _decisions_text(body)
+    elif endpoint in (DECISIONS, SYSTEMONE):
+        text, extra, max_tokens = _decisions_text(body, endpoint)
     elif endpoint in POOLING_ROUTES:
         if stream:
             raise BadRequest(f"{endpoint} does not stream", "stream")
@@ -327,12 +328,40 @@ def decision_parts(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return inp, qs
 
 
-def _decisions_text(body: dict[str, Any]) -> tuple[str, int, int]:
-    """(text to index, extra prompt tokens, output tokens) of a /v1/decisions body: every read starts with the
-    input (indexed with the first question); the others add the input again and their question."""
-    inp, qs = decision_parts(body)
+_SYSTEMONE_TYPES = ("choice", "noul", "score")
+
+
+def systemone_parts(body: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(context + state text, questions by id) of a /v1/systemone body; a state that is not text is its JSON."""
+    if "state" not in body:
+        raise BadRequest("'state' is required", "state")
+    state = body["state"] if isinstance(body["state"], str) else json.dumps(body["state"])
+    context = body.get("instructions")
+    if context is not None and not isinstance(context, str):
+        raise BadRequest("'instructions' must be a string", "instructions")
+    qs = body.get("questions")
+    if not isinstance(qs, dict) or not qs:
+        raise BadRequest("'questions' must be a non-empty object of questions by id", "questions")
+    for qid, q in qs.items():
+        where = f"questions.{qid}"
+        if not isinstance(q, dict) or q.get("type") not in _SYSTEMONE_TYPES:
+            raise BadRequest(f"{where} must be an object with a 'type' ({', '.join(_SYSTEMONE_TYPES)})", where)
+        c = q.get("criteria")
+        if (q["type"] == "choice" and (not isinstance(c, dict) or not c)) \
+                or (q["type"] == "score" and (not isinstance(c, list) or len(c) < 2)) \
+                or (q["type"] == "noul" and c is not None and (not isinstance(c, dict) or not c.keys() <= {"true",
+                                                                                                       "false"})):
+            raise BadRequest(f"{where}.criteria does not fit a {q['type']} question", f"{where}.criteria")
+    return (context + "\n\n" if context else "") + state, qs
+
+
+def _decisions_text(body: dict[str, Any], endpoint: str) -> tuple[str, int, int]:
+    """(text to index, extra prompt tokens, output tokens) of a /v1/decisions or /v1/systemone body: every read
+    starts with the input (indexed with the first question); the others add the input again and their question."""
+    inp, questions = decision_parts(body) if endpoint == DECISIONS else systemone_parts(body)
+    qs = list(questions.values()) if isinstance(questions, dict) else questions
     if body.get("stream"):
-        raise BadRequest(f"{DECISIONS} does not stream", "stream")
+        raise BadRequest(f"{endpoint} does not stream", "stream")
     texts = [json.dumps(q) for q in qs]
     tokens = [-(-len(t.encode("utf-8", errors="surrogatepass")) // 4) for t in [inp, *texts]]
     return inp + "\n" + texts[0], (len(qs) - 1) * tokens[0] + sum(tokens[2:]), len(qs)

@@ -4,7 +4,7 @@ is routed (docs/gateway.md, "Routes").
 Four kinds:
 - **admitted** (`ADMITTED`): completions, chat (and its batch), Responses, Anthropic Messages, SageMaker
   invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring, reranking and
-  decisions go through the admission queue and the router like completions; their cost estimate is the prompt (a
+  decisions (and structured decisions) go through the admission queue and the router like completions; their cost estimate is the prompt (a
   cross-encoder's score/rerank: every (query, document) pair; decisions: the input with each question) and the
   output tokens asked for (1 for the pooling routes: one forward pass, the pooled result at the end of the
   prefill; one a question for decisions). `gateway.server` proxies them.
@@ -44,6 +44,7 @@ from llmsched.gateway.openai_req import (
     MESSAGES,
     POOLING_ROUTES,
     RESPONSES,
+    SYSTEMONE,
     BadRequest,
     Parsed,
     error_body,
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
 
-ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, DECISIONS, *POOLING_ROUTES))
+ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, DECISIONS, SYSTEMONE,
+                      *POOLING_ROUTES))
 ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render",
                "/v1/messages/count_tokens")
 RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
