@@ -193,12 +193,17 @@ async def call(s: aiohttp.ClientSession, url: str, body: Any, request_model: Any
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
 
 
-async def test_completions_and_chat(env: Env) -> None:
-    s, url = env
+async def completion_and_chat(s: aiohttp.ClientSession, url: str) -> None:
+    """A non-streamed completion and chat answer, checked."""
     await call(s, url + "/v1/completions", {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4},
                CompletionRequest, CompletionResponse)
     await call(s, url + "/v1/chat/completions", {"model": MODEL, "messages": MSGS, "max_completion_tokens": 3},
                ChatCompletionRequest, ChatCompletionResponse)
+
+
+async def test_completions_and_chat(env: Env) -> None:
+    s, url = env
+    await completion_and_chat(s, url)
     body = {"model": MODEL, "messages": [MSGS[1:], [{"role": "user", "content": "again"}]], "max_tokens": 2}
     await call(s, url + "/v1/chat/completions/batch", body, BatchChatCompletionRequest, ChatCompletionResponse)
     for path, body, req, chunk in (
@@ -217,10 +222,7 @@ async def test_completions_and_chat(env: Env) -> None:
 
 async def test_emulator_answers_unassembled(emulator: Env) -> None:
     s, url = emulator
-    await call(s, url + "/v1/completions", {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4},
-               CompletionRequest, CompletionResponse)
-    await call(s, url + "/v1/chat/completions", {"model": MODEL, "messages": MSGS, "max_completion_tokens": 3},
-               ChatCompletionRequest, ChatCompletionResponse)
+    await completion_and_chat(s, url)
     # SageMaker's /invocations answers as the route the body is served as
     await call(s, url + "/invocations", {"messages": MSGS, "max_completion_tokens": 2}, ChatCompletionRequest,
                ChatCompletionResponse)
