@@ -124,7 +124,19 @@ async def test_scoring_reranking_classify_pooling_are_routed(env: Env) -> None:
     st, gs = await _call(s, "POST", url + "/generative_scoring", {"model": MODEL, "query": [5, 6, 7],
                                                                    "items": [[8, 9], [10]], "label_token_ids": [1, 2]})
     assert st == 200 and [d["index"] for d in gs["data"]] == [0, 1] and gs["usage"]["prompt_tokens"] == 3 + 2 + 3 + 1
-    assert _served(gw) == 9 and gw.dispatcher.in_flight == 0  # each through admission and the router
+    qs = [{"type": "predicate", "instructions": "Is it rain?"},
+          {"type": "score", "name": "s", "instructions": "How much?", "levels": [{"label": "a"}, {"label": "b"}]}]
+    st, de = await _call(s, "POST", url + "/v1/decisions", {"model": MODEL, "input": "It rains.", "questions": qs})
+    assert st == 200 and [a["type"] for a in de["answers"]] == ["predicate", "score"], de
+    assert abs(sum(p["probability"] for p in de["answers"][1]["probabilities"]) - 1) < 1e-9
+    assert de["usage"]["output_tokens"] == 2  # one read (one output token) a question
+    st, so = await _call(s, "POST", url + "/v1/systemone", {
+        "model": MODEL, "state": "It rains.", "questions": {"wet": {"type": "noul", "instructions": "Wet?"},
+                                                            "lvl": {"type": "score", "criteria": ["dry", "wet"]}}})
+    assert st == 200 and so["answers"]["wet"]["type"] == "noul" and so["answers"]["lvl"]["legend"] == {"0": "dry",
+                                                                                                       "1": "wet"}
+    assert so["usage"]["output_tokens"] == 2 and set(so["diagnostics"]) == {"wet", "lvl"}
+    assert _served(gw) == 11 and gw.dispatcher.in_flight == 0  # each through admission and the router
 
 
 async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
@@ -240,6 +252,16 @@ async def test_error_paths(env: Env) -> None:
            ("/v2/embed", {"model": MODEL, "texts": ["a"], "inputs": [{"content": []}]}, "texts"),
            ("/generative_scoring", {"model": MODEL, "query": 5, "items": ["a"], "label_token_ids": [1]}, "query"),
            ("/generative_scoring", {"model": MODEL, "query": "q", "items": ["a"]}, "label_token_ids"),
+           ("/v1/decisions", {"model": MODEL, "input": "x"}, "questions"),
+           ("/v1/decisions", {"model": MODEL, "input": 3, "questions": [{"type": "predicate", "instructions": "?"}]},
+            "input"),
+           ("/v1/decisions", {"model": MODEL, "input": "x", "questions": [{"type": "choice", "instructions": "?",
+                                                                           "choices": [{"value": "a"}]}]},
+            "questions[0].choices"),
+           ("/v1/systemone", {"model": MODEL, "questions": {"a": {"type": "noul"}}}, "state"),
+           ("/v1/systemone", {"model": MODEL, "state": "s", "questions": {"a": {"type": "choice", "criteria": []}}},
+            "questions.a.criteria"),
+           ("/v1/systemone", {"model": MODEL, "state": "s", "questions": {"a": {"type": "rank"}}}, "questions.a"),
            ("/v1/responses", {"model": MODEL, "input": 5}, "input"),
            ("/v1/responses", {"model": MODEL, "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
            ("/v1/responses", {"model": MODEL, "input": "x", "request_id": 7}, "request_id"),
@@ -276,6 +298,11 @@ def test_cost_estimates() -> None:
     assert build_request(parse_body(items, RESPONSES), 3, 0.0, 16, None).prompt_len == 10
     with pytest.raises(BadRequest):
         parse_body(b'{"input": [3]}', RESPONSES)
+    # decisions: each question reads the input (40 tokens) and itself; one output token a question
+    q = b'{"type": "predicate", "instructions": "' + b"q" * 60 + b'"}'  # 100 bytes: 25 tokens
+    dec = build_request(parse_body(b'{"input": "' + b"i" * 160 + b'", "questions": [' + q + b", " + q + b", " + q
+                                   + b"]}", "/v1/decisions"), 4, 0.0, 16, None)
+    assert dec.output_len == 3 and 3 * (40 + 25) <= dec.prompt_len <= 3 * (40 + 25) + 3
 
 
 def test_stream_preamble_and_reassembly() -> None:

@@ -141,9 +141,9 @@ async def _sse(srv: EmulatorServer, request: web.Request, w: Events, stream: Tok
             data = b""
             if n > sent:
                 new = tok.token_texts(tok.generated_ids(key, sent, n - sent))
-                data = w.deltas(new, stream.done and stream.finish_reason == "length")
-                if sent == 0:
-                    data = w.opening(req) + data
+                # the opening events first: a format that numbers its events (Responses) numbers them in order
+                data = w.opening(req) if sent == 0 else b""
+                data += w.deltas(new, stream.done and stream.finish_reason == "length")
                 if w.keeps_text:
                     texts += new
                 sent = n

@@ -25,7 +25,19 @@ from llmsched.emulator import events, wire
 from llmsched.emulator.events import json_response
 from llmsched.emulator.protocol import ApiError, GenRequest, _finish, check_model, parse_chat, prompt_ids
 from llmsched.emulator.stream import TokenStream
-from llmsched.gateway.openai_req import CHAT, COMPLETIONS, RERANK, SCORE, invocation_route, is_token_ids
+from llmsched.gateway.openai_req import (
+    CHAT,
+    COMPLETIONS,
+    DECISIONS,
+    RERANK,
+    SCORE,
+    SYSTEMONE,
+    BadRequest,
+    decision_parts,
+    invocation_route,
+    is_token_ids,
+    systemone_parts,
+)
 
 if TYPE_CHECKING:
     from llmsched.core.types import Request
@@ -49,6 +61,11 @@ def _vector(ids: list[int], dim: int) -> np.ndarray:
 
 def _score(ids: list[int]) -> float:
     return float(np.random.default_rng(_seed_of(ids)).random())
+
+
+def _label_probs(ids: list[int], n: int) -> list[float]:
+    """Synthetic probabilities of `n` labels after a read of `ids` (they sum to 1)."""
+    return np.random.default_rng(_seed_of(ids)).dirichlet(np.ones(n)).tolist()
 
 
 def _token_ids(ids: list[int], vocab: int, param: str) -> list[int]:
@@ -84,6 +101,8 @@ class ExtraRoutes:
         for p in RERANK_PATHS:
             r.add_post(p, self.rerank)
         r.add_post("/generative_scoring", self.generative_scoring)
+        r.add_post(DECISIONS, self.decisions)
+        r.add_post(SYSTEMONE, self.systemone)
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{rid}", self.get_response)
         r.add_post("/v1/responses/{rid}/cancel", self.cancel_response)
@@ -163,7 +182,8 @@ class ExtraRoutes:
 
     @staticmethod
     def _usage(n: int) -> dict[str, Any]:
-        return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None}
+        return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None,
+                "completion_tokens_details": None}
 
     # -- pooling routes ----------------------------------------------------------------------------------
     async def embeddings(self, request: web.Request) -> web.Response:
@@ -225,7 +245,7 @@ class ExtraRoutes:
         return json_response({"id": f"embd-{srv._id_prefix}{srv._next_rid:08x}", "embeddings": out, "texts": texts,
                       "meta": {"api_version": {"version": "2"},
                                "billed_units": {"input_tokens": sum(map(len, prompts))}},
-                      "response_type": "embeddings_by_type", "model": model})
+                      "response_type": "embeddings_by_type"})
 
     async def classify(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
@@ -297,7 +317,7 @@ class ExtraRoutes:
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
             raise ApiError("top_n must be an integer >= 0.", param="top_n")
         model, docs, prompts = await self._pairs(body, ("query", "documents"))
-        results = sorted(({"index": k, "document": {"text": d}, "relevance_score": _score(p)}
+        results = sorted(({"index": k, "document": {"text": d, "multi_modal": None}, "relevance_score": _score(p)}
                           for k, (d, p) in enumerate(zip(docs, prompts, strict=True))),
                          key=lambda x: -x["relevance_score"])
         n = sum(map(len, prompts))
@@ -316,6 +336,84 @@ class ExtraRoutes:
         data = [{"index": k, "object": "score", "score": _score([*p, labels[0]])} for k, p in enumerate(prompts)]
         return json_response({**self._base("gen-score", model), "data": data,
                               "usage": self._usage(sum(map(len, prompts)))})
+
+    async def _reads(self, request: web.Request, parts: Callable[[dict[str, Any]], tuple[str, Any]]) -> tuple[
+            Mapping[str, Any], str, Any, list[list[int]], list[int]]:
+        """A decisions body's reads: (body, model, questions, token ids of each read, cached tokens of each), run
+        together, one output token each (the label probabilities)."""
+        body = await self._read_json(request)
+        if not isinstance(body, Mapping):
+            raise ApiError("The request body must be a JSON object.")
+        try:
+            text, qs = parts(dict(body))
+        except BadRequest as e:
+            raise ApiError(e.message, param=e.param) from None
+        model = check_model(body, self.srv.limits)
+        tok = self.srv.tokenizer
+        prompts = [tok.encode(f"{text}\n\n{q.get('instructions') or ''}")
+                   for q in (qs.values() if isinstance(qs, dict) else qs)]
+        return body, model, qs, prompts, await self._prefill(prompts, body, model)
+
+    def _cache_writes(self, prompts: list[list[int]], cached: list[int]) -> int:
+        return sum(cache_writes(len(p), c, self.srv.config.block_size) for p, c in zip(prompts, cached, strict=True))
+
+    async def decisions(self, request: web.Request) -> web.Response:
+        """vLLM's /v1/decisions: each question one read (input + the question's prompt). Probabilities are
+        synthetic, drawn from the read's token ids."""
+        _, model, qs, prompts, cached = await self._reads(request, decision_parts)
+        answers = []
+        for q, p in zip(qs, prompts, strict=True):
+            name = q.get("name")
+            if q["type"] == "predicate":
+                answers.append({"type": "predicate", "name": name, "probability": _score(p)})
+                continue
+            options = q["choices"] if q["type"] == "choice" else q["levels"]
+            probs = _label_probs(p, len(options))
+            top = int(np.argmax(probs))
+            if q["type"] == "choice":
+                answers.append({"type": "choice", "name": name, "choice": options[top]["value"],
+                                "probabilities": [{"value": o["value"], "probability": pr}
+                                                  for o, pr in zip(options, probs, strict=True)],
+                                "confidence": probs[top]})
+            else:
+                answers.append({"type": "score", "name": name, "score": sum(i * pr for i, pr in enumerate(probs)),
+                                "probabilities": [{"value": i, "label": o["label"], "probability": pr}
+                                                  for i, (o, pr) in enumerate(zip(options, probs, strict=True))],
+                                "confidence": probs[top]})
+        n_in = sum(map(len, prompts))
+        usage = {"input_tokens": n_in, "output_tokens": len(qs), "total_tokens": n_in + len(qs),
+                 "input_tokens_details": {"cached_tokens": sum(cached),
+                                          "cache_write_tokens": self._cache_writes(prompts, cached)},
+                 "output_tokens_details": {"reasoning_tokens": 0}}
+        return json_response({"model": model, "answers": answers, "usage": usage})
+
+    async def systemone(self, request: web.Request) -> web.Response:
+        """vLLM's /v1/systemone (structured decisions): questions by id (choice, noul, score), each one read of
+        the context, the state and the question. Synthetic probabilities; every label mass 1."""
+        body, model, qs, prompts, _ = await self._reads(request, systemone_parts)
+        answers: dict[str, dict[str, Any]] = {}
+        for (qid, q), p in zip(qs.items(), prompts, strict=True):
+            c = q.get("criteria")
+            names = list(c) if q["type"] == "choice" else ["yes", "no"] if q["type"] == "noul" else [str(x) for x in c]
+            probs = _label_probs(p, len(names))
+            top = int(np.argmax(probs))
+            if q["type"] == "choice":
+                a: dict[str, Any] = {"choice": names[top], "probabilities": dict(zip(names, probs, strict=True))}
+            elif q["type"] == "noul":
+                a = {"noul": probs[0], "probabilities": {"yes": probs[0], "no": probs[1]}}
+            else:
+                a = {"score": sum(i * pr for i, pr in enumerate(probs)),
+                     "legend": {str(i): n for i, n in enumerate(names)},
+                     "probabilities": {str(i): pr for i, pr in enumerate(probs)}}
+            answers[qid] = {"type": q["type"], **a, "confidence": probs[top]}
+        base = self._base("decision", model)
+        rid = body.get("request_id")
+        return json_response({"id": f"decision-{rid}" if isinstance(rid, str) else base["id"],
+                              "object": "structured_decision", "created": base["created"], "model": model,
+                              "answers": answers,
+                              "usage": {"input_tokens": sum(map(len, prompts)), "output_tokens": len(qs)},
+                              "diagnostics": {qid: {"label_mass": 1.0, "argmax_is_label": True} for qid in qs},
+                              "joint": None})
 
     # -- Responses API -----------------------------------------------------------------------------------
     def _messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -362,7 +460,7 @@ class ExtraRoutes:
             raise ApiError("request_id must be a string.", param="request_id")
         msgs = self._messages(body)
         g = self._gen(model, msgs, body, "max_output_tokens", "input")
-        w = _ResponseState(rid, model, body, g.max_tokens, msgs, self._store)
+        w = _ResponseState(rid, model, body, g.max_tokens, msgs, self._store, srv.config.block_size)
         return await events.run(srv, request, g, srv._make_request(g), w)
 
     def _gen(self, model: str, msgs: list[dict[str, Any]], body: Mapping[str, Any], max_key: str,
@@ -412,12 +510,11 @@ class ExtraRoutes:
         choices = []
         for k, (g, st) in enumerate(zip(gens, streams, strict=True)):
             text = tok.decode(tok.generated_ids(hash((srv.seed, tuple(g.prompt_ids))), 0, st.generated))
-            choices.append({"index": k, "message": {"role": "assistant", "content": text, "tool_calls": []},
-                            "logprobs": None, "finish_reason": st.finish_reason, "stop_reason": None})
+            choices.append(wire.chat_choice(k, text, st.finish_reason))
         use = wire.usage(sum(q.prompt_len for q in reqs), sum(st.generated for st in streams),
                          sum(q.num_cached for q in reqs))
         base = self._base("chatcmpl", gens[0].model)
-        return json_response({**base, "object": "chat.completion", "choices": choices, "usage": use})
+        return json_response(wire.chat_body_of(base["id"], base["created"], base["model"], choices, use))
 
     async def invocations(self, request: web.Request) -> web.StreamResponse:
         """SageMaker's route: the body is served as the first route whose request it fits (vLLM's order)."""
@@ -430,11 +527,11 @@ class ExtraRoutes:
         return await handler(request)  # the body is read again from aiohttp's cache
 
     # -- Anthropic Messages API (vLLM serves it next to OpenAI's) -----------------------------------------
-    def _anthropic(self, body: Any) -> tuple[str, list[dict[str, Any]]]:
-        """(model, chat messages) of a /v1/messages or count_tokens body: `system`, then `messages`."""
+    def _anthropic(self, body: Any) -> list[dict[str, Any]]:
+        """The chat messages of a /v1/messages or count_tokens body: `system`, then `messages`. Its errors are
+        request validation errors, OpenAI-shaped as vLLM answers them."""
         if not isinstance(body, Mapping):
             raise ApiError("The request body must be a JSON object.")
-        model = check_model(body, self.srv.limits)
         msgs = []
         system = body.get("system")
         if system is not None:
@@ -446,22 +543,32 @@ class ExtraRoutes:
             if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
                 raise ApiError(f"messages[{k}].role must be 'user' or 'assistant'.", param=f"messages[{k}].role")
             msgs.append({"role": m["role"], "content": _blocks_text(m.get("content"), f"messages[{k}].content")})
-        return model, msgs
+        return msgs
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_json(request)
-        model, msgs = self._anthropic(body)
+        msgs = self._anthropic(body)
         mt = body.get("max_tokens")
         if mt is None:
             raise ApiError("Field required: max_tokens.", param="max_tokens")
-        g = self._gen(model, msgs, body, "max_tokens", "messages")
         srv = self.srv
-        req = srv._make_request(g)
-        return await events.run(srv, request, g, req, _MessageState(f"msg_{srv._id_prefix}{req.rid:08x}", model))
+        try:  # the serving's errors in Anthropic's shape (vLLM translates them)
+            model = check_model(body, srv.limits)
+            g = self._gen(model, msgs, body, "max_tokens", "messages")
+            req = srv._make_request(g)
+            return await events.run(srv, request, g, req, _MessageState(f"msg_{srv._id_prefix}{req.rid:08x}", model))
+        except ApiError as e:
+            return anthropic_error(e)
 
     async def count_tokens(self, request: web.Request) -> web.Response:
-        _, msgs = self._anthropic(await self._read_json(request))
+        body = await self._read_json(request)
+        msgs = self._anthropic(body)
+        try:
+            check_model(body, self.srv.limits)
+        except ApiError as e:
+            return anthropic_error(e)
         tok = self.srv.tokenizer
+        # vLLM sends the answer without nulls: no context_management unless asked for
         return json_response({"input_tokens": tok.count(tok.apply_chat_template(msgs))})
 
     async def get_response(self, request: web.Request) -> web.Response:
@@ -475,6 +582,23 @@ class ExtraRoutes:
         if rid not in self.stored:
             raise ApiError(f"Response with id '{rid}' not found.", 404, "response_id", err_type="invalid_request_error")
         raise ApiError("Cannot cancel a synchronous response.", 400, "response_id", err_type="invalid_request_error")
+
+
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                          503: "overloaded_error"}
+
+
+def anthropic_error(e: ApiError) -> web.Response:
+    """An error of the Messages API's serving as vLLM answers it: Anthropic's shape and error types."""
+    kind = _ANTHROPIC_ERROR_TYPES.get(e.status, "api_error" if e.status >= 500 else "invalid_request_error")
+    return json_response({"type": "error", "error": {"type": kind, "message": e.message}}, e.status)
+
+
+def cache_writes(prompt_len: int, cached: int, block_size: int) -> int:
+    """The prompt tokens a request writes to the prefix cache: its full blocks beyond those it hit (vLLM's
+    num_cache_creation_tokens)."""
+    return max(0, prompt_len // block_size * block_size - cached)
 
 
 def _blocks_text(content: Any, where: str) -> str:
@@ -498,8 +622,10 @@ class _ResponseState(events.Events):
     """One Responses answer: its object at each stage and its SSE events (vLLM's sequence, numbered)."""
 
     def __init__(self, rid: str, model: str, body: Mapping[str, Any], max_tokens: int, msgs: list[dict[str, Any]],
-                 store: Callable[[Mapping[str, Any], str, dict[str, Any], list[dict[str, Any]], str], None]) -> None:
+                 store: Callable[[Mapping[str, Any], str, dict[str, Any], list[dict[str, Any]], str], None],
+                 block_size: int) -> None:
         self.rid = rid
+        self.block_size = block_size
         self.msgs = msgs
         self.store = store
         self.model = model
@@ -512,13 +638,19 @@ class _ResponseState(events.Events):
     def _obj(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
         b = self.body
         return {
-            "id": self.rid, "object": "response", "created_at": self.created, "model": self.model, "status": status,
+            "id": self.rid, "object": "response", "created_at": self.created, "model": self.model,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "error": None, "instructions": b.get("instructions"), "metadata": b.get("metadata"), "output": output,
+            "instructions": b.get("instructions"), "metadata": b.get("metadata"), "output": output,
             "parallel_tool_calls": True, "temperature": b.get("temperature", 1.0), "tool_choice": "auto",
             "tools": [], "top_p": b.get("top_p", 1.0), "background": False, "max_output_tokens": self.max_tokens,
-            "previous_response_id": b.get("previous_response_id"), "reasoning": None, "service_tier": "auto",
-            "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": usage, "user": b.get("user"),
+            "max_tool_calls": None, "previous_response_id": b.get("previous_response_id"), "prompt": None,
+            "prompt_cache_options": None, "prompt_cache_key": b.get("prompt_cache_key"),
+            "prompt_cache_retention": None, "reasoning": None, "safety_identifier": None, "service_tier": "auto",
+            "status": status, "text": {"format": {"type": "text"}, "verbosity": None}, "top_logprobs": None,
+            "truncation": "disabled", "usage": usage, "user": b.get("user"),
+            # vLLM sends the sampling parameters it used: 0.0 penalties unless asked for
+            "presence_penalty": b.get("presence_penalty") or 0.0, "frequency_penalty": b.get("frequency_penalty") or 0.0,
+            "kv_transfer_params": None, "ec_transfer_params": None, "input_messages": None, "output_messages": None,
         }
 
     def in_progress(self) -> dict[str, Any]:
@@ -527,12 +659,19 @@ class _ResponseState(events.Events):
     def _message(self, text: str, status: str) -> dict[str, Any]:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         return {"id": self.item_id, "type": "message", "role": "assistant", "status": status,
-                "content": [part] if status == "completed" else []}
+                "content": [part] if status == "completed" else [], "phase": None}
 
     def whole(self, text: str, req: Request, n: int, finish_reason: str | None = "length") -> dict[str, Any]:
         # Generation runs to max_output_tokens ("length"): vLLM reports the response as incomplete.
-        usage = {"input_tokens": req.prompt_len, "input_tokens_details": {"cached_tokens": req.num_cached},
-                 "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0},
+        usage = {"input_tokens": req.prompt_len,
+                 "input_tokens_details": {"cached_tokens": req.num_cached,
+                                          "cache_write_tokens": cache_writes(req.prompt_len, req.num_cached,
+                                                                             self.block_size),
+                                          "input_tokens_per_turn": [req.prompt_len],
+                                          "cached_tokens_per_turn": [req.num_cached]},
+                 "output_tokens": n,
+                 "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
+                                           "output_tokens_per_turn": [n], "tool_output_tokens_per_turn": [0]},
                  "total_tokens": req.prompt_len + n}
         obj = self._obj("incomplete", [self._message(text, "completed")], usage)
         self.store(self.body, self.rid, obj, self.msgs, text)
@@ -562,7 +701,7 @@ class _ResponseState(events.Events):
 
     def closing(self, text: str, req: Request, n: int) -> bytes:
         final = self.whole(text, req, n)
-        part = {"type": "output_text", "text": text, "annotations": []}
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": None}  # none asked for
         return (self.event("response.output_text.done", output_index=0, content_index=0, text=text, logprobs=[],
                            item_id=self.item_id)
                 + self.event("response.content_part.done", item_id=self.item_id, output_index=0, content_index=0,
@@ -587,8 +726,9 @@ class _MessageState(events.Events):
         return f"event: {kind}\ndata: {wire.dumps({'type': kind, **fields})}\n\n".encode()
 
     def whole(self, text: str, req: Request, n: int, finish_reason: str | None) -> dict[str, Any]:
+        # vLLM leaves the null fields out of a whole answer (no stop_sequence)
         return {"id": self.mid, "type": "message", "role": "assistant", "content": [{"type": "text", "text": text}],
-                "model": self.model, "stop_reason": "max_tokens", "stop_sequence": None, "usage": self._usage(req, n)}
+                "model": self.model, "stop_reason": "max_tokens", "usage": self._usage(req, n)}
 
     def opening(self, req: Request) -> bytes:
         msg = {"id": self.mid, "type": "message", "role": "assistant", "content": [], "model": self.model,

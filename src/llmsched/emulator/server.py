@@ -21,7 +21,7 @@ from aiohttp import web
 from llmsched.core.hashing import token_block_hashes
 from llmsched.core.tokenizer import StandInTokenizer
 from llmsched.core.types import Request
-from llmsched.emulator import events
+from llmsched.emulator import events, wire
 from llmsched.emulator.driver import EngineDriver
 from llmsched.emulator.events import json_response as _json_response
 from llmsched.emulator.lora import Adapters
@@ -236,6 +236,7 @@ class EmulatorServer:
             "root": self.model,
             "parent": None,
             "max_model_len": self.max_model_len,
+            "permission": [wire.permission(self._created)],
         }
         return _json_response({"object": "list", "data": [card, *self.adapters.cards()]})
 

@@ -10,7 +10,16 @@ reason; with `stream_options.include_usage` one more chunk with empty `choices` 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
+
+from llmsched.gateway.openai_req import (
+    CHAT_NULLS,
+    CHOICE_NULLS,
+    COMPLETION_CHOICE_NULLS,
+    COMPLETION_NULLS,
+    MESSAGE_NULLS,
+)
 
 _SENTINEL = "\x00llmsched-text\x00"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -21,8 +30,11 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "created_cache_tokens": None,
+                                  "multimodal_tokens": None},
+        "completion_tokens_details": None,
     }
+
 
 
 def completion_body(
@@ -34,31 +46,50 @@ def completion_body(
         "created": created,
         "model": model,
         "choices": [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
+            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
+             **COMPLETION_CHOICE_NULLS}
         ],
         "usage": use,
+        **COMPLETION_NULLS,
+    }
+
+
+def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text, **MESSAGE_NULLS},  # vLLM drops an empty tool_calls
+        "logprobs": None,
+        "finish_reason": finish_reason,
+        "stop_reason": None,
+        **CHOICE_NULLS,
     }
 
 
 def chat_body(
     rid: str, created: int, model: str, text: str, finish_reason: str | None, use: dict[str, Any]
 ) -> dict[str, Any]:
+    return chat_body_of(rid, created, model, [chat_choice(0, text, finish_reason)], use)
+
+
+def chat_body_of(rid: str, created: int, model: str, choices: list[dict[str, Any]],
+                 use: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-                "stop_reason": None,
-            }
-        ],
+        "choices": choices,
         "usage": use,
+        **CHAT_NULLS,
     }
+
+
+def permission(created: int) -> dict[str, Any]:
+    """The one permission entry vLLM lists with each model (its defaults)."""
+    return {"id": f"modelperm-{secrets.token_hex(16)}", "object": "model_permission", "created": created,
+            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
+            "group": None, "is_blocking": False}
 
 
 def _split(obj: dict[str, Any]) -> tuple[bytes, bytes]:

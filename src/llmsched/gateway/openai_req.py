@@ -36,6 +36,10 @@ INVOCATIONS = "/invocations"  # SageMaker's: vLLM serves the body as the first r
 COHERE_EMBED = "/v2/embed"
 GENERATIVE_SCORING = "/generative_scoring"  # vLLM's: P(label tokens) after query + item, one token per item
 POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, GENERATIVE_SCORING, *SCORE, *RERANK)
+# vLLM's Decisions API: each question is one read of the input + the question's prompt, one output token
+# (the label's probability); the reads of a request run together.
+DECISIONS = "/v1/decisions"
+SYSTEMONE = "/v1/systemone"  # vLLM's structured decisions: the same reads, questions keyed by id
 # Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
 _SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
@@ -49,6 +53,17 @@ class BadRequest(ValueError):
         self.param = param
         self.status = status
         self.code = code
+
+
+# The fields vLLM 0.33 sends with every non-streamed completion / chat answer (it dumps its whole response
+# model), null in a plain deployment (no logprobs, KV transfer or per-request metrics asked for). The emulator
+# answers with them, the gateway adds them to the answers it assembles from streams.
+COMPLETION_NULLS = {"service_tier": None, "system_fingerprint": None, "kv_transfer_params": None,
+                    "ec_transfer_params": None, "metrics": None}
+CHAT_NULLS = {**COMPLETION_NULLS, "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None}
+CHOICE_NULLS = {"token_ids": None, "routed_experts": None, "weight_versions": None}
+COMPLETION_CHOICE_NULLS = {**CHOICE_NULLS, "prompt_logprobs": None, "prompt_token_ids": None}
+MESSAGE_NULLS = {"refusal": None, "annotations": None, "audio": None, "function_call": None, "reasoning": None}
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -168,6 +183,8 @@ def parse_body(raw: bytes, endpoint: str) -> Parsed:
         if max_tokens is None:
             raise BadRequest("'max_tokens' is required", "max_tokens")
         text = _anthropic_text(body)
+    elif endpoint in (DECISIONS, SYSTEMONE):
+        text, extra, max_tokens = _decisions_text(body, endpoint)
     elif endpoint in POOLING_ROUTES:
         if stream:
             raise BadRequest(f"{endpoint} does not stream", "stream")
@@ -286,6 +303,68 @@ def _score_texts(v: Any, param: str) -> list[str]:
     if not out:
         raise BadRequest(f"'{param}' must not be empty", param)
     return out
+
+
+def decision_parts(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(input text, questions) of a /v1/decisions body; the input's messages joined as vLLM joins them."""
+    inp = body.get("input")
+    if isinstance(inp, list) and inp and all(isinstance(m, dict) and m.get("role") == "user" for m in inp):
+        inp = "\n\n".join(_text_of_content(m.get("content"), f"input[{k}].content") for k, m in enumerate(inp))
+    if not isinstance(inp, str):
+        raise BadRequest("'input' must be a string or a non-empty list of user messages", "input")
+    qs = body.get("questions")
+    if not isinstance(qs, list) or not qs or len(qs) > 200:
+        raise BadRequest("'questions' must be a list of 1 to 200 questions", "questions")
+    for k, q in enumerate(qs):
+        if not isinstance(q, dict) or q.get("type") not in ("predicate", "choice", "score") \
+                or not isinstance(q.get("instructions"), str):
+            raise BadRequest(f"questions[{k}] must be an object with a 'type' (predicate, choice, score) and "
+                             "string 'instructions'", f"questions[{k}]")
+        options, key = {"choice": ("choices", "value"), "score": ("levels", "label")}.get(q["type"], (None, None))
+        if options and (not isinstance(q.get(options), list) or len(q[options]) < 2
+                        or not all(isinstance(o, dict) and key in o for o in q[options])):
+            raise BadRequest(f"questions[{k}].{options} must list at least 2 objects with a '{key}'",
+                             f"questions[{k}].{options}")
+    return inp, qs
+
+
+_SYSTEMONE_TYPES = ("choice", "noul", "score")
+
+
+def systemone_parts(body: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(context + state text, questions by id) of a /v1/systemone body; a state that is not text is its JSON."""
+    if "state" not in body:
+        raise BadRequest("'state' is required", "state")
+    state = body["state"] if isinstance(body["state"], str) else json.dumps(body["state"])
+    context = body.get("instructions")
+    if context is not None and not isinstance(context, str):
+        raise BadRequest("'instructions' must be a string", "instructions")
+    qs = body.get("questions")
+    if not isinstance(qs, dict) or not qs:
+        raise BadRequest("'questions' must be a non-empty object of questions by id", "questions")
+    for qid, q in qs.items():
+        where = f"questions.{qid}"
+        if not isinstance(q, dict) or q.get("type") not in _SYSTEMONE_TYPES:
+            raise BadRequest(f"{where} must be an object with a 'type' ({', '.join(_SYSTEMONE_TYPES)})", where)
+        c = q.get("criteria")
+        if (q["type"] == "choice" and (not isinstance(c, dict) or not c)) \
+                or (q["type"] == "score" and (not isinstance(c, list) or len(c) < 2)) \
+                or (q["type"] == "noul" and c is not None and (not isinstance(c, dict) or not c.keys() <= {"true",
+                                                                                                       "false"})):
+            raise BadRequest(f"{where}.criteria does not fit a {q['type']} question", f"{where}.criteria")
+    return (context + "\n\n" if context else "") + state, qs
+
+
+def _decisions_text(body: dict[str, Any], endpoint: str) -> tuple[str, int, int]:
+    """(text to index, extra prompt tokens, output tokens) of a /v1/decisions or /v1/systemone body: every read
+    starts with the input (indexed with the first question); the others add the input again and their question."""
+    inp, questions = decision_parts(body) if endpoint == DECISIONS else systemone_parts(body)
+    qs = list(questions.values()) if isinstance(questions, dict) else questions
+    if body.get("stream"):
+        raise BadRequest(f"{endpoint} does not stream", "stream")
+    texts = [json.dumps(q) for q in qs]
+    tokens = [-(-len(t.encode("utf-8", errors="surrogatepass")) // 4) for t in [inp, *texts]]
+    return inp + "\n" + texts[0], (len(qs) - 1) * tokens[0] + sum(tokens[2:]), len(qs)
 
 
 def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:

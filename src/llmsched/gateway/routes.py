@@ -3,11 +3,12 @@ is routed (docs/gateway.md, "Routes").
 
 Four kinds:
 - **admitted** (`ADMITTED`): completions, chat (and its batch), Responses, Anthropic Messages, SageMaker
-  invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring and reranking go
-  through the admission queue and the router of the pool of the body's `model` (`gateway.pools`), like
-  completions; their cost estimate is the prompt (a cross-encoder's score/rerank: every (query, document) pair)
-  and the output tokens asked for (1 for the pooling routes: one forward pass, the pooled result at the end of
-  the prefill). `gateway.server` proxies them.
+  invocations, embeddings (and Cohere's), classification, pooling, scoring, generative scoring, reranking and
+  decisions (and structured decisions) go through the admission queue and the router of the pool of the body's
+  `model` (`gateway.pools`), like completions; their cost estimate is the prompt (a cross-encoder's score/rerank:
+  every (query, document) pair; decisions: the input with each question) and the output tokens asked for (1 for
+  the pooling routes: one forward pass, the pooled result at the end of the prefill; one a question for
+  decisions). `gateway.server` proxies them.
 - **any backend** (`ANY_BACKEND`): tokenisation, prompt rendering and token counting run on a backend's API
   server, not its engine: any healthy backend of the named model's pool answers (`Pools.healthy_backends`: only
   backends serving that model), no routing state is charged; an unknown model is the same 404 as elsewhere.
@@ -41,10 +42,12 @@ from llmsched.gateway.openai_req import (
     CHAT,
     CHAT_BATCH,
     COMPLETIONS,
+    DECISIONS,
     INVOCATIONS,
     MESSAGES,
     POOLING_ROUTES,
     RESPONSES,
+    SYSTEMONE,
     BadRequest,
     Parsed,
     error_body,
@@ -58,7 +61,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[[HttpRequest], Awaitable[tuple[int, bytes, bytes]]]
 
-ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, *POOLING_ROUTES))
+ADMITTED = frozenset((COMPLETIONS, CHAT, CHAT_BATCH, RESPONSES, MESSAGES, INVOCATIONS, DECISIONS, SYSTEMONE,
+                      *POOLING_ROUTES))
 ANY_BACKEND = ("/tokenize", "/detokenize", "/v1/completions/render", "/v1/chat/completions/render",
                "/v1/messages/count_tokens")
 RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_.:-]{1,200})(/cancel)?/?")
@@ -135,9 +139,9 @@ def assemble_message(data: bytes) -> tuple[int, bytes, int | None]:
     for obj in _events(data):
         kind = obj.get("type")
         if kind == "error":
-            err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-            return 502, error_body(str(err.get("message") or "upstream error"), str(err.get("type") or
-                                                                                    "upstream_error")), None
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else {}  # Anthropic's shape, as vLLM's
+            return 502, _encode({"type": "error", "error": {"type": str(err.get("type") or "api_error"),
+                                                            "message": str(err.get("message") or "upstream error")}}), None
         if kind == "message_start":
             msg = dict(obj["message"])
         elif kind == "content_block_delta" and isinstance(obj.get("delta"), dict):
@@ -153,7 +157,16 @@ def assemble_message(data: bytes) -> tuple[int, bytes, int | None]:
     msg["content"] = [{"type": "text", "text": "".join(texts[k])} for k in sorted(texts)]
     usage = msg.get("usage")
     tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
-    return 200, _encode(msg), tokens if isinstance(tokens, int) else None
+    return 200, _encode(_no_nulls(msg)), tokens if isinstance(tokens, int) else None
+
+
+def _no_nulls(obj: Any) -> Any:
+    """`obj` without its null fields, at every depth: vLLM sends a whole Messages answer so (exclude_none)."""
+    if isinstance(obj, dict):
+        return {k: _no_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_no_nulls(v) for v in obj]
+    return obj
 
 
 def assemble_other(endpoint: str, data: bytes) -> tuple[int, bytes, int | None]:
@@ -318,7 +331,7 @@ class Routes:
 
     # -- answered here -----------------------------------------------------------------------------------
     async def _version(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
-        return 200, _encode({"version": __version__, "server": "llmsched-gateway"}), _JSON
+        return 200, _encode({"version": __version__}), _JSON
 
     async def _liveness(self, r: HttpRequest) -> tuple[int, bytes, bytes]:
         return 200, _encode({"status": "alive"}), _JSON

@@ -28,7 +28,12 @@ from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnecti
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
     CHAT,
+    CHAT_NULLS,
+    CHOICE_NULLS,
+    COMPLETION_CHOICE_NULLS,
+    COMPLETION_NULLS,
     COMPLETIONS,
+    MESSAGE_NULLS,
     RESPONSES,
     BadRequest,
     Parsed,
@@ -276,8 +281,8 @@ def assemble(data: bytes, chat: bool) -> tuple[int, bytes, int | None]:
             part = c.get("delta") or {} if chat else c
             if part.get("content" if chat else "text"):
                 acc["text"].append(part["content" if chat else "text"])
-            if chat and part.get("reasoning_content"):
-                acc["reasoning"].append(part["reasoning_content"])
+            if chat and (part.get("reasoning") or part.get("reasoning_content")):  # vLLM 0.33: reasoning
+                acc["reasoning"].append(part.get("reasoning") or part["reasoning_content"])
             for k in ("finish_reason", "stop_reason"):
                 if c.get(k) is not None:
                     acc[k] = c[k]
@@ -287,18 +292,18 @@ def assemble(data: bytes, chat: bool) -> tuple[int, bytes, int | None]:
     for k in sorted(choices):
         acc = choices[k]
         text = "".join(acc["text"])
-        if chat:
-            msg: dict[str, Any] = {"role": "assistant", "content": text}
-            if acc["reasoning"]:
-                msg["reasoning_content"] = "".join(acc["reasoning"])
-            ch: dict[str, Any] = {"index": k, "message": msg, "logprobs": None}
+        if chat:  # vLLM's fields (openai_req.*_NULLS), the reasoning under vLLM 0.33's name
+            msg = {"role": "assistant", "content": text, **MESSAGE_NULLS,
+                   "reasoning": "".join(acc["reasoning"]) if acc["reasoning"] else None}
+            ch: dict[str, Any] = {"index": k, "message": msg, "logprobs": None, **CHOICE_NULLS}
         else:
-            ch = {"index": k, "text": text, "logprobs": None}
+            ch = {"index": k, "text": text, "logprobs": None, **COMPLETION_CHOICE_NULLS}
         ch["finish_reason"] = acc["finish_reason"]
         ch["stop_reason"] = acc["stop_reason"]
         out_choices.append(ch)
     body = {"id": meta.get("id"), "object": "chat.completion" if chat else "text_completion",
-            "created": meta.get("created"), "model": meta.get("model"), "choices": out_choices}
+            "created": meta.get("created"), "model": meta.get("model"), "choices": out_choices,
+            **(CHAT_NULLS if chat else COMPLETION_NULLS)}
     if usage is not None:
         body["usage"] = usage
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
