@@ -142,7 +142,9 @@ class LMetric(TrackedRouter):
                 near = lexmin(near, P, B)
             else:  # equal scores (B + 1) x max(P, floor) and equal P imply equal B: P alone decides
                 v = P[near]
-                near = near[v == v[v.argmin()]]
+                low = v[v.argmin()]
+                if low != v[v.argmax()]:  # (usually all equal: idle instances)
+                    near = near[v == low]
         return self._pick(near, score, P, B, final=True)
 
     def _pick(
