@@ -130,14 +130,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self._kv[i] = used / total
         self.kv_upper[i] = upper_used / total
         self.free_lower[i] = total - upper_used
-        self._stamp = stamp = self._stamp + 1  # `_written`, inlined: this is the simulator's per-event write
-        self.version[i] = stamp
-        ch = self.changes
-        ch.append(i)
-        if len(ch) > self.LOG_KEEP:
-            drop = len(ch) // 2
-            del ch[:drop]
-            self.changes_base += drop
+        self._written(i)
 
     def set_row(
         self,
