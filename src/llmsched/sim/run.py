@@ -33,7 +33,7 @@ def build_cluster(cfg: SimConfig) -> Cluster:
     # 200k-request run). MoE cost models draw expert loads per instance, so each engine gets its own.
     shared = None if getattr(llm, "is_moe", False) else build_cost_model(cfg.model, cfg.gpu, cfg.tp, **knobs)
     for i in range(cfg.instances):
-        cost = shared or build_cost_model(cfg.model, cfg.gpu, cfg.tp, **knobs)
+        cost = shared if shared is not None else build_cost_model(cfg.model, cfg.gpu, cfg.tp, **knobs)
         if getattr(llm, "is_moe", False):
             from llmsched.model.moe import build_moe_cost
 
