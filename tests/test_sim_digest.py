@@ -80,3 +80,12 @@ if __name__ == "__main__":
     print(f"# {llmsched.__file__}")
     for name in CASES:
         print(f"    {name!r}: {digest(name)!r},")
+
+
+def test_dense_engines_share_one_cost_model_moe_engines_do_not() -> None:
+    """The shared memo tables are a speed-up only where the cost model is pure: an MoE cost model draws expert
+    loads from its own seeded stream per instance, so sharing it would change every instance's draws."""
+    dense = build_cluster(SimConfig(instances=3))
+    assert len({id(e.cost) for e in dense.engines}) == 1
+    moe = build_cluster(SimConfig(model="qwen3-30b-a3b", gpu="a100-80g", instances=3))
+    assert len({id(e.cost) for e in moe.engines}) == 3
