@@ -1,6 +1,8 @@
 """Routing decision time (16 and 128 instances, 8k-token prompts, prefix lookup included) and index memory.
 
     python benchmarks/bench_router.py [--decisions 2000] [--repeats 5]
+    python benchmarks/bench_router.py --blocks 800 --routers lmetric   # ~51 KiB prompts (~12.8k tokens)
+    PYTHONPATH=/other/tree/src python benchmarks/bench_router.py ...    # the same measurement on another tree
 
 Each router routes requests whose 512-block chains share a system prompt and a conversation history with
 earlier requests; the index is warmed with `--warm` such requests first. The time of `route` alone is the
@@ -12,6 +14,7 @@ against round-robin measured in the same run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import tracemalloc
@@ -28,12 +31,13 @@ BLOCKS = 512  # 8k tokens at 16 tokens a block
 
 
 def make_requests(n: int, rng: np.random.Generator, start_rid: int) -> list[Request]:
-    """Prompts: one of 8 system prompts (64 blocks), one of 200 conversations (up to 384 blocks), a new turn."""
+    """Prompts: one of 8 system prompts (64 blocks), one of 200 conversations (up to 3/4 of the prompt), a new
+    turn; BLOCKS blocks in all."""
     out = []
     for k in range(n):
         sys_id = int(rng.integers(8))
         conv = int(rng.integers(200))
-        depth = int(rng.integers(64, 385))
+        depth = int(rng.integers(64, BLOCKS * 3 // 4 + 1))
         contents = [("sys", sys_id, b) for b in range(64)] + [("conv", conv, b) for b in range(depth)]
         contents += [("new", start_rid + k, b) for b in range(BLOCKS - len(contents))]
         out.append(Request(rid=start_rid + k, arrival=0.0, prompt_len=BLOCKS * 16, output_len=200,
@@ -93,15 +97,19 @@ def index_memory(total_blocks: int, instances: int, share: int) -> float:
 
 
 def main() -> None:
+    global BLOCKS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decisions", type=int, default=2000)
     ap.add_argument("--warm", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--instances", type=int, nargs="+", default=[16, 128])
     ap.add_argument("--routers", nargs="+", default=ROUTERS.names())
+    ap.add_argument("--blocks", type=int, default=BLOCKS, help="prompt blocks of 16 tokens (800: ~51 KiB of text)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the index memory measurement")
     args = ap.parse_args()
+    BLOCKS = args.blocks
     names = ["round-robin"] + [r for r in args.routers if r != "round-robin"]
-    print(f"decision time, 8k-token prompts ({BLOCKS} blocks), median of {args.repeats} repeats of the median "
+    print(f"decision time, {BLOCKS * 16}-token prompts ({BLOCKS} blocks), median of {args.repeats} repeats of the median "
           f"over {args.decisions} decisions (index warmed with {args.warm} requests)")
     for n in args.instances:
         print(f"\n{n} instances      route µs  route+dispatch µs  vs round-robin")
@@ -112,6 +120,9 @@ def main() -> None:
             both = statistics.median(r[1] for r in runs)
             base = base or route
             print(f"  {name:20s} {route:8.1f}  {both:17.1f}  {route / base:9.1f}x")
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    if args.no_memory:
+        return
     print("\nprefix index memory (tracemalloc; excludes the hash ints, owned by the requests):")
     for share in (1, 2):
         b = index_memory(1_000_000, 16, share)

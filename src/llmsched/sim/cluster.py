@@ -57,6 +57,18 @@ class Cluster:
         self._runs: list[tuple | None] = [None] * n  # Engine.lazy_kv of each engine in a run, when asked
         self._slow: set[int] = set()  # in a run not in closed form: read through Engine.snapshot
         self._kv_now = 0.0
+        self._live = [getattr(e, "live_gauges", None) or self._live_of(e) for e in self.engines]
+        self._loras = [getattr(e, "lora", None) for e in self.engines]  # (the vLLM-scheduler engine has none)
+
+    @staticmethod
+    def _live_of(e: Engine) -> Callable[[float], tuple]:
+        """`Engine.live_gauges` of an engine without it (the vLLM-scheduler engine: no runs between events)."""
+
+        def live(now: float) -> tuple:
+            end = e.run_end_blocks()
+            return (*e.gauges(None if end and end > 0 else now), end)
+
+        return live
 
     def _done(self, req: Request) -> None:
         self.router.on_finish(req, req.instance, req.finish)
@@ -80,15 +92,14 @@ class Cluster:
         """Live rows at `now`: rewrite those of engines with events since the last arrival; mark KV lazy."""
         table = self.snapshot_table
         if self._dirty:
-            engines = self.engines
             in_run = self._in_run
             slow = self._slow
             runs = self._runs
+            live = self._live
+            loras = self._loras
             for i in self._dirty:
-                e = engines[i]
-                end = e.run_end_blocks()
                 # Inside a closed-form run the KV columns are recomputed when read (`_refresh_kv`).
-                running, waiting, used, total, pending, queries, hits = e.gauges(None if end and end > 0 else now)
+                running, waiting, used, total, pending, queries, hits, end = live[i](now)
                 runs[i] = None
                 if end is None:
                     in_run.discard(i)
@@ -102,7 +113,7 @@ class Cluster:
                     in_run.add(i)
                     slow.discard(i)
                 table.set_gauges(i, now, running, waiting, used, total, pending, queries, hits, end)
-                lora = getattr(e, "lora", None)
+                lora = loras[i]
                 if lora is not None:
                     table.set_adapters(i, lora.state())
             self._dirty.clear()

@@ -52,6 +52,11 @@ class LMetricParams(IndicatorParams):
     seed: int = 0
 
 
+def _least(v: np.ndarray) -> np.generic:
+    """`v.min()` without numpy's Python-level wrapper (it costs more than the reduction at 128 instances)."""
+    return v[v.argmin()]
+
+
 def _argmin(v: np.ndarray, c: np.ndarray | None) -> int:
     """Index of the first minimum of `v` over candidates `c` (None: all)."""
     return int(v.argmin()) if c is None else int(c[v[c].argmin()])
@@ -82,10 +87,17 @@ class LMetric(TrackedRouter):
         if "kv-pressure" in on:
             # Blocks the request waits for: its own and the queued prefill's, one more per running decode.
             work = P if p.prefill == "request+pending" else P + self.pending()
-            need = -(-work // bs) + B
-            if (tab.free_lower < need).any():  # a lower bound of the free blocks first: exact usage only then
-                short = (tab.free_blocks < need) & (tab.total > 0)
-                ok = np.flatnonzero(~short) if c is None else c[~short[c]]
+            low = tab.free_lower  # a lower bound of the free blocks first: exact usage only then
+            # Cheapest first: no row can be short when the least lower bound covers the largest need.
+            if low[low.argmin()] < -(-int(work[work.argmax()]) // bs) + int(B[B.argmax()]):
+                need = (work + (bs - 1)) // bs
+                need += B
+                lt = low < need
+                short = (tab.free_blocks < need) & (tab.total > 0) if lt[lt.argmax()] else None
+            else:
+                short = None
+            if short is not None:
+                ok = (~short).nonzero()[0] if c is None else c[~short[c]]
                 n_c = self.num_instances_ if c is None else len(c)
                 if len(ok) and len(ok) < n_c:
                     dec["kv-pressure"] += 1
@@ -95,7 +107,7 @@ class LMetric(TrackedRouter):
         prod = P * b1
         first = _argmin(prod, c)
         if "load-guard" in on and Q[first] >= p.max_num_seqs:
-            room = np.flatnonzero(p.max_num_seqs > Q) if c is None else c[Q[c] < p.max_num_seqs]
+            room = (p.max_num_seqs > Q).nonzero()[0] if c is None else c[Q[c] < p.max_num_seqs]
             if len(room):
                 dec["load-guard"] += 1
                 c = room
@@ -105,7 +117,7 @@ class LMetric(TrackedRouter):
         floor = res if "prefill-floor" in on else 0
         if additive:
             score = np.maximum(P, floor) * b1 + self.pending()
-        elif not floor or int(P.min() if c is None else P[c].min()) >= floor:
+        elif not floor or int(_least(P) if c is None else _least(P[c])) >= floor:
             score = prod  # the floor changes nothing
         else:
             score = np.maximum(P, floor) * b1
@@ -114,18 +126,26 @@ class LMetric(TrackedRouter):
             dec["prefill-floor"] += 1
 
         band = score[best] + (int(B[best]) + one) * res if "near-tie" in on else score[best]
-        near = np.flatnonzero(score <= band) if c is None else c[score[c] <= band]
+        near = (score <= band).nonzero()[0] if c is None else c[score[c] <= band]
         if len(near) > 1 and band > score[best]:
             # Indistinguishable products: the least predicted TTFT, (W + P) / (M - B), wins.
             work = P[near] if p.prefill == "request+pending" else P[near] + self.pending()[near]
             ttft = work / np.maximum(p.max_num_batched_tokens - B[near], 1)
-            fastest = near[ttft == ttft.min()]
+            fastest = near[ttft == _least(ttft)]
             if best not in fastest:
                 dec["near-tie"] += 1
                 return self._pick(fastest, score, P, B)
             near = near[score[near] == score[best]]
         # `near` now ties in score: the lower (P, B) decides (no dominated pick), then a seeded draw.
-        return self._pick(near if len(near) == 1 else lexmin(near, P, B), score, P, B, final=True)
+        if len(near) > 1:
+            if additive:
+                near = lexmin(near, P, B)
+            else:  # equal scores (B + 1) x max(P, floor) and equal P imply equal B: P alone decides
+                v = P[near]
+                low = v[v.argmin()]
+                if low != v[v.argmax()]:  # (usually all equal: idle instances)
+                    near = near[v == low]
+        return self._pick(near, score, P, B, final=True)
 
     def _pick(
         self, near: np.ndarray, score: np.ndarray, P: np.ndarray, B: np.ndarray, final: bool = False

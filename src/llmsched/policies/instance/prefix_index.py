@@ -13,16 +13,19 @@ along a request's chain the set of instances holding block k only shrinks as k g
 - per-instance match lengths come from one binary search per distinct owner set along the chain (a handful,
   not one per instance): 8k-token prompts (512 blocks) need ~10 dict lookups per owner set.
 
-Memory: one dict entry per (hash) for the owner bitmask plus one per (instance, hash) in an OrderedDict kept
-in stamp order (a touch moves its chain to the recent end, tail first, head last), so LRU eviction and ageing
-pop from the old end: O(blocks evicted), with no pause proportional to the index size (a gateway's p99 would
-see it).
+Memory: one dict entry per (hash) for the owner bitmask plus one per (instance, hash) in a plain dict kept
+in stamp order by its insertion order (a touch deletes and re-inserts its held blocks at the recent end,
+tail first, head last), so LRU eviction and ageing take from the old end: O(blocks evicted), with no pause
+proportional to the index size (a gateway's p99 would see it). A plain dict rather than an OrderedDict: the
+same order at ~16% less time per touch (the work is memory-bound dict operations, and an OrderedDict keeps a
+second table and a linked list beside its dict) and less memory.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
+from itertools import islice, takewhile
 
 import numpy as np
 
@@ -46,7 +49,7 @@ class PrefixIndex:
         self.slack = slack
         self.owners_: dict[int, int] = {}  # hash -> bitmask of instances holding it
         # Per instance: hash -> LRU stamp (higher = more recent), ordered by stamp (oldest first).
-        self.stamps_: list[OrderedDict[int, int]] = []
+        self.stamps_: list[dict[int, int]] = []
         self.capacity_: list[int] = []
         self.max_capacity_: list[int] = []
         self.checkpoints_: list[deque[tuple[float, int]]] = []  # per instance: (touch time, last stamp given)
@@ -67,7 +70,7 @@ class PrefixIndex:
         """Grow to `n` instances; new ones get `capacity_blocks` (default: the last instance's)."""
         while len(self.stamps_) < n:
             cap = capacity_blocks or (self.max_capacity_[-1] if self.max_capacity_ else 1)
-            self.stamps_.append(OrderedDict())
+            self.stamps_.append({})
             self.capacity_.append(cap)
             self.max_capacity_.append(cap)
             self.checkpoints_.append(deque())
@@ -181,10 +184,9 @@ class PrefixIndex:
         for h in reversed(hashes[have:]):
             stamp += 1
             d[h] = stamp
-        move = d.move_to_end
-        for h in reversed(hashes[:have]):
+        for h in reversed(hashes[:have]):  # to the recent end: a plain dict keeps insertion order
             stamp += 1
-            move(h)
+            del d[h]
             d[h] = stamp
         self.clock_ = stamp
         if have < total:
@@ -229,16 +231,17 @@ class PrefixIndex:
         size = len(d)
         if size <= cap or (not force and size <= cap + int(cap * self.slack)):
             return
-        pop = d.popitem
-        self._drop(instance, [pop(last=False)[0] for _ in range(size - cap)], popped=True)  # the oldest
+        victims = list(islice(d, size - cap))  # the oldest
+        for h in victims:
+            del d[h]
+        self._drop(instance, victims, popped=True)
 
     def _evict_upto(self, instance: int, stamp: int) -> int:
         """Drop the blocks of `instance` stamped `stamp` or earlier (they sit at the old end)."""
         d = self.stamps_[instance]
-        victims = []
-        pop = d.popitem
-        while d and next(iter(d.values())) <= stamp:
-            victims.append(pop(last=False)[0])
+        victims = list(takewhile(lambda h: d[h] <= stamp, d))
+        for h in victims:
+            del d[h]
         self._drop(instance, victims, popped=True)
         return len(victims)
 

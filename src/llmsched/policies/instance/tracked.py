@@ -131,7 +131,7 @@ class TrackedRouter(Router):
             for i in rows:
                 self._rebase_one(tab, i)
         else:
-            chg = np.flatnonzero(tab.version != self.seen_[:n])
+            chg = (tab.version != self.seen_[:n]).nonzero()[0]
             changed = bool(len(chg))
             if changed:
                 self._rebase(tab, chg)
@@ -175,20 +175,22 @@ class TrackedRouter(Router):
                 self.decisions["index-reset"] += 1
 
     def _rebase_one(self, tab: SnapshotTable, i: int) -> None:
+        """`_rebase` of one row, with Python scalars (`item`): numpy scalar arithmetic costs more than the rest."""
         self.seen_[i] = tab.version[i]
-        own = self.pending_prefill_[i]
+        own = self.pending_prefill_.item(i)
         self.base_in_flight_[i] = self.in_flight_[i]
         self.base_pending_[i] = own
-        run = tab.running[i]
+        run = tab.running.item(i)
         self.run_est_[i] = run
-        self.q_est_[i] = run + tab.waiting[i]
-        pend = tab.pending[i]
+        self.q_est_[i] = run + tab.waiting.item(i)
+        pend = tab.pending.item(i)
         self.w_est_[i] = pend if pend >= 0 else own
-        healthy = bool(tab.healthy[i])
-        if healthy and not self.was_healthy_[i] and self.index_ is not None:
-            self.index_.clear_instance(i)
-            self.decisions["index-reset"] += 1
-        self.was_healthy_[i] = healthy
+        healthy = tab.healthy.item(i)
+        if healthy != self.was_healthy_.item(i):
+            if healthy and self.index_ is not None:
+                self.index_.clear_instance(i)
+                self.decisions["index-reset"] += 1
+            self.was_healthy_[i] = healthy
 
     def on_snapshots(self, snapshots: Sequence[InstanceSnapshot], now: float) -> None:
         self.sync(snapshots, now)
@@ -314,16 +316,19 @@ class TrackedRouter(Router):
 
 
 def lexmin(c: np.ndarray | None, *keys: np.ndarray) -> np.ndarray:
-    """Candidates (`c`; None: all) minimising `keys` lexicographically, in index order."""
+    """Candidates (`c`; None: all) minimising `keys` lexicographically, in index order.
+
+    (`v[v.argmin()]` and `.nonzero()[0]` rather than `v.min()` and `np.flatnonzero`: the same values without
+    numpy's Python-level wrappers, which cost more than the operation itself on a few hundred instances.)"""
     first = keys[0] if c is None else keys[0][c]
-    ties = np.flatnonzero(first == first.min())
+    ties = (first == first[first.argmin()]).nonzero()[0]
     if c is not None:
         ties = c[ties]
     for k in keys[1:]:
         if len(ties) == 1:
             break
         v = k[ties]
-        ties = ties[v == v.min()]
+        ties = ties[v == v[v.argmin()]]
     return ties
 
 
