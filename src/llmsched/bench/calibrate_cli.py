@@ -10,6 +10,29 @@ import typer
 from llmsched.clikit import fail
 
 
+def identifiability_lines(values: dict[str, float], ci: dict[str, tuple[float, float]],
+                          corr: dict[str, float], wide: float = 0.10, collinear: float = 0.95) -> list[str]:
+    """Say which knobs the data did not pin down: an interval wider than +-`wide` of the value, or two
+    estimates correlated beyond `collinear` (the data move them together; only a combination is known)."""
+    out, loose = [], set()
+    for k, v in values.items():
+        lo, hi = ci[k]
+        if v > 0 and (hi - lo) / 2 > wide * v:
+            loose.add(k)
+            out.append(f"  NOT IDENTIFIED: {k}: its 95% interval spans {lo:.4g}..{hi:.4g} (more than +-{wide:.0%}); "
+                       "treat the value as a guess")
+    for pair, c in corr.items():
+        a, b = pair.split("~")
+        if abs(c) >= collinear and loose & {a, b}:
+            out.append(f"  COLLINEAR: {a} and {b} (correlation {c:+.2f}): the data trade one for the other, only "
+                       "their combination is known; a recording with more varied batches separates them")
+        elif abs(c) >= collinear:
+            out.append(f"  note: {a} and {b} are correlated ({c:+.2f}) but their intervals are narrow: the "
+                       "recording still separates them")
+    out.append("  correlations of the estimates: " + ", ".join(f"{p} {c:+.2f}" for p, c in corr.items()))
+    return out
+
+
 def calibrate_cmd(
     from_record: Annotated[Path | None, typer.Option("--from-record", help="a `serve --record` file")] = None,
     from_metrics: Annotated[list[str] | None, typer.Option("--from-metrics", help="a vLLM base URL whose "
@@ -22,7 +45,8 @@ def calibrate_cmd(
     time_scale: Annotated[float | None, typer.Option(help="emulated seconds per recorded second (emulators' "
                                                      "--speed; default: the recording's header, or 1)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 200,
-    refine_evals: Annotated[int, typer.Option(help="closed-loop replays of the refinement stage")] = 60,
+    refine_evals: Annotated[int, typer.Option(help="closed-loop replays of the optional refinement stage (0: off; "
+                                              "see docs/calibration.md)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap and the synthetic draws")] = 0,
 ) -> None:
     """Fit step_overhead_s, compute_scale and bandwidth_scale to what real backends did."""
@@ -50,6 +74,8 @@ def calibrate_cmd(
                 typer.echo(f"  {k:16s} {v:.6g}   95% CI [{lo:.6g}, {hi:.6g}]")
             typer.echo(f"  ttft_offset_s    {fit.ttft_offset_s:.4g}   (gateway-to-engine time in every TTFT; "
                        "not a cost-model knob)")
+            for line in identifiability_lines(fit.values, fit.ci, fit.notes["correlation"]):
+                typer.echo(line)
             for metric, e in fit.residuals.items():
                 if e.get("n"):
                     typer.echo(f"  residual {metric.upper():4s}: mean |rel err| {e['mean_abs_rel_err']:.1%}, "
