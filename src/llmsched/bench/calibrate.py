@@ -26,10 +26,19 @@ from llmsched.model.calibration import Calibration
 from llmsched.workload.traces.record import Recording, read_recording, record_hashes
 
 FREE = ("step_overhead_s", "compute_scale", "bandwidth_scale")
-START = {"step_overhead_s": 1.0e-3, "compute_scale": 1.0, "bandwidth_scale": 1.0}
-STARTS = (START, {"step_overhead_s": 5.0e-3, "compute_scale": 0.5, "bandwidth_scale": 0.5},
-          {"step_overhead_s": 2.0e-4, "compute_scale": 2.0, "bandwidth_scale": 2.0})
-BOUNDS = {"step_overhead_s": (1e-5, 0.2), "compute_scale": (0.02, 20.0), "bandwidth_scale": (0.02, 20.0)}
+MOE_FREE = (*FREE, "expert_scale")  # MoE presets: the routed experts' own efficiency too
+START = {"step_overhead_s": 1.0e-3, "compute_scale": 1.0, "bandwidth_scale": 1.0, "expert_scale": 1.0}
+STARTS = (START, {"step_overhead_s": 5.0e-3, "compute_scale": 0.5, "bandwidth_scale": 0.5, "expert_scale": 0.5},
+          {"step_overhead_s": 2.0e-4, "compute_scale": 2.0, "bandwidth_scale": 2.0, "expert_scale": 2.0})
+BOUNDS = {"step_overhead_s": (1e-5, 0.2), "compute_scale": (0.02, 20.0), "bandwidth_scale": (0.02, 20.0),
+          "expert_scale": (0.02, 20.0)}
+
+
+def free_knobs(model: str) -> tuple[str, ...]:
+    """The knobs `calibrate` fits for a model preset: MOE_FREE for MoE presets, else FREE."""
+    from llmsched.model import get_llm
+
+    return MOE_FREE if get_llm(model).is_moe else FREE
 
 
 @dataclass
@@ -74,8 +83,13 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
 def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dict[str, float],
                     router: str = "pinned", router_params: dict[str, Any] | None = None,
                     engine: dict[str, Any] | None = None, seed: int = 0, request_policy: str = "fcfs",
-                    with_e2e: bool = False, metrics_interval_s: float = 0.0) -> Any:
-    """Simulated (TTFT, TPOT[, E2E]) per replayed request (NaN where the request was rejected)."""
+                    with_e2e: bool = False, metrics_interval_s: float = 0.0, expert_policy: str | None = None,
+                    expert_params: dict[str, Any] | None = None) -> Any:
+    """Simulated (TTFT, TPOT[, E2E]) per replayed request (NaN where the request was rejected).
+
+    `expert_policy` (MoE presets only): wrap each instance's cost model in the MoE model with that expert placer
+    (imbalanced, seeded synthetic expert routing, `expert_params` as in `SimConfig`); None keeps the balanced
+    roofline pricing that `calibrate` fits and the emulator runs."""
     from llmsched.engine.config import EngineConfig
     from llmsched.engine.engine import Engine
     from llmsched.model import build_cost_model
@@ -86,8 +100,18 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
     cfg = EngineConfig(**(engine or {}))
     pol_cls = REQUEST_POLICIES.get(request_policy)
     pol_params = {"seed": seed} if "seed" in pol_cls.Params.model_fields else {}
-    engines = [Engine(build_cost_model(model, gpu, tp, **knobs), pol_cls(**pol_params), cfg,
-                      instance=i, collect_tokens=False) for i in range(rp.instances)]
+    def cost(i: int) -> Any:
+        base = build_cost_model(model, gpu, tp, **knobs)
+        if expert_policy is None:
+            return base
+        if not base.llm.is_moe:
+            raise ValueError(f"expert policy {expert_policy!r} needs an MoE model; {model} is dense")
+        from llmsched.model.moe import build_moe_cost
+
+        return build_moe_cost(base, expert_policy, dict(expert_params or {}), seed * 1000 + i)
+
+    engines = [Engine(cost(i), pol_cls(**pol_params), cfg, instance=i, collect_tokens=False)
+               for i in range(rp.instances)]
     params = dict(router_params or {})
     if router == "pinned":
         from llmsched.policies.instance.pinned import Pinned
@@ -269,26 +293,30 @@ def gap_iterations(gaps: list[BackendGaps], cost: Any, budget: int = 8192) -> np
 
 
 def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: dict[str, Any] | None = None,
-               bootstrap: int = 200, seed: int = 0, refine_evals: int = 0) -> Fit:
-    """Fit FREE knobs to the replay's observed iterations (stage 1) and, optionally, closed-loop TTFT and TPOT."""
+               bootstrap: int = 200, seed: int = 0, refine_evals: int = 0, refits: int = 8,
+               timing_noise_s: float = 1e-3) -> Fit:
+    """Fit the knobs of `free_knobs(model)` to the replay's observed iterations (stage 1) and, optionally,
+    closed-loop TTFT and TPOT. `refits` x (requests resampled, every TTFT and end time moved by
+    N(0, timing_noise_s)) refits from the estimate widen the intervals where the data cannot pin a knob."""
     from scipy.optimize import least_squares, minimize
 
     from llmsched.model import build_cost_model
 
+    free = free_knobs(model)
     m_ttft = np.isfinite(rp.ttft) & (rp.ttft > 0)
     m_tpot = np.isfinite(rp.tpot) & (rp.tpot > 0)
     gaps, A, steps_obs = iteration_gaps(rp)
     budget = (engine or {}).get("max_num_batched_tokens", 8192)
-    if len(steps_obs) < 3 * len(FREE):
+    if len(steps_obs) < 3 * len(free):
         raise ValueError(f"too few streamed requests with 2+ output tokens to fit ({len(steps_obs)})")
     obs_ttft, obs_tpot = rp.ttft[m_ttft], rp.tpot[m_tpot]
     s_ttft = float(np.mean(obs_ttft)) if m_ttft.any() else 1.0
-    lo = np.array([math.log(BOUNDS[k][0]) for k in FREE])
-    hi = np.array([math.log(BOUNDS[k][1]) for k in FREE])
+    lo = np.array([math.log(BOUNDS[k][0]) for k in free])
+    hi = np.array([math.log(BOUNDS[k][1]) for k in free])
     evals = 0
 
     def unpack(x: np.ndarray) -> dict[str, float]:
-        return {k: float(math.exp(v)) for k, v in zip(FREE, np.clip(x, lo, hi), strict=True)}
+        return {k: float(math.exp(v)) for k, v in zip(free, np.clip(x, lo, hi), strict=True)}
 
     # Stage 1: the engine's iterations replayed between the recorded events (`gap_iterations`); each
     # request's predicted decode iterations against its output tokens - 1. The events re-anchor the replay,
@@ -300,7 +328,7 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
     # Iteration counts are piecewise (an arrival joins at an iteration's end), so the least-squares surface
     # has shallow local minima once timestamps carry jitter: a coarse finite-difference pass from a few
     # starts, the best polished with a fine one.
-    starts = [np.array([math.log(v[k]) for k in FREE]) for v in STARTS]
+    starts = [np.array([math.log(v[k]) for k in free]) for v in STARTS]
     coarse = [least_squares(steps_resid, x0, bounds=(lo, hi), diff_step=1e-2) for x0 in starts]
     best = min(coarse, key=lambda r: r.cost)
     st1 = least_squares(steps_resid, best.x, bounds=(lo, hi), diff_step=1e-3)
@@ -330,7 +358,7 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
 
     x_best = st1.x
     if refine_evals > 0:
-        simplex = np.vstack([st1.x] + [st1.x + np.eye(len(FREE))[i] * 0.05 for i in range(len(FREE))])
+        simplex = np.vstack([st1.x] + [st1.x + np.eye(len(free))[i] * 0.05 for i in range(len(free))])
         st2 = minimize(objective, st1.x, method="Nelder-Mead",
                        options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-3, "maxfev": refine_evals})
         x_best = np.clip(st2.x, lo, hi)
@@ -338,26 +366,53 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
     # Intervals: one-step bootstrap of stage 1 (its Jacobian is smooth), centred on the result; and the
     # correlations of the estimates (from J^T J), which say when the recording cannot separate two knobs.
     ci = _bootstrap(x_best, st1.jac, st1.fun, len(st1.fun), bootstrap, seed, lo, hi)
-    corr = _correlations(st1.jac)
+    # The one-step bootstrap scales with the residuals, which are tiny when the model is right; a flat valley
+    # of the cost (two knobs trading off) then still gets a narrow interval. Refits under resampling and
+    # timing noise, each started ~10% away from the estimate, measure where the data really let it land.
+    rng = np.random.default_rng([seed, 0x7E1])
+    moved = []
+    for _ in range(refits):
+        jit = Replay(**{**rp.__dict__})
+        noise = rng.normal(0.0, timing_noise_s, size=(2, len(rp.ttft)))
+        jit.ttft = np.maximum(rp.ttft + noise[0], 1e-6)
+        end = np.maximum(rp.ttft + rp.tpot * (rp.output - 1) + noise[1], jit.ttft)
+        jit.tpot = np.where(rp.output > 1, (end - jit.ttft) / np.maximum(rp.output - 1, 1), np.nan)
+        g_b, a_b, o_b = iteration_gaps(jit)
+        rows = rng.integers(0, len(o_b), len(o_b))
+        a_b, o_b = a_b[rows], o_b[rows]
+
+        def resid_b(x: np.ndarray, g_b: list = g_b, a_b: Any = a_b, o_b: np.ndarray = o_b) -> np.ndarray:
+            pred = a_b @ gap_iterations(g_b, build_cost_model(model, gpu, tp, **unpack(x)), budget)
+            return np.log(np.clip(pred, 1e-9, None) / o_b)
+
+        x_start = np.clip(x_best + rng.normal(0.0, 0.1, len(free)), lo, hi)  # ~10% off: a flat valley keeps it off
+        moved.append(least_squares(resid_b, x_start, bounds=(lo, hi), diff_step=1e-2, max_nfev=60).x)
+    if moved:
+        m = np.array(moved)
+        ci = [(min(a, float(b)), max(c, float(d))) for (a, c), b, d in
+              zip(ci, np.percentile(m, 2.5, axis=0), np.percentile(m, 97.5, axis=0), strict=True)]
+    corr = _correlations(st1.jac, free)
     _, _, off = per_request(x_best)
     ttft, tpot = simulate_replay(rp, model, gpu, tp, values, engine=engine)
     residuals = {"ttft": _errors(ttft + off, rp.ttft), "tpot": _errors(tpot, rp.tpot)}
-    return Fit(values, {k: (math.exp(a), math.exp(b)) for k, (a, b) in zip(FREE, ci, strict=True)}, residuals,
+    return Fit(values, {k: (math.exp(a), math.exp(b)) for k, (a, b) in zip(free, ci, strict=True)}, residuals,
                off, evals, {"fitted_on_requests": int(len(rp.arrival)),
                             "stage1": {k: float(f"{v:.6g}") for k, v in unpack(st1.x).items()},
                             "stage1_rms_log_err": float(f"{math.sqrt(float(np.mean(st1.fun ** 2))):.4g}"),
+                            "interval": f"one-step bootstrap ({bootstrap} resamples) joined with {refits} refits "
+                                        f"(resampled, timestamps moved by {timing_noise_s * 1e3:g} ms)",
                             "correlation": corr,
                             "optimizer": "scipy least_squares (iterations between recorded events)"
                             + (" + Nelder-Mead (closed-loop replay)" if refine_evals > 0 else "")})
 
 
-def _correlations(jac: np.ndarray) -> dict[str, float]:
+def _correlations(jac: np.ndarray, free: tuple[str, ...]) -> dict[str, float]:
     """Correlation of each pair of (log) knob estimates, from the Gauss-Newton covariance (J^T J)^-1: near
     +-1, the recording moves the two knobs' effects together and cannot tell them apart."""
     cov = np.linalg.pinv(jac.T @ jac)
     sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
     c = cov / np.outer(sd, sd)
-    return {f"{FREE[i]}~{FREE[j]}": float(f"{c[i, j]:.3f}") for i in range(len(FREE)) for j in range(i + 1, len(FREE))}
+    return {f"{free[i]}~{free[j]}": float(f"{c[i, j]:.3f}") for i in range(len(free)) for j in range(i + 1, len(free))}
 
 
 def _bootstrap(x: np.ndarray, jac: np.ndarray, r: np.ndarray, n1: int, reps: int, seed: int, lo: np.ndarray,

@@ -47,6 +47,10 @@ def calibrate_cmd(
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the confidence intervals")] = 200,
     refine_evals: Annotated[int, typer.Option(help="closed-loop replays of the optional refinement stage (0: off; "
                                               "see docs/calibration.md)")] = 0,
+    refits: Annotated[int, typer.Option(min=0, help="--from-record: refits under resampling and timing noise, "
+                                        "joined to the intervals (0: one-step bootstrap only)")] = 8,
+    timing_noise: Annotated[float, typer.Option(min=0.0, help="--from-record: seconds of noise the refits add to "
+                                                "every recorded TTFT and end time")] = 1e-3,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap and the synthetic draws")] = 0,
 ) -> None:
     """Fit step_overhead_s, compute_scale and bandwidth_scale to what real backends did."""
@@ -65,13 +69,15 @@ def calibrate_cmd(
             if not from_record.is_file():
                 fail(f"--from-record: no such file {from_record}")
             fit, rp = calibrate_from_record(from_record, model, gpu, tp, time_scale, bootstrap=bootstrap,
-                                            seed=seed, refine_evals=refine_evals)
+                                            seed=seed, refine_evals=refine_evals, refits=refits,
+                                            timing_noise_s=timing_noise)
             cal = fit.calibration({**meta, "source": str(from_record), "requests": rp.notes})
             typer.echo(f"fitted on {rp.notes['replayed']} requests of {from_record} ({rp.instances} backends, "
                        f"routing pinned as recorded; {fit.evaluations} replays)")
             for k, v in fit.values.items():
                 lo, hi = fit.ci[k]
                 typer.echo(f"  {k:16s} {v:.6g}   95% CI [{lo:.6g}, {hi:.6g}]")
+            typer.echo(f"  (intervals: {fit.notes['interval']})")
             typer.echo(f"  ttft_offset_s    {fit.ttft_offset_s:.4g}   (gateway-to-engine time in every TTFT; "
                        "not a cost-model knob)")
             for line in identifiability_lines(fit.values, fit.ci, fit.notes["correlation"]):
