@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmsched.bench.calibrate import gap_iterations, iteration_gaps, replay_of, simulate_replay
-from llmsched.bench.calibrate_metrics import Hist, parse_histograms
+from llmsched.bench.calibrate_metrics import ITER, IterationMix, Window, parse_histograms, sample_windows
 from llmsched.cli import app
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.emulator import EmulatorServer
@@ -147,12 +147,49 @@ def test_emulator_exports_the_histograms_calibration_reads() -> None:
     assert h["vllm:request_time_per_output_token_seconds"].count == 3
 
 
-def test_histogram_quantile_and_sampling() -> None:
-    h = Hist(np.array([1.0, 2.0, np.inf]), np.array([10.0, 30.0, 30.0]), 40.0)
-    assert h.quantile(0.5) == pytest.approx(1.25) and h.mean == pytest.approx(40 / 30)
-    x = h.sample(1000, np.random.default_rng(0))
-    assert x.mean() == pytest.approx(h.mean) and (x > 0).all()
-    assert np.mean(x < np.median(x)) == pytest.approx(0.5, abs=0.01)
+def test_metrics_windows_rebuild_the_iterations_an_emulator_ran() -> None:
+    """Reads of a loaded emulator's /metrics (virtual clock): the iterations rebuilt from the histograms and gauges,
+    priced by the emulator's own cost model, add up to the observed inter-token sum; a model twice as slow does
+    not."""
+    from llmsched.bench.replay_client import prompt_text
+    from llmsched.bench.virtual_loop import run_virtual
+
+    truth = build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.004, compute_scale=0.6, bandwidth_scale=0.7)
+
+    async def main() -> list[Window]:
+        import aiohttp
+
+        srv = EmulatorServer(cost=truth)
+        url = await srv.start()
+        async with aiohttp.ClientSession() as s:
+            async def one(i: int) -> None:
+                await asyncio.sleep(0.02 * i)
+                body = {"prompt": prompt_text(i, 100 + 50 * (i % 7)), "max_tokens": 150}  # no shared prefix
+                async with s.post(url + "/v1/completions", json=body) as r:
+                    assert r.status == 200
+                    await r.read()
+
+            async def reads() -> list[Window]:
+                await asyncio.sleep(0.8)
+                return await sample_windows([url], 2.4, scrapes=4)  # over HTTP, as `--from-metrics` reads
+
+            *_, wins = await asyncio.gather(*(one(i) for i in range(200)), reads())
+        await srv.stop()
+        return wins
+
+    wins = run_virtual(main())
+    assert len(wins) == 3 and all(w.start["kv_tokens"] > 0 for w in wins)
+    slow_model = build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.008, compute_scale=0.3, bandwidth_scale=0.35)
+    for w in wins:
+        mx = IterationMix.of(w)
+        assert float(mx.count.sum()) == w.h[ITER].count  # every iteration of the window is rebuilt
+        # the rebuilt iterations hold exactly the tokens the histogram summed, prefill chunks included
+        assert float(np.sum(mx.count * (mx.prefill + mx.decodes))) == pytest.approx(w.h[ITER].sum)
+        assert float(np.sum(mx.count * mx.prefill)) > 0
+        s, busy = mx.predict(truth)
+        slow, _ = mx.predict(slow_model)
+        print("rebuilt / observed inter-token sum", s / mx.itl_sum, "slow", slow / mx.itl_sum, "busy", busy / mx.seconds)
+        assert s / mx.itl_sum == pytest.approx(1.0, abs=0.1) and slow / mx.itl_sum > 1.6 and busy / mx.seconds < 1.15
 
 
 TRUTH = {"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7}
