@@ -343,7 +343,8 @@ def test_what_if_on_an_moe_recording_compares_the_expert_placers(tmp_path: Path)
     assert res["simulated"]["expert_policy"] == "eplb" and "expert placer eplb" in res["baseline"]["label"]
     compared = {c["expert_policy"] for c in res["candidates"] if c["router"] == "pinned"}
     assert compared == set(EXPERT_PLACERS.names()) - {"eplb"}
-    assert all(c["seeds"] == 2 for c in res["candidates"])  # expert routing is drawn: every run goes over the seeds
+    # expert routing is drawn: every run goes over the seeds, the baseline too
+    assert res["baseline"]["seeds"] == 2 and all(c["seeds"] == 2 for c in res["candidates"])
     e = res["expert_recommendation"]
     assert e["ttft_mean"] == min([c["ttft_mean"] for c in res["candidates"] if c["router"] == "pinned"]
                                  + [res["baseline"]["ttft_mean"]])

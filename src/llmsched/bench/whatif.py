@@ -107,7 +107,7 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
         "recording": str(path), "requests": rp.notes, "instances": rp.instances,
         "simulated": {"model": model, "gpu": gpu, "tp": tp, "calibration": knobs, "expert_policy": base_expert},
         "observed": observed(rp),
-        "baseline": {"label": base.label, **{k: base.stat(k)[0] for k in base.runs[0]}},
+        "baseline": {"label": base.label, "seeds": len(base.runs), **{k: base.stat(k)[0] for k in base.runs[0]}},
         "candidates": [{"label": r.label, "router": r.router, "request_policy": r.request_policy,
                         "expert_policy": r.expert_policy, "seeds": len(r.runs), **{k: r.stat(k)[0] for k in r.runs[0]},
                         "ttft_mean_spread": r.stat("ttft_mean")[1]} for r in rows + experts],
@@ -134,7 +134,7 @@ def print_what_if(res: dict[str, Any]) -> None:
               f"{o['tpot_mean'] * 1e3:.2f} ms", "", "")
     b = res["baseline"]
     t.add_row(b["label"], f"{b['ttft_mean'] * 1e3:.1f} ms", f"{b['ttft_p90'] * 1e3:.1f} ms",
-              f"{b['tpot_mean'] * 1e3:.2f} ms", f"{b['e2e_mean']:.2f} s", "1")
+              f"{b['tpot_mean'] * 1e3:.2f} ms", f"{b['e2e_mean']:.2f} s", str(b["seeds"]))
     for c in res["candidates"]:
         t.add_row(c["label"], f"{c['ttft_mean'] * 1e3:.1f} ms", f"{c['ttft_p90'] * 1e3:.1f} ms",
                   f"{c['tpot_mean'] * 1e3:.2f} ms", f"{c['e2e_mean']:.2f} s", str(c["seeds"]))
