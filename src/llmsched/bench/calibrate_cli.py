@@ -63,7 +63,8 @@ def calibrate_cmd(
                                                 "every recorded TTFT and end time")] = 1e-3,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap and the synthetic draws")] = 0,
 ) -> None:
-    """Fit step_overhead_s, compute_scale and bandwidth_scale to what real backends did."""
+    """Fit step_overhead_s, compute_scale and bandwidth_scale (and expert_scale for MoE presets) to what real
+    backends did; says which of them the data did not pin down."""
     from llmsched.model.calibration import Calibration, save_calibration
     from llmsched.workload.errors import WorkloadError
 
