@@ -88,7 +88,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fitted(recorded: dict[str, Any]) -> Any:
-    return calibrate_from_record(recorded["record"], MODEL, GPU, bootstrap=100)
+    return calibrate_from_record(recorded["record"], MODEL, GPU, bootstrap=100, refits=4)
 
 
 def test_live_replay_answers_every_request(recorded: dict[str, Any]) -> None:
