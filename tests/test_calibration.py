@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llmsched.bench.calibrate import openloop_items, openloop_steps, replay_of, simulate_replay
-from llmsched.bench.calibrate_metrics import Hist, parse_histograms
+from llmsched.bench.calibrate import gap_iterations, iteration_gaps, replay_of, simulate_replay
+from llmsched.bench.calibrate_metrics import ITER, IterationMix, Window, parse_histograms, sample_windows
 from llmsched.cli import app
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.emulator import EmulatorServer
@@ -149,17 +149,57 @@ def test_emulator_exports_the_histograms_calibration_reads() -> None:
     assert h["vllm:request_time_per_output_token_seconds"].count == 3
 
 
-def test_histogram_quantile_and_sampling() -> None:
-    h = Hist(np.array([1.0, 2.0, np.inf]), np.array([10.0, 30.0, 30.0]), 40.0)
-    assert h.quantile(0.5) == pytest.approx(1.25) and h.mean == pytest.approx(40 / 30)
-    x = h.sample(1000, np.random.default_rng(0))
-    assert x.mean() == pytest.approx(h.mean) and (x > 0).all()
-    assert np.mean(x < np.median(x)) == pytest.approx(0.5, abs=0.01)
+def test_metrics_windows_rebuild_the_iterations_an_emulator_ran() -> None:
+    """Reads of a loaded emulator's /metrics (virtual clock): the iterations rebuilt from the histograms and gauges,
+    priced by the emulator's own cost model, add up to the observed inter-token sum; a model twice as slow does
+    not."""
+    from llmsched.bench.replay_client import prompt_text
+    from llmsched.bench.virtual_loop import run_virtual
+
+    truth = build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.004, compute_scale=0.6, bandwidth_scale=0.7)
+
+    async def main() -> list[Window]:
+        import aiohttp
+
+        srv = EmulatorServer(cost=truth)
+        url = await srv.start()
+        async with aiohttp.ClientSession() as s:
+            async def one(i: int) -> None:
+                await asyncio.sleep(0.02 * i)
+                body = {"prompt": prompt_text(i, 100 + 50 * (i % 7)), "max_tokens": 150}  # no shared prefix
+                async with s.post(url + "/v1/completions", json=body) as r:
+                    assert r.status == 200
+                    await r.read()
+
+            async def reads() -> list[Window]:
+                await asyncio.sleep(0.8)
+                return await sample_windows([url], 2.4, scrapes=4)  # over HTTP, as `--from-metrics` reads
+
+            *_, wins = await asyncio.gather(*(one(i) for i in range(200)), reads())
+        await srv.stop()
+        return wins
+
+    wins = run_virtual(main())
+    assert len(wins) == 3 and all(w.start["kv_tokens"] > 0 for w in wins)
+    slow_model = build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.008, compute_scale=0.3, bandwidth_scale=0.35)
+    for w in wins:
+        mx = IterationMix.of(w)
+        assert float(mx.count.sum()) == w.h[ITER].count  # every iteration of the window is rebuilt
+        # the rebuilt iterations hold exactly the tokens the histogram summed, prefill chunks included
+        assert float(np.sum(mx.count * (mx.prefill + mx.decodes))) == pytest.approx(w.h[ITER].sum)
+        assert float(np.sum(mx.count * mx.prefill)) > 0
+        s, busy = mx.predict(truth)
+        slow, _ = mx.predict(slow_model)
+        print("rebuilt / observed inter-token sum", s / mx.itl_sum, "slow", slow / mx.itl_sum, "busy", busy / mx.seconds)
+        assert s / mx.itl_sum == pytest.approx(1.0, abs=0.1) and slow / mx.itl_sum > 1.6 and busy / mx.seconds < 1.15
 
 
-def _recording(tmp_path: Path) -> Path:
+TRUTH = {"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7}
+MOE, MOE_TRUTH = "qwen3-30b-a3b", {**TRUTH, "expert_scale": 0.5}
+
+
+def _recording(tmp_path: Path, model: str = "llama-3.1-8b", truth: dict[str, float] = TRUTH) -> Path:
     """A small recording made by the simulator itself (the emulator's engine at known knobs)."""
-    truth = {"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7}
     rng = np.random.default_rng(1)
     n = 120
     t = np.cumsum(rng.exponential(0.08, n))
@@ -170,21 +210,22 @@ def _recording(tmp_path: Path) -> Path:
     path = tmp_path / "sim.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in [head, *rows]) + "\n")
     rp = replay_of(read_recording(path))
-    ttft, tpot = simulate_replay(rp, "llama-3.1-8b", "h100", None, truth)
+    ttft, tpot = simulate_replay(rp, model, "h100", None, truth)
     for r, a, b, k in zip(rows, ttft, tpot, rp.output, strict=True):
         r["ttft"], r["e2e"] = float(a), float(a + b * (k - 1))
     path.write_text("\n".join(json.dumps(x) for x in [head, *rows]) + "\n")
     return path
 
 
-def test_open_loop_model_predicts_the_step_counts_at_the_truth(tmp_path: Path) -> None:
+def test_iterations_replayed_between_events_match_the_step_counts_at_the_truth(tmp_path: Path) -> None:
     rp = replay_of(read_recording(_recording(tmp_path)))
-    items = openloop_items(rp)
-    obs = np.array([it[1] for it in items])
-    at_truth = openloop_steps(items, build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.004,
-                                                      compute_scale=0.6, bandwidth_scale=0.7))
-    at_default = openloop_steps(items, build_cost_model("llama-3.1-8b", "h100"))
-    assert np.median(np.abs(at_truth / obs - 1)) < 0.03
+    gaps, A, obs = iteration_gaps(rp)
+    assert len(obs) == int(np.sum(rp.output > 1))  # every streamed request of 2+ tokens is an observation
+    at_truth = A @ gap_iterations(gaps, build_cost_model("llama-3.1-8b", "h100", step_overhead_s=0.004,
+                                                         compute_scale=0.6, bandwidth_scale=0.7))
+    at_default = A @ gap_iterations(gaps, build_cost_model("llama-3.1-8b", "h100"))
+    # the recording was made by the simulator at the truth: its iterations are reproduced almost exactly
+    assert np.max(np.abs(at_truth / obs - 1)) < 0.001
     assert np.median(np.abs(at_default / obs - 1)) > 0.3
 
 
@@ -245,3 +286,72 @@ def test_compare_and_sweep_put_the_calibration_into_every_run(tmp_path: Path) ->
     r = runner.invoke(app, ["sweep", str(tmp_path / "sweep.yaml"), "--calibration", str(tmp_path / "bad.json"),
                             "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "bad.json: x: unknown key" in " ".join(r.output.split())
+
+
+def test_calibrate_says_which_knobs_the_data_did_not_pin_down() -> None:
+    from llmsched.bench.calibrate_cli import identifiability_lines
+
+    values = {"step_overhead_s": 0.004, "compute_scale": 0.6}
+    tight = identifiability_lines(values, {"step_overhead_s": (0.0039, 0.0041), "compute_scale": (0.59, 0.61)},
+                                  {"step_overhead_s~compute_scale": 0.3})
+    assert not any("NOT IDENTIFIED" in x or "COLLINEAR" in x for x in tight)
+    loose = identifiability_lines(values, {"step_overhead_s": (0.002, 0.007), "compute_scale": (0.59, 0.61)},
+                                  {"step_overhead_s~compute_scale": -0.97})
+    assert any(x.startswith("  NOT IDENTIFIED: step_overhead_s") for x in loose)
+    assert not any("NOT IDENTIFIED: compute_scale" in x for x in loose)
+    assert any("COLLINEAR: step_overhead_s and compute_scale" in x for x in loose)
+    narrow = identifiability_lines(values, {"step_overhead_s": (0.0039, 0.0041), "compute_scale": (0.59, 0.61)},
+                                   {"step_overhead_s~compute_scale": -0.97})
+    assert not any("COLLINEAR" in x for x in narrow) and any("still separates them" in x for x in narrow)
+
+
+def test_expert_scale_moves_only_the_routed_experts() -> None:
+    base, slow = build_cost_model(MOE, "h100"), build_cost_model(MOE, "h100", expert_scale=0.5)
+    n = np.array([1.0, 64.0, 4096.0])
+    # the routed-expert part doubles, and nothing else of the step moves
+    assert slow.routed_expert_time(n) == pytest.approx(2 * base.routed_expert_time(n), rel=1e-12)
+    assert slow.token_time(n) - base.token_time(n) == pytest.approx(base.routed_expert_time(n), rel=1e-9)
+    dense = build_cost_model("llama-3.1-8b", "h100", expert_scale=0.5)
+    assert dense.step_time(DECODE, 0) == build_cost_model("llama-3.1-8b", "h100").step_time(DECODE, 0)
+    with pytest.raises(ValueError, match="expert_scale"):
+        build_cost_model(MOE, "h100", expert_scale=0.0)
+
+
+def test_calibrate_fits_the_expert_knob_of_an_moe_preset(tmp_path: Path) -> None:
+    out = tmp_path / "moe.json"
+    r = runner.invoke(app, ["calibrate", "--from-record", str(_recording(tmp_path, MOE, MOE_TRUTH)), "--model", MOE,
+                            "--out", str(out), "--bootstrap", "20", "--refits", "4"])
+    assert r.exit_code == 0, r.output
+    cal = load_calibration(out)
+    assert set(cal.knobs()) == set(MOE_TRUTH) and "expert_scale" in r.output
+    for k, v in MOE_TRUTH.items():  # every interval holds the truth (refits under 1 ms timing noise)
+        lo, hi = cal.meta["ci95"][k]
+        assert lo <= v <= hi, (k, lo, v, hi)
+    # 120 requests at a light load (~15 decoding): overhead and compute are pinned down; bandwidth and the
+    # expert kernels trade off (both price the weights each decode step reads), and the output says so
+    for k in ("step_overhead_s", "compute_scale"):
+        assert getattr(cal, k) == pytest.approx(MOE_TRUTH[k], rel=0.1)
+        assert f"NOT IDENTIFIED: {k}" not in r.output
+    assert "COLLINEAR: bandwidth_scale and expert_scale" in " ".join(r.output.split())
+
+
+def test_what_if_on_an_moe_recording_compares_the_expert_placers(tmp_path: Path) -> None:
+    from llmsched.bench.whatif import what_if
+    from llmsched.policies.expert import EXPERT_PLACERS
+
+    rec = _recording(tmp_path, MOE, MOE_TRUTH)
+    res = what_if(rec, MOE, "h100", None, Calibration(**MOE_TRUTH), seeds=2, routers=("round-robin",),
+                  policies=("fcfs",), expert_policy="eplb")
+    assert res["simulated"]["expert_policy"] == "eplb" and "expert placer eplb" in res["baseline"]["label"]
+    compared = {c["expert_policy"] for c in res["candidates"] if c["router"] == "pinned"}
+    assert compared == set(EXPERT_PLACERS.names()) - {"eplb"}
+    # expert routing is drawn: every run goes over the seeds, the baseline too
+    assert res["baseline"]["seeds"] == 2 and all(c["seeds"] == 2 for c in res["candidates"])
+    e = res["expert_recommendation"]
+    assert e["ttft_mean"] == min([c["ttft_mean"] for c in res["candidates"] if c["router"] == "pinned"]
+                                 + [res["baseline"]["ttft_mean"]])
+    assert "expert routing is not recorded" in res["simulated_parts"]
+    # runs differ by placer: the placers are really simulated, not the baseline repeated
+    assert len({round(c["ttft_mean"], 9) for c in res["candidates"]}) > 1
+    r = runner.invoke(app, ["compare", "--trace", str(rec), "--expert-policy", "eplb"])
+    assert r.exit_code != 0 and "needs an MoE model" in " ".join(r.output.split())

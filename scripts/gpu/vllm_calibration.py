@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs:
             stop(p)
     from llmsched.bench.calibrate import calibrate_from_record, replay_of, simulate_replay
+    from llmsched.bench.calibrate_cli import identifiability_lines
     from llmsched.model.calibration import save_calibration
     from llmsched.workload.traces.record import read_recording
 
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                      a.out / "calibration.yaml")
     print("fitted: " + ", ".join(f"{k}={v:.4g} [{fit.ci[k][0]:.4g}, {fit.ci[k][1]:.4g}]"
                                  for k, v in fit.values.items()) + f"; ttft_offset_s={fit.ttft_offset_s:.4g}")
+    for line in identifiability_lines(fit.values, fit.ci, fit.notes["correlation"]):
+        print(line)
     print(f"{'load':>6} {'metric':>10} {'measured':>10} {'predicted':>10} {'error':>8}")
     for load, rec in zip(a.loads, recs, strict=True):
         rp = replay_of(read_recording(rec))

@@ -1,26 +1,33 @@
 """`llmsched calibrate --from-metrics URL...`: fit the cost-model knobs from vLLM's `/metrics` histograms.
 
-Each backend's `/metrics` is read at the start and the end of a window; the differences of its histograms are
-what it did meanwhile: `vllm:request_prompt_tokens` and `vllm:request_generation_tokens` (the workload's
-length distributions, exact means from their sums), the first-token count (the arrival rate),
-`vllm:time_to_first_token_seconds`, `vllm:inter_token_latency_seconds` (or the older
-`vllm:time_per_output_token_seconds`) and `vllm:iteration_tokens_total` (iterations per second and tokens
-per iteration). Each backend is then simulated as one instance under a Poisson workload drawn from those
-distributions (common random numbers: the same draws for every candidate), and Nelder-Mead moves the knobs
-to minimise the squared log errors of the moments: mean and median TTFT, mean and p90 inter-token latency,
-iterations per second. Arrival times are not in the metrics, so burstiness is not reproduced: this fit is
-coarser than `--from-record`.
+Each backend's `/metrics` is read at `scrapes` instants over a window; the differences of its histograms between
+two consecutive reads are what it did meanwhile. Their sums and counts are exact, whatever the arrival process:
+`vllm:iteration_tokens_total` (iterations and the tokens they computed, and in which power-of-two bucket each
+iteration fell), `vllm:inter_token_latency_seconds` (or the older `vllm:time_per_output_token_seconds`: every
+decoded token's wait, so its sum is sum over iterations of decodes x iteration time) and the gauges at both ends
+(`vllm:num_requests_running`, `vllm:kv_cache_usage_perc` x the cache size of `vllm:cache_config_info`).
+
+The fit rebuilds each sub-window's iterations from those figures (iterations with fewer tokens than sequences
+running are decode-only with the running count, clipped to their bucket; the others carry the running decodes
+plus prefill tokens placed in their buckets so that the tokens add up to the exact sum; decode context = KV in
+use / running) and asks the cost model for their times: the predicted inter-token sum must match the observed
+one, and the predicted busy time must not exceed the sub-window (a hinge). scipy least squares on the log
+ratios; intervals from refits on resampled sub-windows started ~10% off the estimate.
+
+No arrival times and no per-iteration times are in the metrics, and the buckets are a factor of two wide: the
+rebuilt iterations are approximate (a few % per sub-window at the truth), which bounds what this fit can tell
+apart (docs/calibration.md has the figures: compute and bandwidth are found, the fixed step overhead is not).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from llmsched.bench.calibrate import BOUNDS, FREE, START
+from llmsched.bench.calibrate import BOUNDS, FREE, STARTS
 
 TTFT = "vllm:time_to_first_token_seconds"
 ITL = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")
@@ -46,30 +53,6 @@ class Hist:
     def __sub__(self, other: Hist) -> Hist:
         return Hist(self.bounds, self.cum - other.cum, self.sum - other.sum)
 
-    def quantile(self, q: float) -> float:
-        """Linear interpolation inside the bucket (Prometheus' histogram_quantile)."""
-        if not self.count:
-            return float("nan")
-        rank = q * self.count
-        k = int(np.searchsorted(self.cum, rank, side="left"))
-        k = min(k, len(self.cum) - 1)
-        hi = self.bounds[k] if np.isfinite(self.bounds[k]) else self.bounds[k - 1]
-        lo = self.bounds[k - 1] if k > 0 else 0.0
-        below = self.cum[k - 1] if k > 0 else 0.0
-        inside = self.cum[k] - below
-        return float(lo + (hi - lo) * ((rank - below) / inside if inside else 1.0))
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n draws: a bucket by its count, then uniform inside it (the +Inf bucket: its lower bound), rescaled so
-        that the draws' mean is the histogram's exact mean."""
-        counts = np.diff(np.concatenate([[0.0], self.cum]))
-        p = counts / counts.sum()
-        k = rng.choice(len(p), size=n, p=p)
-        lo = np.concatenate([[0.0], self.bounds[:-1]])[k]
-        hi = np.where(np.isfinite(self.bounds[k]), self.bounds[k], lo)
-        x = lo + (hi - lo) * rng.random(n)
-        return x * (self.mean / x.mean()) if x.mean() > 0 else x
-
 
 def parse_histograms(text: str) -> dict[str, Hist]:
     """The histograms of a Prometheus text page, label sets summed per name."""
@@ -93,12 +76,30 @@ def parse_histograms(text: str) -> dict[str, Hist]:
     return out
 
 
+def parse_gauges(text: str) -> dict[str, float]:
+    """The gauges of a Prometheus text page, label sets summed per name; `kv_tokens`: the KV cache's size in
+    tokens from `vllm:cache_config_info` (num_gpu_blocks x block_size), when the page has it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if fam.name == "vllm:cache_config_info" and "num_gpu_blocks" in smp.labels:
+                out["kv_tokens"] = float(smp.labels["num_gpu_blocks"]) * float(smp.labels.get("block_size", 16))
+            elif fam.type == "gauge":
+                out[smp.name] = out.get(smp.name, 0.0) + smp.value
+    return out
+
+
 @dataclass
 class Window:
-    """What one backend did over a window (histogram differences) and the window's length in seconds."""
+    """What one backend did between two reads of its /metrics (histogram differences), the seconds between
+    them, and its gauges at both reads."""
 
     h: dict[str, Hist]
     seconds: float
+    start: dict[str, float] = field(default_factory=dict)
+    end: dict[str, float] = field(default_factory=dict)
 
     def itl(self) -> Hist:
         for name in ITL:
@@ -111,102 +112,138 @@ class Window:
             raise ValueError(f"the window has no observations of {name}")
         return self.h[name]
 
-    def moments(self) -> dict[str, float]:
-        ttft, itl = self.need(TTFT), self.itl()
-        out = {"ttft_mean": ttft.mean, "ttft_p50": ttft.quantile(0.5), "itl_mean": itl.mean,
-               "itl_p90": itl.quantile(0.9)}
-        if ITER in self.h and self.h[ITER].count:
-            out["iterations_per_s"] = self.h[ITER].count / self.seconds
-        return out
+    def gauge(self, name: str) -> float:
+        if name not in self.start or name not in self.end:
+            raise ValueError(f"the /metrics pages have no gauge {name}")
+        return 0.5 * (self.start[name] + self.end[name])
 
 
 def window_from_pages(before: str, after: str, seconds: float) -> Window:
     a, b = parse_histograms(before), parse_histograms(after)
-    return Window({k: b[k] - a[k] if k in a else b[k] for k in b}, seconds)
+    return Window({k: b[k] - a[k] if k in a else b[k] for k in b}, seconds, parse_gauges(before), parse_gauges(after))
 
 
-def simulate_window(w: Window, model: str, gpu: str, tp: int | None, knobs: dict[str, float], seed: int = 0,
-                    engine: dict[str, Any] | None = None) -> dict[str, float]:
-    """The same moments from one simulated instance under a Poisson workload drawn from the window."""
-    from llmsched.core.types import Request
-    from llmsched.engine.config import EngineConfig
-    from llmsched.engine.engine import Engine
+def windows_from_series(pages: list[tuple[float, list[str]]], time_scale: float = 1.0) -> list[Window]:
+    """Consecutive reads (time, one page per backend) -> one window per backend and pair of reads."""
+    return [window_from_pages(p0[b], p1[b], (t1 - t0) * time_scale)
+            for b in range(len(pages[0][1])) for (t0, p0), (t1, p1) in zip(pages, pages[1:], strict=False)]
+
+
+@dataclass
+class IterationMix:
+    """A window's iterations rebuilt from its metrics: `count[i]` iterations of `decodes[i]` decoding sequences
+    (reading `kv[i]` KV tokens) and `prefill[i]` prompt tokens; what was observed of them."""
+
+    count: np.ndarray
+    decodes: np.ndarray
+    prefill: np.ndarray
+    kv: np.ndarray
+    prompt_mean: float
+    itl_sum: float
+    seconds: float
+
+    @classmethod
+    def of(cls, w: Window) -> IterationMix:
+        from scipy.optimize import brentq
+
+        it = w.need(ITER)
+        c = np.diff(np.concatenate([[0.0], it.cum]))
+        hi = it.bounds.astype(np.float64)
+        lo = np.concatenate([[0.0], hi[:-1]])
+        hi = np.where(np.isfinite(hi), hi, 2.0 * lo)
+        lo = np.maximum(lo + 1.0, 1.0)
+        hi = np.maximum(hi, lo)
+        m = c > 0
+        c, lo, hi = c[m], lo[m], hi[m]
+        run_key = "vllm:num_requests_running"
+        run = w.gauge(run_key)
+        mixed = lo > max(w.start[run_key], w.end[run_key])  # more tokens than sequences: prefill chunks inside
+        d = np.minimum(np.where(mixed, run, np.clip(run, lo, hi)), hi)
+        n = d.copy()
+        rest = it.sum - float(np.sum(c[~mixed] * d[~mixed]))  # the mixed iterations' tokens, exactly
+        if mixed.any():
+            def excess(th: float) -> float:
+                return float(np.sum(c[mixed] * (lo[mixed] + th * (hi[mixed] - lo[mixed])))) - rest
+
+            th = 0.0 if excess(0.0) > 0 else 1.0 if excess(1.0) < 0 else brentq(excess, 0.0, 1.0)
+            n[mixed] = lo[mixed] + th * (hi[mixed] - lo[mixed])
+        if "kv_tokens" not in w.start:
+            raise ValueError("the /metrics pages have no vllm:cache_config_info (num_gpu_blocks, block_size)")
+        kv_used = w.gauge("vllm:kv_cache_usage_perc") * w.start["kv_tokens"]
+        prompt = w.h.get(PROMPT)
+        mean_prompt = prompt.mean if prompt is not None and prompt.count else 1024.0
+        return cls(c, d, np.maximum(n - d, 0.0), d * kv_used / max(run, 1.0), float(mean_prompt), w.itl().sum,
+                   w.seconds)
+
+    def predict(self, cost: Any) -> tuple[float, float]:
+        """(sum over iterations of decodes x time, busy time) under a cost model."""
+        from llmsched.model.base import BatchStats
+
+        t = np.empty(len(self.count))
+        for i, (d, p, kv) in enumerate(zip(self.decodes.tolist(), self.prefill.tolist(), self.kv.tolist(), strict=True)):
+            seqs = max(1, round(p / self.prompt_mean)) if p >= 1 else 0
+            t[i] = cost.step_time(BatchStats(prefill_tokens=round(p), prefill_pairs=p * (min(p, self.prompt_mean) + 1) / 2,
+                                             prefill_seqs=seqs, decode_tokens=round(d), kv_tokens=int(kv)), 0.0)
+        return float(np.sum(self.count * self.decodes * t)), float(np.sum(self.count * t))
+
+
+def fit_metrics(windows: list[Window], model: str, gpu: str, tp: int | None = None, seed: int = 0,
+                refits: int = 8) -> dict[str, Any]:
+    """Knobs that make the rebuilt iterations of every window add up to its observed inter-token sum (and fit
+    in its length); 95% intervals from refits on resampled windows started ~10% off the estimate."""
+    from scipy.optimize import least_squares
+
+    from llmsched.bench.calibrate import _correlations
     from llmsched.model import build_cost_model
-    from llmsched.policies.instance import ROUTERS
-    from llmsched.policies.request import REQUEST_POLICIES
-    from llmsched.sim.cluster import Cluster
 
-    prompt, gen = w.need(PROMPT), w.need(GEN)
-    rate = w.need(TTFT).count / w.seconds  # first tokens in the window: requests that started in it
-    warm = 0.5 * w.seconds  # the real engine was already loaded when the window opened: warm up first
-    n = int(round(rate * (warm + w.seconds)))
-    rng = np.random.default_rng([seed, 0x3E7])
-    p = np.maximum(1, np.round(prompt.sample(n, rng))).astype(int)
-    o = np.maximum(1, np.round(gen.sample(n, rng))).astype(int)
-    t = np.sort(rng.random(n) * (warm + w.seconds))
-    eng = Engine(build_cost_model(model, gpu, tp, **knobs), REQUEST_POLICIES.create("fcfs", {}),
-                 EngineConfig(**(engine or {})), instance=0, collect_tokens=False, record_token_times=True)
-    reqs = [Request(i, float(t[i]), int(p[i]), int(o[i])) for i in range(n)]
-    for r in reqs:
-        r.token_times = []
-    Cluster([eng], ROUTERS.create("round-robin", {})).run(reqs)
-    lo, hi = warm, warm + w.seconds
-    ttft = np.array([r.first_token - r.arrival for r in reqs if r.finish >= 0 and lo <= r.first_token < hi])
-    gaps, steps = [], set()
-    for r in reqs:
-        tt = np.asarray(r.token_times or [])
-        if len(tt) > 1:
-            g = np.diff(tt)
-            gaps.append(g[(tt[1:] >= lo) & (tt[1:] < hi)])
-        steps.update(tt[(tt >= lo) & (tt < hi)].tolist())
-    gap = np.concatenate(gaps) if gaps else np.zeros(0)
-    nan = float("nan")
-    return {"ttft_mean": float(ttft.mean()) if len(ttft) else nan,
-            "ttft_p50": float(np.median(ttft)) if len(ttft) else nan,
-            "itl_mean": float(gap.mean()) if len(gap) else nan,
-            "itl_p90": float(np.percentile(gap, 90)) if len(gap) else nan,
-            "iterations_per_s": len(steps) / w.seconds}
-
-
-def fit_metrics(windows: list[Window], model: str, gpu: str, tp: int | None = None, max_evals: int = 120,
-                seed: int = 0, engine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Knobs minimising the squared log errors of every backend's moments (Nelder-Mead in log space)."""
-    from scipy.optimize import minimize
-
-    targets = [w.moments() for w in windows]
+    mixes = [IterationMix.of(w) for w in windows if ITER in w.h and w.h[ITER].count and w.itl().count]
+    if len(mixes) < len(FREE):
+        raise ValueError(f"too few windows with iterations and decodes to fit ({len(mixes)}); sample longer or "
+                         "more often")
     lo = np.array([math.log(BOUNDS[k][0]) for k in FREE])
     hi = np.array([math.log(BOUNDS[k][1]) for k in FREE])
 
     def unpack(x: np.ndarray) -> dict[str, float]:
         return {k: float(math.exp(v)) for k, v in zip(FREE, np.clip(x, lo, hi), strict=True)}
 
-    def errors(x: np.ndarray) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
-        for w, tgt in zip(windows, targets, strict=True):
-            sim = simulate_window(w, model, gpu, tp, unpack(x), seed, engine)
-            for k, v in tgt.items():
-                out.setdefault(k, []).append(math.log(max(sim[k], 1e-9) / v) if math.isfinite(sim[k]) else 5.0)
-        return out
+    def resid(x: np.ndarray, rows: list[IterationMix] = mixes) -> np.ndarray:
+        cost = build_cost_model(model, gpu, tp, **unpack(x))
+        out = []
+        for mx in rows:
+            s, busy = mx.predict(cost)
+            out += [math.log(max(s, 1e-12) / mx.itl_sum), max(0.0, math.log(max(busy, 1e-12) / mx.seconds))]
+        return np.array(out)
 
-    def objective(x: np.ndarray) -> float:
-        return float(sum(e * e for errs in errors(x).values() for e in errs))
-
-    x0 = np.array([math.log(START[k]) for k in FREE])
-    simplex = np.vstack([x0] + [x0 + np.eye(len(FREE))[i] * 0.5 for i in range(len(FREE))])
-    sol = minimize(objective, x0, method="Nelder-Mead",
-                   options={"initial_simplex": simplex, "xatol": 3e-3, "fatol": 1e-6, "maxfev": max_evals})
+    starts = [np.array([math.log(v[k]) for k in FREE]) for v in STARTS]
+    sol = min((least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-3) for x0 in starts), key=lambda r: r.cost)
+    rng = np.random.default_rng([seed, 0x3E7])
+    moved = []
+    for _ in range(refits):
+        rows = [mixes[i] for i in rng.integers(0, len(mixes), len(mixes))]
+        x0 = np.clip(sol.x + rng.normal(0.0, 0.1, len(FREE)), lo, hi)
+        moved.append(least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-3, kwargs={"rows": rows}).x)
     values = unpack(sol.x)
-    errs = errors(sol.x)
-    return {"values": values, "moment_errors": {k: [math.expm1(e) for e in v] for k, v in errs.items()},
-            "targets": targets, "evaluations": int(sol.nfev), "objective": float(sol.fun)}
+    ci = {k: (values[k], values[k]) for k in FREE}
+    if moved:
+        m = np.exp(np.array(moved))
+        ci = {k: (min(values[k], float(np.percentile(m[:, i], 2.5))), max(values[k], float(np.percentile(m[:, i], 97.5))))
+              for i, k in enumerate(FREE)}
+    r = sol.fun[0::2]
+    return {"values": values, "ci": ci, "correlation": _correlations(sol.jac[0::2], FREE),
+            "residuals": {"itl_sum_rms_log_err": float(np.sqrt(np.mean(r * r))), "windows": len(mixes)},
+            "evaluations": int(sol.nfev)}
 
 
-async def sample_windows(urls: list[str], seconds: float, time_scale: float = 1.0) -> list[Window]:
-    """Read every URL's /metrics now and `seconds` later; one window each (length x time_scale)."""
+async def sample_windows(urls: list[str], seconds: float, time_scale: float = 1.0, scrapes: int = 11) -> list[Window]:
+    """Read every URL's /metrics at `scrapes` instants `seconds / (scrapes - 1)` apart; one window per URL and
+    pair of consecutive reads (lengths x time_scale)."""
     import asyncio
 
     import aiohttp
 
+    if scrapes < 2:
+        raise ValueError(f"--scrapes must be >= 2, got {scrapes}")
+    loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
         async def page(u: str) -> str:
             async with s.get(u.rstrip("/") + "/metrics") as r:
@@ -214,7 +251,9 @@ async def sample_windows(urls: list[str], seconds: float, time_scale: float = 1.
                     raise ValueError(f"{u}/metrics answered HTTP {r.status}")
                 return await r.text()
 
-        before = await asyncio.gather(*(page(u) for u in urls))
-        await asyncio.sleep(seconds)
-        after = await asyncio.gather(*(page(u) for u in urls))
-    return [window_from_pages(a, b, seconds * time_scale) for a, b in zip(before, after, strict=True)]
+        pages = []
+        for k in range(scrapes):
+            if k:
+                await asyncio.sleep(seconds / (scrapes - 1))
+            pages.append((loop.time(), list(await asyncio.gather(*(page(u) for u in urls)))))
+    return windows_from_series(pages, time_scale)

@@ -66,6 +66,8 @@ def compare_cmd(
     model: Annotated[str, typer.Option(help="--trace: LLM preset of the recorded backends")] = "llama-3.1-8b",
     gpu: Annotated[str, typer.Option(help="--trace: GPU preset of the recorded backends")] = "h100",
     tp: Annotated[int | None, typer.Option(min=1, help="--trace: tensor-parallel degree")] = None,
+    expert_policy: Annotated[str | None, typer.Option(help="--trace, MoE presets: the expert placer the recorded "
+                                                      "backends ran (default static); every placer is compared")] = None,
 ) -> None:
     """Compare policy sets on built-in or YAML scenarios (simulated); tables plus a report folder."""
     import json as jsonlib
@@ -85,7 +87,7 @@ def compare_cmd(
     if trace is not None:
         from llmsched.bench.whatif import print_what_if, what_if
 
-        res = what_if(trace, model, gpu, tp, cal, seeds=3)
+        res = what_if(trace, model, gpu, tp, cal, seeds=3, expert_policy=expert_policy)
         if json:
             out_console.file.write(jsonlib.dumps(res, default=str) + "\n")
         else:

@@ -37,6 +37,8 @@ class Calibration(BaseModel):
     custom_ar_latency_s: float | None = Field(None, ge=0, description="custom all-reduce latency per phase")
     custom_ar_bw: float | None = Field(None, gt=0, description="custom all-reduce bytes per GPU per second")
     moe_layer_overhead_s: float | None = Field(None, ge=0, description="extra fixed time per MoE layer, seconds")
+    expert_scale: float | None = Field(None, gt=0, description="MoE: multiplier on the routed-expert kernels' "
+                                       "efficiencies (their time is divided by it)")
     meta: dict[str, Any] = Field(default_factory=dict, description="provenance; not read by the model")
 
     def knobs(self) -> dict[str, float]:

@@ -179,6 +179,10 @@ class CostModel:
             (`llmsched calibrate`), 1.0 = the shipped fit.
         bandwidth_scale: multiplies every memory-bandwidth efficiency (GEMM, elementwise incl. the MoE routing
             kernels, decode-attention KV/q/o traffic at `attn_bw_eff`); 1.0 = the fit.
+        expert_scale: MoE only: multiplies the routed experts' kernel efficiencies (both grouped GEMMs and the
+            token permutation, FLOP and bandwidth alike), on top of the two scales above: their time is divided
+            by it. Grouped expert GEMMs run below the dense GEMMs the fit comes from; a calibration knob, 1.0 =
+            priced as dense GEMMs.
     """
 
     needs_class_tokens = False
@@ -204,6 +208,7 @@ class CostModel:
         custom_ar_latency_s: float | None = None,
         custom_ar_bw: float | None = None,
         moe_layer_overhead_s: float = 0.0,
+        expert_scale: float = 1.0,
     ) -> None:
         tp = tp or llm.default_tp
         if num_gpus is None:
@@ -224,8 +229,9 @@ class CostModel:
             raise ValueError(f"attn_sm_ratio must be > 0, got {attn_sm_ratio}")
         if not 0 < attn_flops_eff <= 1 or not (attn_bw_eff is None or 0 < attn_bw_eff <= 1):
             raise ValueError("attn_flops_eff and attn_bw_eff must be in (0, 1]")
-        if not (compute_scale > 0 and bandwidth_scale > 0):
-            raise ValueError(f"compute_scale and bandwidth_scale must be > 0, got {compute_scale}, {bandwidth_scale}")
+        if not (compute_scale > 0 and bandwidth_scale > 0 and expert_scale > 0):
+            raise ValueError(f"compute_scale, bandwidth_scale and expert_scale must be > 0, got {compute_scale}, "
+                             f"{bandwidth_scale}, {expert_scale}")
         self.llm, self.gpu, self.tp, self.num_gpus = llm, gpu, tp, num_gpus
         self.dp = num_gpus // tp
         self.fit = fit or compute_fit(gpu.calibration)
@@ -238,6 +244,7 @@ class CostModel:
         self.seq_overhead_s = float(seq_overhead_s)
         self._cpu_seq = self.seq_overhead_s / self.dp  # each DP rank's engine core handles its own sequences
         self.moe_layer_overhead_s = float(moe_layer_overhead_s)
+        self.expert_scale = float(expert_scale)
 
         f = self.fit
         peak = gpu.peak_fp8_flops if (llm.dtype_bytes == 1 and gpu.peak_fp8_flops) else gpu.peak_flops
@@ -386,7 +393,7 @@ class CostModel:
         f = self.fit
         gemm = self._roof(flops * self._inv_flops, (w_bytes + act_bytes) * self._inv_gemm_bw) + 2 * f.gemm_latency_s
         elem = (3.0 * fe + 2.0 * h) * self._dt * t * self._inv_elem_bw + 2 * f.elem_latency_s
-        return gemm + elem
+        return (gemm + elem) / self.expert_scale
 
     def routed_expert_time(self, num_tokens: float | np.ndarray) -> np.ndarray:
         """Routed-expert compute of all MoE layers for num_tokens tokens, balanced over the instance's GPUs."""
