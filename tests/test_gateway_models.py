@@ -269,6 +269,23 @@ async def test_tokenize_embeddings_and_responses_go_only_to_backends_serving_the
         assert all(f"POST /v1/{a}_lora_adapter" in err["error"]["message"] for a in ("load", "unload"))
 
 
+async def test_a_backend_with_several_served_names_is_in_each_names_pool() -> None:
+    async with _fleet([{"served_model_name": ["alpha", "a-alias"]}, {"served_model_name": "alpha"}]) as (gw, emus), \
+            aiohttp.ClientSession() as http:
+        assert gw.dispatcher.backends[0].models == {"alpha", "a-alias"}
+        async with http.get(gw.url + "/v1/models") as r:
+            assert sorted(c["id"] for c in (await r.json())["data"]) == ["a-alias", "alpha"]
+        for k in range(3):
+            status, body = await _post(http, gw.url + "/v1/completions",
+                                       {"model": "a-alias", "prompt": f"hi {k}", "max_tokens": 2})
+            assert status == 200 and body["model"] == "alpha"  # vLLM answers with the first name
+        assert [_done(e) for e in emus] == [3, 0]
+        for k in range(4):
+            assert (await _post(http, gw.url + "/v1/completions", {"model": "alpha", "prompt": f"{k}",
+                                                                    "max_tokens": 2}))[0] == 200
+        assert [_done(e) for e in emus] == [5, 2]
+
+
 async def test_adapter_requests_stick_to_a_backend_with_the_adapter_and_only_go_where_it_is_listed() -> None:
     specs = [{"served_model_name": "base", "lora_modules": {"a1": "/l/a1"}, "max_loras": 1},
              {"served_model_name": "base", "lora_modules": {"a1": "/l/a1", "a2": "/l/a2"}, "max_loras": 1}]
