@@ -385,3 +385,58 @@ async def test_mixed_load_of_two_models_and_several_adapters_loses_nothing() -> 
         for m in set(models):
             n = sum(1 for x, _, _ in plan if x == m)
             assert f'llmsched_gateway_model_requests_total{{model="{m}",status="200"}} {float(n)}' in text
+
+
+def test_serve_emulated_model_starts_a_two_model_gateway_in_one_command() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = "import typer; from llmsched.gateway.cli import serve_cmd; typer.run(serve_cmd)"
+    proc = subprocess.Popen([sys.executable, "-c", launch, "--emulated-model", "a=llama-3.1-8b:2", "--emulated-model",
+                             "b=llama-2-13b", "--emulator-speed", "50", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert sorted(c["id"] for c in httpx.get(url + "/v1/models").json()["data"]) == ["a", "b"]
+        for m in ("a", "b", "a"):
+            r = httpx.post(url + "/v1/completions", json={"model": m, "prompt": "x", "max_tokens": 2}, timeout=30)
+            assert r.status_code == 200 and r.json()["model"] == m
+        text = httpx.get(url + "/metrics").text
+        assert text.count('model="a",parent=""} 1.0') == 2 and text.count('model="b",parent=""} 1.0') == 1
+        assert 'llmsched_gateway_model_requests_total{model="a",status="200"} 2.0' in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_emulated_model_flag_errors_name_the_value() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from llmsched.gateway.cli import serve_cmd
+
+    app = typer.Typer()
+    app.command()(serve_cmd)
+    for value, msg in (("a", "expected NAME=PRESET"), ("a=llama-3.1-8b:0", "N >= 1"), ("=llama-3.1-8b", "NAME=PRESET"),
+                       ("a=llama3x", "unknown model preset 'llama3x'")):
+        r = CliRunner().invoke(app, ["--emulated-model", value])
+        assert r.exit_code == 2 and f"--emulated-model {value!r}" in r.output and msg in r.output, r.output
