@@ -178,6 +178,22 @@ def test_config_pins_models_per_backend_and_names_bad_entries() -> None:
         build_config({"model_policies": {"m1": {"router": {"name": "nope"}}}})
 
 
+def test_config_pins_adapters_with_their_base_model() -> None:
+    cfg = build_config({"backends": [{"url": "http://a:1", "models": ["m1", "lora-x"]}, "http://b:2"],
+                        "backend_models": {"http://b:2": ["m1"]}, "adapters": {"lora-x": "m1"}})
+    p = Pools(cfg)
+    x = p.resolve("lora-x")
+    assert x.parent == "m1" and x.router_name == "lora-affinity"
+    assert p.resolve("m1").parent is None
+    assert [b.index for b in p.healthy_backends("lora-x", 0.0)] == [0]
+    assert sorted(b.index for b in p.healthy_backends("m1", 0.0)) == [0, 1]
+    assert [(c["id"], c["parent"]) for c in p.model_cards()] == [("m1", None), ("lora-x", "m1")]
+    with pytest.raises(ConfigError, match=r"backend_models\.http://b:2: lists adapter 'lora-x' but not its base"):
+        build_config({"backend_models": {"http://b:2": ["lora-x"]}, "adapters": {"lora-x": "m1"}})
+    with pytest.raises(ConfigError, match=r"adapters\.lora-y: the base model must be another id"):
+        build_config({"adapters": {"lora-x": "m1", "lora-y": "lora-x"}})
+
+
 # ---- end to end with emulators ------------------------------------------------------------------------------
 @asynccontextmanager
 async def _fleet(specs: list[dict[str, Any]], **cfg: Any) -> AsyncIterator[tuple[Gateway, list[EmulatorServer]]]:

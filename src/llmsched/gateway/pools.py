@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,9 +81,11 @@ def parse_model_list(raw: bytes) -> list[dict[str, Any]] | None:
     return cards or None
 
 
-def pinned_cards(ids: Iterable[str]) -> list[dict[str, Any]]:
-    """Cards for model ids pinned in the config (base models)."""
-    return [{"id": m, "object": "model", "owned_by": "llmsched", "root": m, "parent": None} for m in ids]
+def pinned_cards(ids: Iterable[str], adapters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Cards for model ids pinned in the config: base models, and the ids named in `adapters` (the config's
+    `adapters: {adapter: base}`) as LoRA adapters with that `parent`."""
+    parents = adapters or {}
+    return [{"id": m, "object": "model", "owned_by": "llmsched", "root": m, "parent": parents.get(m)} for m in ids]
 
 
 def lora_state(text: str) -> AdapterState | None:
@@ -276,7 +278,7 @@ class Pools:
                 p.d.sync()
             pinned = self.cfg.backend_models.get(b.url)
             if pinned:
-                self.set_models(b.index, pinned_cards(pinned))
+                self.set_models(b.index, pinned_cards(pinned, self.cfg.adapters))
         return b
 
     def pinned(self, url: str) -> bool:
