@@ -154,6 +154,19 @@ def test_lora_requests_info_is_read_from_the_latest_label_set() -> None:
     assert lora_state('vllm:num_requests_running{model_name="m"} 1\n') is None
 
 
+def test_lora_requests_info_of_a_data_parallel_server_is_read_per_engine() -> None:
+    text = (  # two engines: each set its own label set; "old" is neither's latest
+        "# TYPE vllm:lora_requests_info gauge\n"
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old",waiting_lora_adapters=""} 100.0\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a",waiting_lora_adapters=""} 200.0\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="b,c",waiting_lora_adapters="d"} 201.0\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 1\n'
+        'vllm:num_requests_running{engine="1",model_name="m"} 2\n'
+    )
+    st = lora_state(text)
+    assert st is not None and (st.max_loras, st.running, st.waiting) == (4, ("a", "b", "c"), ("d",))
+
+
 def test_model_list_parsing() -> None:
     assert parse_model_list(b'{"object": "list", "data": [{"id": "m"}, {"id": ""}, 3]}') == [{"id": "m"}]
     assert parse_model_list(b"not json") is None and parse_model_list(b'{"data": []}') is None
