@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llmsched.bench.calibrate import replay_of, simulate_replay
 from llmsched.cli import app
 from llmsched.core.types import Request
 from llmsched.emulator import EmulatorServer
@@ -22,6 +20,7 @@ from llmsched.gateway.server import Gateway, Outcome
 from llmsched.model.calibration import load_calibration
 from llmsched.workload.errors import WorkloadError
 from llmsched.workload.traces.record import read_recording, rows_of_model
+from tests.test_calibration import _recording
 
 
 def _out(model: str | None, backend: int = 0) -> Outcome:
@@ -70,26 +69,15 @@ async def test_a_two_model_gateway_records_each_rows_model(tmp_path: Path) -> No
 
 
 def _two_model_recording(tmp_path: Path) -> Path:
-    """m1's rows made by the simulator at known knobs on backends 0-1; m2's rows on backends 2-3 with timings
-    no knob of m1's cost model explains (10x slower)."""
-    truth = {"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7}
-    rng = np.random.default_rng(1)
-    n = 120
-    t = np.cumsum(rng.exponential(0.08, n))
-    p, o = rng.integers(100, 2000, n), rng.integers(20, 200, n)
-    m1 = [{"arrival": float(t[i]), "prompt_tokens": int(p[i]), "output_tokens": int(o[i]), "backend": i % 2,
-           "ttft": 1.0, "e2e": 2.0, "status": 200, "model": "m1"} for i in range(n)]
-    head = {"llmsched_record": 1, "recording": "x", "block_size": 16, "backends": ["a", "b", "c", "d"]}
-    path = tmp_path / "two.jsonl"
-    path.write_text("\n".join(json.dumps(x) for x in [head, *m1]) + "\n")
-    rp = replay_of(read_recording(path))
-    ttft, tpot = simulate_replay(rp, "llama-3.1-8b", "h100", None, truth)
-    for r, a, b, k in zip(m1, ttft, tpot, rp.output, strict=True):
-        r["ttft"], r["e2e"] = float(a), float(a + b * (k - 1))
+    """m1's rows: test_calibration's recording made by the simulator at known knobs, on backends 0-1; m2's rows
+    on backends 2-3 with timings no knob of m1's cost model explains (10x slower)."""
+    lines = _recording(tmp_path).read_text().splitlines()
+    head, m1 = json.loads(lines[0]), [{**json.loads(x), "model": "m1"} for x in lines[1:]]
+    head["backends"] = ["a", "b", "c", "d"]
     m2 = [{**r, "model": "m2", "backend": 2 + i % 2, "arrival": r["arrival"] + 0.01, "ttft": 10 * r["ttft"],
            "e2e": 10 * r["e2e"]} for i, r in enumerate(m1)]
-    rows = sorted(m1 + m2, key=lambda r: r["arrival"])
-    path.write_text("\n".join(json.dumps(x) for x in [head, *rows]) + "\n")
+    path = tmp_path / "two.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [head, *sorted(m1 + m2, key=lambda r: r["arrival"])]) + "\n")
     return path
 
 
