@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -120,3 +121,45 @@ async def test_pooling_and_scoring_requests_for_an_adapter_run_on_it() -> None:
             assert lora.stats.loads == 1  # resident now
     finally:
         await srv.stop()
+
+
+async def test_several_served_model_names_are_all_listed_and_accepted_and_responses_name_the_first() -> None:
+    srv = EmulatorServer(speed=50.0, served_model_name=["m", "alias"], lora_modules={"a": "/p/a"}, max_loras=1)
+    url = await srv.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/v1/models") as r:
+                cards = (await r.json())["data"]
+            assert [(c["id"], c["parent"]) for c in cards] == [("m", None), ("alias", None), ("a", "m")]
+            for name, answered in (("alias", "m"), ("m", "m"), ("a", "a")):
+                status, text = await _post(http, url + "/v1/completions", {"model": name, "prompt": "x", "max_tokens": 1})
+                assert status == 200 and json.loads(text)["model"] == answered
+            status, _ = await _post(http, url + "/v1/completions", {"model": "other", "prompt": "x"})
+            assert status == 404
+            status, text = await _post(http, url + "/v1/load_lora_adapter", {"lora_name": "alias", "lora_path": "/p"})
+            assert status == 400 and "conflicts with a served base model" in text
+    finally:
+        await srv.stop()
+
+
+def test_emulate_takes_several_served_model_names_as_vllm_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import llmsched.emulator.server as server_mod
+    from llmsched.cli import app
+
+    seen: list[dict[str, Any]] = []
+
+    def fake(**kw: Any) -> Any:
+        seen.append(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(server_mod, "EmulatorServer", fake)
+    runner = CliRunner()
+    r = runner.invoke(app, ["emulate", "--served-model-name", "m", "alias", "--lora-modules", "a=/p/a", "b=/p/b"])
+    assert r.exit_code == 2 and "stop here" in r.output
+    assert seen[-1]["served_model_name"] == ["m", "alias"] and seen[-1]["lora_modules"] == {"a": "/p/a", "b": "/p/b"}
+    r = runner.invoke(app, ["emulate", "--served-model-name", "m", "--served-model-name", "n"])
+    assert seen[-1]["served_model_name"] == ["m", "n"]
+    r = runner.invoke(app, ["emulate", "stray"])
+    assert r.exit_code == 2 and "unexpected argument 'stray'" in r.output

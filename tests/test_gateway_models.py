@@ -154,6 +154,19 @@ def test_lora_requests_info_is_read_from_the_latest_label_set() -> None:
     assert lora_state('vllm:num_requests_running{model_name="m"} 1\n') is None
 
 
+def test_lora_requests_info_of_a_data_parallel_server_is_read_per_engine() -> None:
+    text = (  # two engines: each set its own label set; "old" is neither's latest
+        "# TYPE vllm:lora_requests_info gauge\n"
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old",waiting_lora_adapters=""} 100.0\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a",waiting_lora_adapters=""} 200.0\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="b,c",waiting_lora_adapters="d"} 201.0\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 1\n'
+        'vllm:num_requests_running{engine="1",model_name="m"} 2\n'
+    )
+    st = lora_state(text)
+    assert st is not None and (st.max_loras, st.running, st.waiting) == (4, ("a", "b", "c"), ("d",))
+
+
 def test_model_list_parsing() -> None:
     assert parse_model_list(b'{"object": "list", "data": [{"id": "m"}, {"id": ""}, 3]}') == [{"id": "m"}]
     assert parse_model_list(b"not json") is None and parse_model_list(b'{"data": []}') is None
@@ -176,6 +189,22 @@ def test_config_pins_models_per_backend_and_names_bad_entries() -> None:
         build_config({"backends": [{"url": "http://a:1", "model": ["x"]}]})
     with pytest.raises(ConfigError, match=r"model_policies\.m1\.router"):
         build_config({"model_policies": {"m1": {"router": {"name": "nope"}}}})
+
+
+def test_config_pins_adapters_with_their_base_model() -> None:
+    cfg = build_config({"backends": [{"url": "http://a:1", "models": ["m1", "lora-x"]}, "http://b:2"],
+                        "backend_models": {"http://b:2": ["m1"]}, "adapters": {"lora-x": "m1"}})
+    p = Pools(cfg)
+    x = p.resolve("lora-x")
+    assert x.parent == "m1" and x.router_name == "lora-affinity"
+    assert p.resolve("m1").parent is None
+    assert [b.index for b in p.healthy_backends("lora-x", 0.0)] == [0]
+    assert sorted(b.index for b in p.healthy_backends("m1", 0.0)) == [0, 1]
+    assert [(c["id"], c["parent"]) for c in p.model_cards()] == [("m1", None), ("lora-x", "m1")]
+    with pytest.raises(ConfigError, match=r"backend_models\.http://b:2: lists adapter 'lora-x' but not its base"):
+        build_config({"backend_models": {"http://b:2": ["lora-x"]}, "adapters": {"lora-x": "m1"}})
+    with pytest.raises(ConfigError, match=r"adapters\.lora-y: the base model must be another id"):
+        build_config({"adapters": {"lora-x": "m1", "lora-y": "lora-x"}})
 
 
 # ---- end to end with emulators ------------------------------------------------------------------------------
@@ -267,6 +296,23 @@ async def test_tokenize_embeddings_and_responses_go_only_to_backends_serving_the
         status, err = await _post(http, gw.url + "/no/such/route", {})
         assert status == 404
         assert all(f"POST /v1/{a}_lora_adapter" in err["error"]["message"] for a in ("load", "unload"))
+
+
+async def test_a_backend_with_several_served_names_is_in_each_names_pool() -> None:
+    async with _fleet([{"served_model_name": ["alpha", "a-alias"]}, {"served_model_name": "alpha"}]) as (gw, emus), \
+            aiohttp.ClientSession() as http:
+        assert gw.dispatcher.backends[0].models == {"alpha", "a-alias"}
+        async with http.get(gw.url + "/v1/models") as r:
+            assert sorted(c["id"] for c in (await r.json())["data"]) == ["a-alias", "alpha"]
+        for k in range(3):
+            status, body = await _post(http, gw.url + "/v1/completions",
+                                       {"model": "a-alias", "prompt": f"hi {k}", "max_tokens": 2})
+            assert status == 200 and body["model"] == "alpha"  # vLLM answers with the first name
+        assert [_done(e) for e in emus] == [3, 0]
+        for k in range(4):
+            assert (await _post(http, gw.url + "/v1/completions", {"model": "alpha", "prompt": f"{k}",
+                                                                    "max_tokens": 2}))[0] == 200
+        assert [_done(e) for e in emus] == [5, 2]
 
 
 async def test_adapter_requests_stick_to_a_backend_with_the_adapter_and_only_go_where_it_is_listed() -> None:
@@ -368,3 +414,58 @@ async def test_mixed_load_of_two_models_and_several_adapters_loses_nothing() -> 
         for m in set(models):
             n = sum(1 for x, _, _ in plan if x == m)
             assert f'llmsched_gateway_model_requests_total{{model="{m}",status="200"}} {float(n)}' in text
+
+
+def test_serve_emulated_model_starts_a_two_model_gateway_in_one_command() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = "import typer; from llmsched.gateway.cli import serve_cmd; typer.run(serve_cmd)"
+    proc = subprocess.Popen([sys.executable, "-c", launch, "--emulated-model", "a=llama-3.1-8b:2", "--emulated-model",
+                             "b=llama-2-13b", "--emulator-speed", "50", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert sorted(c["id"] for c in httpx.get(url + "/v1/models").json()["data"]) == ["a", "b"]
+        for m in ("a", "b", "a"):
+            r = httpx.post(url + "/v1/completions", json={"model": m, "prompt": "x", "max_tokens": 2}, timeout=30)
+            assert r.status_code == 200 and r.json()["model"] == m
+        text = httpx.get(url + "/metrics").text
+        assert text.count('model="a",parent=""} 1.0') == 2 and text.count('model="b",parent=""} 1.0') == 1
+        assert 'llmsched_gateway_model_requests_total{model="a",status="200"} 2.0' in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_emulated_model_flag_errors_name_the_value() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from llmsched.gateway.cli import serve_cmd
+
+    app = typer.Typer()
+    app.command()(serve_cmd)
+    for value, msg in (("a", "expected NAME=PRESET"), ("a=llama-3.1-8b:0", "N >= 1"), ("=llama-3.1-8b", "NAME=PRESET"),
+                       ("a=llama3x", "unknown model preset 'llama3x'")):
+        r = CliRunner().invoke(app, ["--emulated-model", value])
+        assert r.exit_code == 2 and f"--emulated-model {value!r}" in r.output and msg in r.output, r.output

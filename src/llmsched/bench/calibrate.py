@@ -23,7 +23,7 @@ import numpy as np
 
 from llmsched.core.types import Request
 from llmsched.model.calibration import Calibration
-from llmsched.workload.traces.record import Recording, read_recording, record_hashes
+from llmsched.workload.traces.record import Recording, read_recording, record_hashes, rows_of_model
 
 FREE = ("step_overhead_s", "compute_scale", "bandwidth_scale")
 MOE_FREE = (*FREE, "expert_scale")  # MoE presets: the routed experts' own efficiency too
@@ -439,8 +439,9 @@ def _bootstrap(x: np.ndarray, jac: np.ndarray, r: np.ndarray, n1: int, reps: int
 
 
 def calibrate_from_record(path: Path, model: str, gpu: str, tp: int | None = None,
-                          time_scale: float | None = None, **kw: Any) -> tuple[Fit, Replay]:
-    rec = read_recording(path)
+                          time_scale: float | None = None, served_model: str | None = None,
+                          **kw: Any) -> tuple[Fit, Replay]:
+    rec = rows_of_model(read_recording(path), served_model)  # one model's rows (rows_of_model: when it must)
     if time_scale is not None:
         s = time_scale / float(rec.header.get("time_scale", 1.0))
         rec.arrival, rec.ttft, rec.e2e = rec.arrival * s, rec.ttft * s, rec.e2e * s

@@ -62,6 +62,8 @@ def calibrate_cmd(
     timing_noise: Annotated[float, typer.Option(min=0.0, help="--from-record: seconds of noise the refits add to "
                                                 "every recorded TTFT and end time")] = 1e-3,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap and the synthetic draws")] = 0,
+    served_model: Annotated[str | None, typer.Option(help="--from-record: fit only the rows of this model (the "
+                                                     "gateway's model id; needed when it recorded several)")] = None,
 ) -> None:
     """Fit step_overhead_s, compute_scale and bandwidth_scale (and expert_scale for MoE presets) to what real
     backends did; says which of them the data did not pin down."""
@@ -70,6 +72,8 @@ def calibrate_cmd(
 
     if (from_record is None) == (not from_metrics):
         fail("give exactly one of --from-record FILE or --from-metrics URL ...")
+    if served_model is not None and from_record is None:
+        fail("--served-model selects the rows of a --from-record recording")
     if out is not None and out.suffix.lower() not in (".json", ".yaml", ".yml"):
         fail(f"--out {out}: the extension must be .json, .yaml or .yml")
     meta: dict[str, Any] = {"model": model, "gpu": gpu, "tp": tp}
@@ -81,7 +85,7 @@ def calibrate_cmd(
                 fail(f"--from-record: no such file {from_record}")
             fit, rp = calibrate_from_record(from_record, model, gpu, tp, time_scale, bootstrap=bootstrap,
                                             seed=seed, refine_evals=refine_evals, refits=refits,
-                                            timing_noise_s=timing_noise)
+                                            timing_noise_s=timing_noise, served_model=served_model)
             cal = fit.calibration({**meta, "source": str(from_record), "requests": rp.notes})
             typer.echo(f"fitted on {rp.notes['replayed']} requests of {from_record} ({rp.instances} backends, "
                        f"routing pinned as recorded; {fit.evaluations} replays)")

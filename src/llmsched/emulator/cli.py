@@ -21,7 +21,10 @@ def emulate_cmd(
     ] = 1.0,
     request_policy: Annotated[str, typer.Option(help="Request-level policy of the engine's queue.")] = "fcfs",
     served_model_name: Annotated[
-        str | None, typer.Option(help="Model name clients send (default: --model).")
+        list[str] | None,
+        typer.Option(help="Model name(s) clients send (default: --model); several as vLLM's: after one flag "
+                          "(--served-model-name a b) or the flag repeated; all accepted and listed, the first "
+                          "named in responses and metrics."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic output text.")] = 0,
     max_model_len: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
@@ -51,8 +54,12 @@ def emulate_cmd(
     from llmsched.emulator.server import EmulatorServer
     from llmsched.engine.lora import LoraConfig
 
-    if extra and not lora_modules:
-        raise typer.BadParameter(f"unexpected argument {extra[0]!r}")
+    # Values after a several-values flag arrive as `extra`: LoRA modules are name=path or JSON, model names not.
+    extra_modules = [x for x in extra or () if "=" in x or x.lstrip().startswith("{")]
+    extra_names = [x for x in extra or () if x not in extra_modules]
+    stray = (extra_modules if not lora_modules else []) + (extra_names if not served_model_name else [])
+    if stray:
+        raise typer.BadParameter(f"unexpected argument {stray[0]!r}")
     lora = None
     if enable_lora or lora_modules or max_loras or max_cpu_loras:
         lora = LoraConfig(max_loras=max_loras or 1, max_cpu_loras=max_cpu_loras)
@@ -64,7 +71,7 @@ def emulate_cmd(
         lora=lora,
     )
     try:
-        modules = parse_lora_modules([*(lora_modules or ()), *(extra or ())])
+        modules = parse_lora_modules([*(lora_modules or ()), *extra_modules])
         cost = None
         if calibration is not None:
             from llmsched.model import build_cost_model
@@ -78,7 +85,7 @@ def emulate_cmd(
             speed=speed,
             request_policy=request_policy,
             engine_config=cfg,
-            served_model_name=served_model_name,
+            served_model_name=[*(served_model_name or ()), *extra_names],
             seed=seed,
             max_model_len=max_model_len,
             cost=cost,

@@ -78,7 +78,7 @@ class Adapters:
         path = body.get("lora_path") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
             raise ApiError("Both 'lora_name' and 'lora_path' must be provided.", err_type="InvalidUserInput")
-        if name == self.base:
+        if name == self.base or name in self.limits.aliases:
             raise ApiError(f"The lora adapter '{name}' conflicts with a served base model.",
                            err_type="InvalidUserInput")
         if name in self.paths and not body.get("load_inplace"):

@@ -48,6 +48,8 @@ class Limits:
     served_names: tuple[str, ...]
     max_model_len: int
     default_max_tokens: int
+    aliases: tuple[str, ...] = ()
+    """Further names of the base model (vLLM's `--served-model-name a b`): accepted, answered as `served_names[0]`."""
 
 
 @dataclass(slots=True)
@@ -66,9 +68,10 @@ class GenRequest:
 
 
 def check_model(body: Mapping[str, Any], limits: Limits) -> str:
-    """The served name the request asks for (the first one if it names none)."""
+    """The served name the request asks for: the first one if it names none or a base-model alias (as vLLM,
+    whose responses name the first `--served-model-name`), else the adapter it names."""
     model = body.get("model")
-    if model is None:
+    if model is None or (isinstance(model, str) and model in limits.aliases):
         return limits.served_names[0]
     if not isinstance(model, str) or model not in limits.served_names:
         raise ApiError(f"The model `{model}` does not exist.", 404, "model")

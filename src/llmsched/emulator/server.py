@@ -13,7 +13,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -61,7 +61,9 @@ class EmulatorServer:
         speed: emulated seconds per real second.
         request_policy: name in `REQUEST_POLICIES` for the engine's waiting queue (`policy_params` its params).
         engine_config: vLLM engine parameters (block size, token budget, ...).
-        served_model_name: the name clients must send (default: `model`).
+        served_model_name: the name clients must send (default: `model`); several names (vLLM's
+            `--served-model-name a b`): all accepted and listed in `/v1/models`, the first one named in responses
+            and metrics.
         seed: keys the synthetic output text (a request's own `seed` overrides it).
         cost: a ready cost model (a fitted one, or a simple one in tests).
         max_model_len: context window; default the cost model's `max_model_len`, else 32,768; never more than
@@ -82,7 +84,7 @@ class EmulatorServer:
         speed: float = 1.0,
         request_policy: str = "fcfs",
         engine_config: EngineConfig | None = None,
-        served_model_name: str | None = None,
+        served_model_name: str | Sequence[str] | None = None,
         seed: int = 0,
         *,
         cost: StepCostModel | None = None,
@@ -100,7 +102,9 @@ class EmulatorServer:
         if cost is None:
             cost = _build_cost_model(model, gpu, tp)
         self.model = model
-        self.served_model_name = served_model_name or model
+        names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name or ())
+        self.served_model_names: tuple[str, ...] = tuple(dict.fromkeys(names)) or (model,)
+        self.served_model_name = self.served_model_names[0]
         self.seed = seed
         self.config = engine_config or EngineConfig()
         if (lora_modules or max_loras) and (self.config.lora is None or max_loras):
@@ -115,7 +119,8 @@ class EmulatorServer:
         self.max_model_len = int(min(mml, capacity))
         if default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
-        self.limits = Limits((self.served_model_name,), self.max_model_len, default_max_tokens)
+        self.limits = Limits((self.served_model_name,), self.max_model_len, default_max_tokens,
+                             self.served_model_names[1:])
         self.adapters = Adapters(self.engine.lora, self.served_model_name, self.limits, lora_modules or {})
         cache_config = {
             "block_size": str(self.config.block_size),
@@ -228,8 +233,8 @@ class EmulatorServer:
 
     # -- other endpoints -------------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
-        card = {
-            "id": self.served_model_name,
+        cards = [{
+            "id": name,
             "object": "model",
             "created": self._created,
             "owned_by": "vllm",
@@ -237,8 +242,8 @@ class EmulatorServer:
             "parent": None,
             "max_model_len": self.max_model_len,
             "permission": [wire.permission(self._created)],
-        }
-        return _json_response({"object": "list", "data": [card, *self.adapters.cards()]})
+        } for name in self.served_model_names]  # fmt: skip
+        return _json_response({"object": "list", "data": [*cards, *self.adapters.cards()]})
 
     async def load_lora_adapter(self, request: web.Request) -> web.Response:
         text, read_s = self.adapters.load(await _read_json(request))

@@ -25,9 +25,31 @@ async def start_emulators(n: int, **kw: Any) -> list[tuple[Any, str]]:
     return servers
 
 
-async def run_gateway(cfg: GatewayConfig, host: str, port: int, emulated: int = 0, speed: float = 1.0) -> None:
-    """Run until SIGINT/SIGTERM, then drain and stop (graceful shutdown)."""
+def parse_emulated_models(items: list[str]) -> list[tuple[str, str, int]]:
+    """`--emulated-model NAME=PRESET:N` values (`PRESET` a model preset, `:N` default 1) -> (name, preset, n)."""
+    from llmsched.model.presets import get_llm
+
+    out = []
+    for item in items:
+        name, eq, rest = item.partition("=")
+        preset, colon, count = rest.partition(":")
+        if not eq or not name or not preset or (colon and not (count.isdigit() and int(count) >= 1)):
+            raise ValueError(f"--emulated-model {item!r}: expected NAME=PRESET or NAME=PRESET:N with N >= 1")
+        try:
+            get_llm(preset)
+        except ValueError as e:
+            raise ValueError(f"--emulated-model {item!r}: {e}") from None
+        out.append((name, preset, int(count or 1)))
+    return out
+
+
+async def run_gateway(cfg: GatewayConfig, host: str, port: int, emulated: int = 0, speed: float = 1.0,
+                      models: list[tuple[str, str, int]] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain and stop (graceful shutdown). `emulated` in-process emulators of the
+    default preset, plus, for each (name, preset, n) of `models`, n emulators of `preset` serving `name`."""
     emus = await start_emulators(emulated, speed=speed) if emulated else []
+    for name, preset, n in models or ():
+        emus += await start_emulators(n, speed=speed, model=preset, served_model_name=name)
     if emus:
         cfg = cfg.model_copy(update={"backends": [*cfg.backends, *(u.rstrip("/") for _, u in emus)]})
     gw = Gateway(cfg)
@@ -47,6 +69,10 @@ async def run_gateway(cfg: GatewayConfig, host: str, port: int, emulated: int = 
 def serve_cmd(
     backend: Annotated[list[str] | None, typer.Option("--backend", help="backend base URL (repeatable)")] = None,
     emulated: Annotated[int, typer.Option("--emulated", min=0, help="start N in-process emulated engines")] = 0,
+    emulated_model: Annotated[list[str] | None, typer.Option(
+        "--emulated-model", help="start in-process emulated engines serving a model: NAME=PRESET[:N] (N engines "
+        "of model preset PRESET, served as NAME; default 1); repeatable, e.g. --emulated-model a=llama-3.1-8b:2 "
+        "--emulated-model b=llama-2-13b")] = None,
     emulator_speed: Annotated[float, typer.Option("--emulator-speed", min=0.001,
                                                   help="emulated seconds per real second (--emulated)")] = 1.0,
     request_policy: Annotated[str | None, typer.Option("--request-policy", help="admission-queue policy")] = None,
@@ -63,8 +89,14 @@ def serve_cmd(
         overrides["request_policy"] = {"name": request_policy}
     if router:
         overrides["router"] = {"name": router}
+    try:
+        models = parse_emulated_models(emulated_model or [])
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    emulating = bool(emulated or models)
     if record is not None:  # emulated engines run `--emulator-speed` times faster than the recorded clock
-        overrides["record"] = {"path": str(record), "time_scale": emulator_speed if emulated else 1.0}
+        overrides["record"] = {"path": str(record), "time_scale": emulator_speed if emulating else 1.0}
     try:
         if config is not None:
             cfg = load_config(config, overrides)
@@ -75,11 +107,12 @@ def serve_cmd(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    if not cfg.backends and not emulated:
-        typer.echo("error: give --backend URL (repeatable), --emulated N, or backends: in --config", err=True)
+    if not cfg.backends and not emulating:
+        typer.echo("error: give --backend URL (repeatable), --emulated N, --emulated-model NAME=PRESET[:N], or "
+                   "backends: in --config", err=True)
         raise typer.Exit(2)
     try:
-        run_async(run_gateway(cfg, host, port, emulated, emulator_speed))
+        run_async(run_gateway(cfg, host, port, emulated, emulator_speed, models))
     except (RuntimeError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -92,6 +92,9 @@ class GatewayConfig(_Model):
     backend_models: dict[str, list[str]] = Field(
         default_factory=dict, description="backend URL -> the model ids it serves, pinned (no discovery); the "
                                           "`{url, models}` form of a `backends` entry fills it")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="pinned LoRA adapter id -> its base model id: an id of `backend_models` "
+                                          "named here is an adapter of that base (discovered ones carry `parent`)")
     model_policies: dict[str, ModelPolicies] = Field(
         default_factory=dict, description="per model id: request_policy and/or router of its pool (an adapter "
                                           "without its own entry takes its base model's request_policy)")
@@ -164,7 +167,20 @@ def build_config(
         ]
         raise ConfigError("\n".join(lines)) from None
     _check_policies(cfg, source)
+    _check_adapters(cfg, source)
     return cfg
+
+
+def _check_adapters(cfg: GatewayConfig, source: str) -> None:
+    """A pinned adapter's base is a base model, and every backend pinned with the adapter serves its base."""
+    for name, base in cfg.adapters.items():
+        if not name or not base or base == name or base in cfg.adapters:
+            raise ConfigError(f"{source}: adapters.{name}: the base model must be another id that is not an "
+                              f"adapter, got {base!r}")
+        for url, ids in cfg.backend_models.items():
+            if name in ids and base not in ids:
+                raise ConfigError(f"{source}: backend_models.{url}: lists adapter {name!r} but not its base "
+                                  f"model {base!r} (adapters.{name})")
 
 
 def _check_policies(cfg: GatewayConfig, source: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,6 +48,7 @@ from llmsched.policies.request import REQUEST_POLICIES
 
 UNNAMED = "*"  # the metrics label of the unnamed pool
 LORA_INFO = "vllm:lora_requests_info"
+RUNNING = "vllm:num_requests_running"
 
 
 @dataclass(slots=True)
@@ -81,9 +82,11 @@ def parse_model_list(raw: bytes) -> list[dict[str, Any]] | None:
     return cards or None
 
 
-def pinned_cards(ids: Iterable[str]) -> list[dict[str, Any]]:
-    """Cards for model ids pinned in the config (base models)."""
-    return [{"id": m, "object": "model", "owned_by": "llmsched", "root": m, "parent": None} for m in ids]
+def pinned_cards(ids: Iterable[str], adapters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Cards for model ids pinned in the config: base models, and the ids named in `adapters` (the config's
+    `adapters: {adapter: base}`) as LoRA adapters with that `parent`."""
+    parents = adapters or {}
+    return [{"id": m, "object": "model", "owned_by": "llmsched", "root": m, "parent": parents.get(m)} for m in ids]
 
 
 def lora_state(text: str) -> AdapterState | None:
@@ -91,27 +94,33 @@ def lora_state(text: str) -> AdapterState | None:
 
     The gauge's labels say it all (`max_lora`, `running_lora_adapters`, `waiting_lora_adapters`: names joined by
     commas) and its value is the time it was set; Prometheus keeps every label set ever set, so the current one
-    is the series with the largest value.
+    is the series with the largest value. The gauge has no `engine` label: a data-parallel server's engines
+    (E distinct `engine` labels on `vllm:num_requests_running`) each set their own label set, so the E latest
+    label sets are read as the engines' states (vLLM warns the gauge may mislead with data parallelism; an
+    engine that logged twice since another's last set hides that one): adapters running or waiting on any,
+    and E x `max_lora` slots.
     """
     if LORA_INFO not in text:
         return None
-    lines = [ln for ln in text.splitlines() if ln.startswith(LORA_INFO)]
+    lines = [ln for ln in text.splitlines() if ln.startswith((LORA_INFO, RUNNING))]
     try:
         samples = [s for fam in text_string_to_metric_families("\n".join(lines)) for s in fam.samples]
     except ValueError:
         return None
-    best = max((s for s in samples if math.isfinite(s.value)), key=lambda s: s.value, default=None)
-    if best is None:
+    engines = len({s.labels.get("engine", "") for s in samples if s.name == RUNNING}) or 1
+    sets = sorted((s for s in samples if s.name == LORA_INFO and math.isfinite(s.value)), key=lambda s: -s.value)
+    latest = sets[:engines]
+    if not latest:
         return None
 
     def names(label: str) -> tuple[str, ...]:
-        return tuple(sorted(a for a in best.labels.get(label, "").split(",") if a))
+        return tuple(sorted({a for s in latest for a in s.labels.get(label, "").split(",") if a}))
 
     try:
-        max_loras = max(1, int(float(best.labels.get("max_lora", "1"))))
+        max_loras = max(1, int(float(latest[0].labels.get("max_lora", "1"))))
     except ValueError:
         max_loras = 1
-    return AdapterState(max_loras, names("running_lora_adapters"), names("waiting_lora_adapters"))
+    return AdapterState(max_loras * engines, names("running_lora_adapters"), names("waiting_lora_adapters"))
 
 
 def with_lora(snap: InstanceSnapshot, text: str) -> InstanceSnapshot:
@@ -276,7 +285,7 @@ class Pools:
                 p.d.sync()
             pinned = self.cfg.backend_models.get(b.url)
             if pinned:
-                self.set_models(b.index, pinned_cards(pinned))
+                self.set_models(b.index, pinned_cards(pinned, self.cfg.adapters))
         return b
 
     def pinned(self, url: str) -> bool:

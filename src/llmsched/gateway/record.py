@@ -44,6 +44,7 @@ class Finished(Protocol):
     ttft: float | None
     e2e: float | None
     tokens: int | None
+    model: str | None  # the model pool's id (gateway.pools; "*": the unnamed pool), None before one was chosen
 
 
 FORMAT_VERSION = 1
@@ -115,7 +116,7 @@ class Recorder:
         ttft, e2e, tokens = out.ttft, out.e2e, out.tokens
         self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len,
                         req.block_hashes, req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
-                        -1.0 if e2e is None else e2e, out.status))
+                        -1.0 if e2e is None else e2e, out.status, out.model))
 
     # -- writer ----------------------------------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
@@ -147,9 +148,9 @@ class Recorder:
         out, off = [], 0
         key, t0 = self._key, self.t0
         fmt = ('{"arrival":%.6f,"prompt_tokens":%d,"output_tokens":%s,"max_tokens":%d,"block_hashes":"%s",'
-               '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d}')
+               '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d,"model":%s}')
         for r, h in zip(rows, hs, strict=True):
-            arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status = r
+            arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status, model = r
             end = off + 8 * len(h)
             blocks = b64encode(raw[off:end]).decode("ascii")
             off = end
@@ -160,7 +161,7 @@ class Recorder:
                 arrival - t0, prompt, n_out if ok and n_out >= 0 else "null", max_tokens, blocks, sess,
                 "null" if cls is None else json.dumps(cls), prio if type(prio) is int else 0, backend,
                 f"{ttft:.6f}" if ok and ttft >= 0 else "null",
-                f"{e2e:.6f}" if ok else "null", status))
+                f"{e2e:.6f}" if ok else "null", status, "null" if model in (None, "*") else json.dumps(model)))
         return out
 
     def _drain(self) -> None:

@@ -55,6 +55,7 @@ class Recording:
     session: list[str | None]
     cls: list[str | None]
     priority: np.ndarray
+    model: list[str | None]  # the model pool's id each row went to (None: unknown, or an older recording)
 
     @property
     def block_size(self) -> int:
@@ -104,7 +105,8 @@ def read_recording(path: Path) -> Recording:
     header: dict[str, Any] | None = None
     rid = _header(path).get("recording")  # PATH names the recording; older ones rotated beside it are skipped
     cols: dict[str, list[Any]] = {k: [] for k in ("arrival", "prompt", "output", "max_tokens", "backend", "ttft",
-                                                   "e2e", "status", "hashes", "session", "cls", "priority")}
+                                                   "e2e", "status", "hashes", "session", "cls", "priority",
+                                                   "model")}
     for seg in segments(path):
         with open_text(seg) as f:
             f.readline()
@@ -144,14 +146,37 @@ def read_recording(path: Path) -> Recording:
                 cols["cls"].append(row.get("class"))
                 pr = row.get("priority", 0)
                 cols["priority"].append(pr if isinstance(pr, int) else 0)
+                m = row.get("model")
+                if m is not None and not isinstance(m, str):
+                    raise WorkloadError.at(seg, i, f"model must be a string, got {m!r}")
+                cols["model"].append(m)
     assert header is not None
     f64, i64 = np.float64, np.int64
     return Recording(
         header, np.array(cols["arrival"], f64), np.array(cols["prompt"], i64), np.array(cols["output"], i64),
         np.array(cols["max_tokens"], i64), np.array(cols["backend"], i64), np.array(cols["ttft"], f64),
         np.array(cols["e2e"], f64), np.array(cols["status"], i64), cols["hashes"], cols["session"], cols["cls"],
-        np.array(cols["priority"], i64),
+        np.array(cols["priority"], i64), cols["model"],
     )
+
+
+def rows_of_model(rec: Recording, model: str | None) -> Recording:
+    """The rows of `rec` that went to `model`'s pool. `model` None: the whole recording, unless it holds several
+    models (then a ValueError naming them: a fit or replay must not mix models)."""
+    present = sorted({m for m in rec.model if m is not None})
+    if model is None:
+        if len(present) > 1:
+            raise ValueError(f"the recording holds several models ({', '.join(present)}); choose one with "
+                             "--served-model NAME")
+        return rec
+    if model not in present:
+        raise ValueError(f"the recording has no row of model {model!r}; it holds: {', '.join(present) or 'none named'}")
+    keep = np.array([m == model for m in rec.model], dtype=bool)
+    idx = np.flatnonzero(keep).tolist()
+    return Recording(rec.header, rec.arrival[keep], rec.prompt[keep], rec.output[keep], rec.max_tokens[keep],
+                     rec.backend[keep], rec.ttft[keep], rec.e2e[keep], rec.status[keep],
+                     [rec.hashes[i] for i in idx], [rec.session[i] for i in idx], [rec.cls[i] for i in idx],
+                     rec.priority[keep], [model] * len(idx))
 
 
 def encode_hashes(h: np.ndarray) -> str:
