@@ -401,7 +401,8 @@ class EWSJF(RequestPolicy):
                 a = np.array(older + self._prev + block, dtype=np.float64)
                 warm = len(older) + len(self._prev)
                 self._hist = [x for x in older + self._prev if x[0] + x[2] + x[4] > block[0][0]]
-                self._prev, self._block, block = block, [], []
+                self._prev = block
+                self._block = block = []  # one list: records after this close in the same call join it
                 self._parts.clear()
                 theta = self.tuner_.close(Window(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], warm,
                                                  start if older else -math.inf))

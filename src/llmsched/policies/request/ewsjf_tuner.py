@@ -209,7 +209,7 @@ class TwinTuner:
                     self.study.enqueue_trial({**self.incumbent, k: v})
         self.guard = guard
         self.live_tail = live_tail
-        self.bias = 1.0  # the last window's live / twin long tail of the incumbent, at least 1 (see `close`)
+        self.bias = 1.0  # the last window's live / twin excess of the incumbent's long tail, at least 1 (`close`)
         if guard:
             self.incumbent.update(guard_rate=max(0.0, start.get("guard_rate", 0.0)),
                                   guard_share=min(1.0, max(1e-3, start.get("guard_share", 1.0))))
@@ -248,7 +248,8 @@ class TwinTuner:
     def score(self, ttft: np.ndarray, w: Window, tail_fcfs: float) -> Score:
         size = w.size[w.warm :]
         short = size <= np.median(size) if self.objective == "short" else slice(None)
-        tail = self.tail(ttft, w, tail_fcfs) * self.bias
+        tail = self.tail(ttft, w, tail_fcfs)
+        tail = 1.0 + (tail - 1.0) * self.bias if tail > 1.0 else tail
         return Score(float(ttft[w.warm :][short].mean()), max(0.0, tail / self.tail_limit - 1.0))
 
     def judge(self, theta: Theta, w: Window, tail_fcfs: float) -> Score:
@@ -266,14 +267,15 @@ class TwinTuner:
         ttft_fcfs = self.run(FCFS(), w, self.kv)[w.warm :]
         self.wait_ref = max(float(np.quantile(ttft_fcfs[long], 0.99)), 1e-3)
         tail_fcfs = max(float(np.quantile((ttft_fcfs + w.decode[w.warm :])[long], 0.99)), 1e-9)
-        # The twin's tail error, measured on the incumbent (the one setting that also ran live): the live long
-        # tail (measured TTFT + decode) over the twin's prediction of it. Every candidate's twin tail is scaled
-        # by it when the twin was optimistic, so the constraint holds on what users had, not only in the twin.
+        # The twin's tail error, measured on the incumbent (the one setting that also ran live): how much more
+        # the long tail exceeded FCFS's live (measured TTFT + decode) than the twin predicted. Every candidate's
+        # excess over FCFS in the twin is scaled by it when the twin was optimistic, so the constraint holds on
+        # what users had, not only in the twin. (A twin that sees no excess at all counts as 1% of FCFS's tail.)
         self.bias, live = 1.0, 0.0
         if self.live_tail:
             predicted = self.tail(self.run(self.make(self.incumbent), w, self.kv), w, tail_fcfs)
             live = self.tail(w.ttft, w, tail_fcfs)
-            self.bias = max(1.0, live / max(predicted, 1e-9))
+            self.bias = max(1.0, (live - 1.0) / max(predicted - 1.0, 0.01))
         inc = self.judge(self.incumbent, w, tail_fcfs)
         adopted = None
         if self.challenger is not None:
