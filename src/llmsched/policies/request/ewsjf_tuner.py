@@ -27,9 +27,20 @@ surrogate with an expected-improvement criterion) proposes `per_window` trials a
 (`RANGES`), the first ones a one-factor-at-a-time screen (`screen`: each parameter at either end of its range,
 the others at the incumbent's values), and is told ln(J / J_incumbent) + 10 v, lower is better.
 
+The twin against what users had (`live_tail`, on by default): the incumbent is the one setting that also ran
+live, so its twin tail can be checked against the live one (measured TTFT + decode of the same long decile,
+over the twin's FCFS tail). On the Azure conv+code trace the twin saw the incumbent at 1.2-1.8x FCFS on windows
+where live it was 2-7x (bursts leave a backlog no twin of two windows sees). The twin's error on the incumbent,
+bias = (live - 1) / (predicted - 1) when above 1, scales every candidate's excess over FCFS in the twin on that
+window (an order that does not delay the long class past FCFS is not touched by the error). The twin also
+starts from the live engine's state where the policy gives it (`Window.start`: requests of older windows still
+queued or running when the context began), not from an empty engine.
+
 Adoption: a trial *beats* the incumbent on a window, feasibility first: when the incumbent breaks the tail
 constraint, by a violation v smaller by the fraction `margin`; otherwise by v = 0 and a J lower by `margin`. The window's best such trial becomes the challenger; it is
-replayed on the next `confirm` windows (fresh arrivals) and adopted only if it beats the incumbent on each.
+replayed on the next `confirm` windows (fresh arrivals) and adopted only if it beats the incumbent on each. When
+the live tail itself broke the bound, the window's best trial is adopted at once: the live breach is the
+evidence confirmation waits for, and waiting costs users the tail.
 After `max_trials` trials the tuner stops proposing; a pending challenger still gets its confirmation.
 """
 
