@@ -283,11 +283,11 @@ class TwinTuner:
         # excess over FCFS in the twin is scaled by it when the twin was optimistic, so the constraint holds on
         # what users had, not only in the twin. (A twin that sees no excess at all counts as 1% of FCFS's tail.)
         self.bias, live = 1.0, 0.0
+        ttft_inc = self.run(self.make(self.incumbent), w, self.kv)
         if self.live_tail:
-            predicted = self.tail(self.run(self.make(self.incumbent), w, self.kv), w, tail_fcfs)
             live = self.tail(w.ttft, w, tail_fcfs)
-            self.bias = max(1.0, (live - 1.0) / max(predicted - 1.0, 0.01))
-        inc = self.judge(self.incumbent, w, tail_fcfs)
+            self.bias = max(1.0, (live - 1.0) / max(self.tail(ttft_inc, w, tail_fcfs) - 1.0, 0.01))
+        inc = self.score(ttft_inc, w, tail_fcfs)
         adopted = None
         if self.challenger is not None:
             if not self.judge(self.challenger, w, tail_fcfs).beats(inc, self.margin):
