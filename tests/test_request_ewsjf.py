@@ -397,7 +397,7 @@ def test_tuner_keeps_the_incumbent_when_nothing_is_better_and_stops() -> None:
     assert tuner.trials == 9 and tuner.done
 
 
-def _guard_tuner(tail_limit: float) -> TwinTuner:
+def _guard_tuner(tail_limit: float, **kw: object) -> TwinTuner:
     """SJF as the incumbent; theta's guard_rate turns on SJF's max-wait guard at the window's FCFS wait / rate."""
     start = {"a_u": 0.0, "b_u": 1.0, "a_f": 0.0, "b_f": 0.5, "alpha": 1.5}
     box: list[TwinTuner] = []
@@ -409,7 +409,7 @@ def _guard_tuner(tail_limit: float) -> TwinTuner:
         return REQUEST_POLICIES.create("sjf")
 
     box.append(TwinTuner(start, make, lambda n: 2e-4 * n, budget=4096, seed=1, tail_limit=tail_limit,  # type: ignore[arg-type]
-                         per_window=2, confirm=1, guard=True))
+                         per_window=2, guard=True, **{"confirm": 1, **kw}))  # type: ignore[arg-type]
     return box[0]
 
 
@@ -512,3 +512,61 @@ def test_set_params_reaches_the_live_scorer() -> None:
     assert pol.weights_.a_u == 0.005 and pol.alpha_ == 2.5
     with pytest.raises(ValueError, match="ewsjf"):
         pol.set_params(max_queues=0)
+
+
+# -- the twin against what users had --------------------------------------------------------------------------
+def test_replay_starts_from_the_live_engines_state() -> None:
+    """With `start` set, rows that arrived before it are the live engine's state then: row 0 (first token at 1)
+    is running and holds all the KV until 1 + 5 s of decode; row 1 (first token live at 10.5) is still queued.
+    The window's own row 2 arrives at 2 and waits behind both; from an empty engine it would wait 0.01 s."""
+    w = Window(np.array([0.0, 0.5, 2.0]), np.array([10.0, 20.0, 30.0]), np.array([1.0, 10.0, 0.0]),
+               np.full(3, 100.0), np.full(3, 5.0), warm=2, start=2.0)
+    ttft = replay(FCFS(), w, lambda n: 0.001 * n, budget=1000, kv=100.0)
+    assert ttft == pytest.approx([1.0, 6.02 - 0.5, 6.02 + 5 + 0.03 - 2.0])
+    empty = Window(w.arrival[2:], w.size[2:], w.ttft[2:], w.hold[2:], w.decode[2:])
+    assert replay(FCFS(), empty, lambda n: 0.001 * n, budget=1000, kv=100.0) == pytest.approx([0.03])
+
+
+def test_windows_carry_the_requests_still_in_the_live_engine() -> None:
+    """EWSJF hands the tuner, before a window's context, the older requests still queued or running when the
+    context began: request 0 (of the first window) waits live until t = 45, so it is in the third window's
+    replay (context from t = 20), which starts at 20; the second window's replay has no such row."""
+    pol = EWSJF(meta_window=20)
+    assert pol.tuner_ is not None
+    seen: list[Window] = []
+    pol.tuner_.close = lambda w: seen.append(w)  # type: ignore[method-assign,assignment,return-value]
+    reqs = [Request(i, float(i), 100 + 10 * i, 10) for i in range(60)]
+    for r in reqs:
+        pol.push(r, r.arrival)
+        r.first_token = 45.0 if r.rid == 0 else r.arrival + 0.5
+        r.num_output = 10
+    for r in sorted(reqs, key=lambda r: r.first_token):
+        pol.on_finish(r, r.first_token + 0.2)  # request 19 is done by t = 20
+    assert len(seen) == 3
+    assert seen[1].start == -math.inf and seen[1].warm == 20 and seen[1].arrival[0] == 0.0
+    third = seen[2]
+    assert third.start == 20.0 and third.warm == 21 and len(third.arrival) == 41
+    assert third.arrival[0] == 0.0 and third.ttft[0] == 45.0 and third.arrival[1] == 20.0
+
+
+def test_live_tail_beyond_the_bound_is_repaired_at_once() -> None:
+    """The twin under-rates the incumbent's long tail (here the twin sees SJF within the bound, while live the
+    long decile waited 60 s more): the constraint is judged on what users had (the twin's tail scaled by the
+    incumbent's live / predicted ratio), so the guard repair is tried, and since the live tail itself broke
+    the bound it is adopted on this very window instead of after `confirm` more. Judged on the twin alone,
+    nothing is repaired."""
+    w = _overloaded(0, _guard_tuner(1.5))  # measured TTFTs: SJF's at a KV capacity of 25k tokens
+    probe = _guard_tuner(100.0)
+    probe.kv = 25_000.0
+    limit = 1.2 * probe.tail(probe.run(probe.make(probe.incumbent), w, probe.kv), w, 1.0) / probe.tail(
+        probe.run(FCFS(), w, probe.kv), w, 1.0)  # the twin's SJF is within this limit
+    long = w.size >= np.quantile(w.size, 0.9)
+    live = Window(w.arrival, w.size, w.ttft + np.where(long, 60.0, 0.0), w.hold, w.decode)
+    for on in (True, False):
+        tuner = _guard_tuner(limit, confirm=3, live_tail=on)
+        tuner.calibrate = lambda w: 25_000.0  # type: ignore[method-assign]  # the twin's KV: as measured
+        adopted = tuner.close(live)
+        if on:
+            assert tuner.bias > 1.0 and adopted is not None and adopted["guard_rate"] > 0, tuner.incumbent
+        else:
+            assert adopted is None and tuner.challenger is None and tuner.incumbent["guard_rate"] == 0.0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from typing import Any, Literal
 
@@ -142,6 +143,7 @@ class EWSJF(RequestPolicy):
         self._rec_of: dict[int, list[Any]] = {}
         self._block: list[list[Any]] = []
         self._prev: list[list[Any]] = []  # the last closed window (the twin's context for the next one)
+        self._hist: list[list[Any]] = []  # older closed records still in the live engine at `_prev`'s start
         self._parts: dict[float, Any] = {}  # twin partitions of the live size window, by alpha
         if p.meta_optimize:
             start = {"a_u": p.a_u, "b_u": p.b_u, "a_f": p.a_f, "b_f": p.b_f, "alpha": p.alpha}
@@ -392,11 +394,18 @@ class EWSJF(RequestPolicy):
             if len(block) >= p.meta_window:
                 # The previous window is replayed first as context: the backlog it left is what the new
                 # window's requests queued behind.
-                a = np.array(self._prev + block, dtype=np.float64)
-                warm = len(self._prev)
-                self._prev, self._block, block = block, [], []
+                # Before it, the requests of older windows still in the live engine when the context began
+                # (queued or running): the twin starts from that state, not from an empty engine.
+                start = (self._prev or block)[0][0]
+                older = [x for x in self._hist if x[0] + x[2] + x[4] > start]
+                a = np.array(older + self._prev + block, dtype=np.float64)
+                warm = len(older) + len(self._prev)
+                self._hist = [x for x in older + self._prev if x[0] + x[2] + x[4] > block[0][0]]
+                self._prev = block
+                self._block = block = []  # one list: records after this close in the same call join it
                 self._parts.clear()
-                theta = self.tuner_.close(Window(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], warm))
+                theta = self.tuner_.close(Window(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], warm,
+                                                 start if older else -math.inf))
                 if theta is not None:
                     self._apply(theta)
                 if self.tuner_.done:
