@@ -355,3 +355,34 @@ def test_what_if_on_an_moe_recording_compares_the_expert_placers(tmp_path: Path)
     assert len({round(c["ttft_mean"], 9) for c in res["candidates"]}) > 1
     r = runner.invoke(app, ["compare", "--trace", str(rec), "--expert-policy", "eplb"])
     assert r.exit_code != 0 and "needs an MoE model" in " ".join(r.output.split())
+
+
+def test_periodic_snapshots_fall_where_the_recording_puts_the_gateways_scrapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorder's time 0 is the gateway's start (its first scrape); a replay starts at its first arrival, so
+    the simulated scrapes must keep the recorded offset, not restart at the first arrival."""
+    from llmsched.sim.cluster import Cluster
+
+    seen: list[float] = []
+    orig = Cluster._scrape_all
+
+    def spy(self: Cluster, now: float) -> None:
+        seen.append(now)
+        orig(self, now)
+
+    monkeypatch.setattr(Cluster, "_scrape_all", spy)
+    rows = [{"arrival": a, "prompt_tokens": 50, "output_tokens": 5, "backend": 0, "ttft": 0.1, "e2e": 0.2,
+             "status": 200} for a in (0.3, 0.9, 2.3)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [{"llmsched_record": 1, "recording": "x", "block_size": 16,
+                                                         "backends": ["a", "b"]}, *rows]) + "\n")
+    rp = replay_of(read_recording(path))
+    assert rp.origin == pytest.approx(0.3) and rp.arrival[0] == 0.0
+    simulate_replay(rp, "llama-3.1-8b", "h100", None, {}, router="least-kv", metrics_interval_s=0.5)
+    # the gateway scraped at 0, 0.5, 1.0, ... recorded time: -0.3, 0.2, 0.7, ... on the replay's clock
+    assert seen[:4] == pytest.approx([0.0, 0.2, 0.7, 1.2])
+    seen.clear()
+    simulate_replay(rp, "llama-3.1-8b", "h100", None, {}, router="least-kv", metrics_interval_s=0.5,
+                    scrape_phase_s=0.0)
+    assert seen[:3] == pytest.approx([0.0, 0.5, 1.0])

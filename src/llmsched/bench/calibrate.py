@@ -54,6 +54,14 @@ class Replay:
     tpot: np.ndarray  # observed, NaN where unknown
     instances: int
     notes: dict[str, int] = field(default_factory=dict)
+    # Recorded time of the first replayed arrival (arrivals here start at 0): the recorder's time 0 is the
+    # gateway's start, where its scrape loop began, so the gateway scraped at -origin + k * scrape_interval.
+    origin: float = 0.0
+
+    def scrape_phase(self, interval: float) -> float:
+        """When the gateway's scrapes fell on this replay's clock, modulo `interval` (scrape latency and the
+        start-up between the recorder's time 0 and the first scrape neglected)."""
+        return -self.origin % interval if interval > 0 else 0.0
 
     def requests(self) -> list[Request]:
         return [Request(i, t, p, o, h) for i, (t, p, o, h) in
@@ -68,7 +76,8 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
         raise ValueError(f"recorded at block size {bs}; the engine block size {block_size} must be a multiple")
     keep = np.flatnonzero(rec.ok & (rec.output > 0) & (rec.backend >= 0))
     keep = keep[np.argsort(rec.arrival[keep], kind="stable")]
-    arrival = rec.arrival[keep] - (rec.arrival[keep].min() if len(keep) else 0.0)
+    origin = float(rec.arrival[keep].min()) if len(keep) else 0.0
+    arrival = rec.arrival[keep] - origin
     out = rec.output[keep]
     ttft = rec.ttft[keep]
     e2e = rec.e2e[keep]
@@ -77,19 +86,21 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
     n_inst = max(len(rec.header.get("backends") or []), int(rec.backend.max()) + 1 if len(rec) else 1)
     return Replay(arrival, rec.prompt[keep], out, rec.backend[keep],
                   [record_hashes(rec.hashes[i], bs, block_size) for i in keep.tolist()], ttft, tpot, n_inst,
-                  {"rows": len(rec), "replayed": len(keep), "not_replayed": len(rec) - len(keep)})
+                  {"rows": len(rec), "replayed": len(keep), "not_replayed": len(rec) - len(keep)}, origin)
 
 
 def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dict[str, float],
                     router: str = "pinned", router_params: dict[str, Any] | None = None,
                     engine: dict[str, Any] | None = None, seed: int = 0, request_policy: str = "fcfs",
                     with_e2e: bool = False, metrics_interval_s: float = 0.0, expert_policy: str | None = None,
-                    expert_params: dict[str, Any] | None = None) -> Any:
+                    expert_params: dict[str, Any] | None = None, scrape_phase_s: float | None = None) -> Any:
     """Simulated (TTFT, TPOT[, E2E]) per replayed request (NaN where the request was rejected).
 
     `expert_policy` (MoE presets only): wrap each instance's cost model in the MoE model with that expert placer
     (imbalanced, seeded synthetic expert routing, `expert_params` as in `SimConfig`); None keeps the balanced
-    roofline pricing that `calibrate` fits and the emulator runs."""
+    roofline pricing that `calibrate` fits and the emulator runs. `metrics_interval_s` > 0: routers see snapshots
+    refreshed at `scrape_phase_s` + k * interval (None: where the recording puts the gateway's scrapes,
+    `Replay.scrape_phase`)."""
     from llmsched.engine.config import EngineConfig
     from llmsched.engine.engine import Engine
     from llmsched.model import build_cost_model
@@ -124,7 +135,8 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
                 params.setdefault(k, v)
         route = ROUTERS.create(router, params)
     reqs = rp.requests()
-    Cluster(engines, route, metrics_interval_s).run(reqs)
+    phase = rp.scrape_phase(metrics_interval_s) if scrape_phase_s is None else scrape_phase_s
+    Cluster(engines, route, metrics_interval_s, metrics_phase_s=phase).run(reqs)
     ttft = np.array([r.first_token - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     tpot = np.array([(r.finish - r.first_token) / (r.num_output - 1) if r.finish >= 0 and r.num_output > 1
                      else np.nan for r in reqs])

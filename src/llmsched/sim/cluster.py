@@ -34,7 +34,8 @@ MAX_RUN = 4096
 
 class Cluster:
     def __init__(
-        self, engines: Sequence[Engine], router: Router, metrics_interval_s: float = 0.0, max_run: int = MAX_RUN
+        self, engines: Sequence[Engine], router: Router, metrics_interval_s: float = 0.0, max_run: int = MAX_RUN,
+        metrics_phase_s: float = 0.0,
     ) -> None:
         if not engines:
             raise ValueError("a cluster needs at least one engine")
@@ -42,6 +43,11 @@ class Cluster:
         self.router = router
         router.resize(len(self.engines))
         self.interval = metrics_interval_s
+        # Periodic refreshes at phase + k * interval (k >= 0): a gateway's scrape loop runs on its own clock, so
+        # its scrapes need not fall on the workload's time origin (see bench.calibrate.replay_of's `origin`).
+        if not math.isfinite(metrics_phase_s):
+            raise ValueError(f"metrics_phase_s must be finite, got {metrics_phase_s}")
+        self.phase = metrics_phase_s % metrics_interval_s if metrics_interval_s > 0 else 0.0
         self.max_run = max_run  # 1 = token-by-token stepping (the reference the fast-forward is tested against)
         self.metrics = MetricsCollector()
         self.rejected: list[tuple[Request, str]] = []
@@ -184,7 +190,7 @@ class Cluster:
             self._scrape_all(0.0)
         else:
             self._refresh_live(0.0)
-        next_refresh = self.interval if periodic else math.inf
+        next_refresh = (self.phase or self.interval) if periodic else math.inf
         max_run = self.max_run
         n = len(requests)
         for k in range(1, n):
