@@ -145,6 +145,28 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
     return ttft, tpot
 
 
+def predicted_change(rp: Replay, model: str, gpu: str, tp: int | None, draws: list[dict[str, float]],
+                     router: str, router_params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """Simulated change of the mean TTFT from the recorded routing (pinned) to `router`, once per knob draw.
+
+    A replay is chaotic: a 1% change of the knobs reorders a few batches and moves a change of a few ms by
+    tens of percent, so one replay at the point estimate is not a prediction. Each draw (`Fit.knob_draws`:
+    knobs the recording does not tell apart) is replayed both ways; the result is the mean change with the
+    spread (min, max, standard deviation) over the draws, in seconds. `kw` goes to both `simulate_replay` calls
+    (e.g. `metrics_interval_s`, `engine`)."""
+    if not draws:
+        raise ValueError("predicted_change needs at least one knob draw")
+    changes = []
+    for knobs in draws:
+        base = float(np.nanmean(simulate_replay(rp, model, gpu, tp, knobs, **kw)[0]))
+        pred = float(np.nanmean(simulate_replay(rp, model, gpu, tp, knobs, router=router, router_params=router_params,
+                                                **kw)[0]))
+        changes.append(pred - base)
+    c = np.array(changes)
+    return {"mean": float(c.mean()), "min": float(c.min()), "max": float(c.max()),
+            "sd": float(c.std(ddof=1)) if len(c) > 1 else 0.0, "changes": changes}
+
+
 @dataclass
 class Fit:
     values: dict[str, float]
@@ -153,6 +175,11 @@ class Fit:
     ttft_offset_s: float
     evaluations: int
     notes: dict[str, Any]
+
+    def knob_draws(self) -> list[dict[str, float]]:
+        """The estimate, then every refit's landing point (`refits`): the knobs as far as the recording pins
+        them down, for predictions that come with an interval (`predicted_change`)."""
+        return [dict(self.values), *(dict(d) for d in self.notes.get("draws", []))]
 
     def calibration(self, meta: dict[str, Any]) -> Calibration:
         return Calibration(**{k: float(f"{v:.6g}") for k, v in self.values.items()},
@@ -414,6 +441,8 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
                             "interval": f"one-step bootstrap ({bootstrap} resamples) joined with {refits} refits "
                                         f"(resampled, timestamps moved by {timing_noise_s * 1e3:g} ms)",
                             "correlation": corr,
+                            # where each refit landed: knobs the recording cannot tell from the estimate
+                            "draws": [{k: float(v) for k, v in unpack(x).items()} for x in moved],
                             "optimizer": "scipy least_squares (iterations between recorded events)"
                             + (" + Nelder-Mead (closed-loop replay)" if refine_evals > 0 else "")})
 
