@@ -386,3 +386,37 @@ def test_periodic_snapshots_fall_where_the_recording_puts_the_gateways_scrapes(
     simulate_replay(rp, "llama-3.1-8b", "h100", None, {}, router="least-kv", metrics_interval_s=0.5,
                     scrape_phase_s=0.0)
     assert seen[:3] == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_what_if_replays_every_run_at_the_calibrations_knob_draws(tmp_path: Path) -> None:
+    """A calibration written by `calibrate` carries its refits' landing points (meta.draws): the what-if repeats
+    each run at them, so its figures are means over the knobs the recording does not pin down."""
+    from llmsched.bench.whatif import what_if
+
+    rec = _recording(tmp_path)
+    draws = [{**TRUTH, "compute_scale": 0.6 * f} for f in (0.9, 1.1)]
+    point = what_if(rec, "llama-3.1-8b", "h100", None, Calibration(**TRUTH), seeds=1, routers=("round-robin",),
+                    policies=("fcfs",))
+    res = what_if(rec, "llama-3.1-8b", "h100", None, Calibration(**TRUTH, meta={"draws": draws}), seeds=1,
+                  routers=("round-robin",), policies=("fcfs",))
+    assert point["simulated"]["knob_draws"] == 1 and res["simulated"]["knob_draws"] == 3
+    assert res["recommendation"]["knob_draws"] == 3 and res["baseline"]["seeds"] == 1
+    # the draws are really replayed: the mean moves and the spread over them is no longer zero
+    assert res["baseline"]["ttft_mean"] != point["baseline"]["ttft_mean"]
+    assert res["recommendation"]["spread_over_seeds"] > 0 == point["recommendation"]["spread_over_seeds"]
+    only = what_if(rec, "llama-3.1-8b", "h100", None, Calibration(**TRUTH, meta={"draws": draws}), seeds=1,
+                   routers=("round-robin",), policies=("fcfs",), knob_draws=0)
+    assert only["simulated"]["knob_draws"] == 1
+
+
+def test_predicted_change_is_the_mean_over_the_knob_draws_with_its_spread(tmp_path: Path) -> None:
+    from llmsched.bench.calibrate import predicted_change
+
+    rp = replay_of(read_recording(_recording(tmp_path)))
+    draws = [{**TRUTH, "step_overhead_s": 0.004 * f} for f in (1.0, 0.8, 1.2)]
+    one = [predicted_change(rp, "llama-3.1-8b", "h100", None, [d], "least-requests")["mean"] for d in draws]
+    pc = predicted_change(rp, "llama-3.1-8b", "h100", None, draws, "least-requests")
+    assert pc["changes"] == pytest.approx(one) and pc["mean"] == pytest.approx(np.mean(one))
+    assert pc["min"] == min(one) and pc["max"] == max(one) and pc["sd"] == pytest.approx(np.std(one, ddof=1))
+    with pytest.raises(ValueError, match="at least one knob draw"):
+        predicted_change(rp, "llama-3.1-8b", "h100", None, [], "least-requests")
