@@ -258,9 +258,10 @@ def test_calibrate_cli_errors(tmp_path: Path) -> None:
 
 
 def test_compare_trace_what_if_ends_with_a_recommendation(tmp_path: Path) -> None:
-    (tmp_path / "c.json").write_text('{"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7}')
+    (tmp_path / "c.json").write_text('{"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7, '
+                                     '"meta": {"draws": [{"compute_scale": 0.61}, {"compute_scale": 0.59}]}}')
     r = runner.invoke(app, ["compare", "--trace", str(_recording(tmp_path)), "--calibration",
-                            str(tmp_path / "c.json"), "--json"])
+                            str(tmp_path / "c.json"), "--json", "--knob-draws", "1"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     rec = res["recommendation"]
@@ -268,6 +269,7 @@ def test_compare_trace_what_if_ends_with_a_recommendation(tmp_path: Path) -> Non
     best = min(c["ttft_mean"] for c in res["candidates"])
     assert rec["ttft_mean"] == best and rec["gain_vs_recorded"] == pytest.approx(1 - best / res["baseline"]["ttft_mean"])
     assert "replayed exactly" in res["replayed_exactly"] and res["simulated"]["calibration"]["compute_scale"] == 0.6
+    assert res["simulated"]["knob_draws"] == 2  # the estimate + the first of the file's draws
 
 
 def test_compare_and_sweep_put_the_calibration_into_every_run(tmp_path: Path) -> None:
