@@ -6,7 +6,7 @@ heap). Engines plan decode runs (see engine.py), so an idle stretch of pure deco
 per token; an arrival routed to an engine inside a run cuts the run at the iteration in flight.
 
 Routers see a `SnapshotTable` (one row per engine): live (refresh interval 0: as of each arrival) or
-refreshed at a fixed interval by timer events, exactly as stale as a gateway scraping `/metrics`, and holding
+refreshed at a fixed interval (and phase) by timer events, exactly as stale as a gateway scraping `/metrics`, and holding
 only what vLLM's `/metrics` exports (no queued-prefill gauge: the router keeps its own account, as the gateway
 does). Live rows are rewritten only for engines that had an event since the last arrival; the KV usage of an
 engine inside a decode run grows without events and is computed for all of them at once, in closed form,
