@@ -422,3 +422,7 @@ def test_predicted_change_is_the_mean_over_the_knob_draws_with_its_spread(tmp_pa
     assert pc["min"] == min(one) and pc["max"] == max(one) and pc["sd"] == pytest.approx(np.std(one, ddof=1))
     with pytest.raises(ValueError, match="at least one knob draw"):
         predicted_change(rp, "llama-3.1-8b", "h100", None, [], "least-requests")
+    # scrape phases: one replay per draw x phase; a router reading snapshots sees them differ
+    ph = predicted_change(rp, "llama-3.1-8b", "h100", None, draws[:2], "least-kv", scrape_phases=(0.0, 0.25),
+                          metrics_interval_s=0.5)
+    assert len(ph["changes"]) == 4 and len(set(ph["changes"])) > 2

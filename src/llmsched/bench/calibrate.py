@@ -146,22 +146,26 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
 
 
 def predicted_change(rp: Replay, model: str, gpu: str, tp: int | None, draws: list[dict[str, float]],
-                     router: str, router_params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+                     router: str, router_params: dict[str, Any] | None = None,
+                     scrape_phases: tuple[float | None, ...] = (None,), **kw: Any) -> dict[str, Any]:
     """Simulated change of the mean TTFT from the recorded routing (pinned) to `router`, once per knob draw.
 
     A replay is chaotic: a 1% change of the knobs reorders a few batches and moves a change of a few ms by
     tens of percent, so one replay at the point estimate is not a prediction. Each draw (`Fit.knob_draws`:
     knobs the recording does not tell apart) is replayed both ways; the result is the mean change with the
-    spread (min, max, standard deviation) over the draws, in seconds. `kw` goes to both `simulate_replay` calls
-    (e.g. `metrics_interval_s`, `engine`)."""
+    spread (min, max, standard deviation) over the draws, in seconds. `scrape_phases`: where the gateway's
+    scrapes fell (None: where the recording puts them, exact on the virtual clock); a gateway on a real clock
+    drifts by each scrape's latency, which no recording holds, so pass several phases to go over them too
+    (every draw x phase is one replay). `kw` goes to both `simulate_replay` calls (e.g. `metrics_interval_s`)."""
     if not draws:
         raise ValueError("predicted_change needs at least one knob draw")
     changes = []
     for knobs in draws:
-        base = float(np.nanmean(simulate_replay(rp, model, gpu, tp, knobs, **kw)[0]))
-        pred = float(np.nanmean(simulate_replay(rp, model, gpu, tp, knobs, router=router, router_params=router_params,
-                                                **kw)[0]))
-        changes.append(pred - base)
+        base = float(np.nanmean(simulate_replay(rp, model, gpu, tp, knobs, **kw)[0]))  # pinned: reads no snapshot
+        for ph in scrape_phases:
+            pred = simulate_replay(rp, model, gpu, tp, knobs, router=router, router_params=router_params,
+                                   scrape_phase_s=ph, **kw)[0]
+            changes.append(float(np.nanmean(pred)) - base)
     c = np.array(changes)
     return {"mean": float(c.mean()), "min": float(c.min()), "max": float(c.max()),
             "sd": float(c.std(ddof=1)) if len(c) > 1 else 0.0, "changes": changes}
