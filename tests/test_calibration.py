@@ -258,9 +258,10 @@ def test_calibrate_cli_errors(tmp_path: Path) -> None:
 
 
 def test_compare_trace_what_if_ends_with_a_recommendation(tmp_path: Path) -> None:
-    (tmp_path / "c.json").write_text('{"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7}')
+    (tmp_path / "c.json").write_text('{"step_overhead_s": 0.004, "compute_scale": 0.6, "bandwidth_scale": 0.7, '
+                                     '"meta": {"draws": [{"compute_scale": 0.61}, {"compute_scale": 0.59}]}}')
     r = runner.invoke(app, ["compare", "--trace", str(_recording(tmp_path)), "--calibration",
-                            str(tmp_path / "c.json"), "--json"])
+                            str(tmp_path / "c.json"), "--json", "--knob-draws", "1"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     rec = res["recommendation"]
@@ -268,6 +269,7 @@ def test_compare_trace_what_if_ends_with_a_recommendation(tmp_path: Path) -> Non
     best = min(c["ttft_mean"] for c in res["candidates"])
     assert rec["ttft_mean"] == best and rec["gain_vs_recorded"] == pytest.approx(1 - best / res["baseline"]["ttft_mean"])
     assert "replayed exactly" in res["replayed_exactly"] and res["simulated"]["calibration"]["compute_scale"] == 0.6
+    assert res["simulated"]["knob_draws"] == 2  # the estimate + the first of the file's draws
 
 
 def test_compare_and_sweep_put_the_calibration_into_every_run(tmp_path: Path) -> None:
@@ -355,3 +357,72 @@ def test_what_if_on_an_moe_recording_compares_the_expert_placers(tmp_path: Path)
     assert len({round(c["ttft_mean"], 9) for c in res["candidates"]}) > 1
     r = runner.invoke(app, ["compare", "--trace", str(rec), "--expert-policy", "eplb"])
     assert r.exit_code != 0 and "needs an MoE model" in " ".join(r.output.split())
+
+
+def test_periodic_snapshots_fall_where_the_recording_puts_the_gateways_scrapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorder's time 0 is the gateway's start (its first scrape); a replay starts at its first arrival, so
+    the simulated scrapes must keep the recorded offset, not restart at the first arrival."""
+    from llmsched.sim.cluster import Cluster
+
+    seen: list[float] = []
+    orig = Cluster._scrape_all
+
+    def spy(self: Cluster, now: float) -> None:
+        seen.append(now)
+        orig(self, now)
+
+    monkeypatch.setattr(Cluster, "_scrape_all", spy)
+    rows = [{"arrival": a, "prompt_tokens": 50, "output_tokens": 5, "backend": 0, "ttft": 0.1, "e2e": 0.2,
+             "status": 200} for a in (0.3, 0.9, 2.3)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [{"llmsched_record": 1, "recording": "x", "block_size": 16,
+                                                         "backends": ["a", "b"]}, *rows]) + "\n")
+    rp = replay_of(read_recording(path))
+    assert rp.origin == pytest.approx(0.3) and rp.arrival[0] == 0.0
+    simulate_replay(rp, "llama-3.1-8b", "h100", None, {}, router="least-kv", metrics_interval_s=0.5)
+    # the gateway scraped at 0, 0.5, 1.0, ... recorded time: -0.3, 0.2, 0.7, ... on the replay's clock
+    assert seen[:4] == pytest.approx([0.0, 0.2, 0.7, 1.2])
+    seen.clear()
+    simulate_replay(rp, "llama-3.1-8b", "h100", None, {}, router="least-kv", metrics_interval_s=0.5,
+                    scrape_phase_s=0.0)
+    assert seen[:3] == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_what_if_replays_every_run_at_the_calibrations_knob_draws(tmp_path: Path) -> None:
+    """A calibration written by `calibrate` carries its refits' landing points (meta.draws): the what-if repeats
+    each run at them, so its figures are means over the knobs the recording does not pin down."""
+    from llmsched.bench.whatif import what_if
+
+    rec = _recording(tmp_path)
+    draws = [{**TRUTH, "compute_scale": 0.6 * f} for f in (0.9, 1.1)]
+    point = what_if(rec, "llama-3.1-8b", "h100", None, Calibration(**TRUTH), seeds=1, routers=("round-robin",),
+                    policies=("fcfs",))
+    res = what_if(rec, "llama-3.1-8b", "h100", None, Calibration(**TRUTH, meta={"draws": draws}), seeds=1,
+                  routers=("round-robin",), policies=("fcfs",))
+    assert point["simulated"]["knob_draws"] == 1 and res["simulated"]["knob_draws"] == 3
+    assert res["recommendation"]["knob_draws"] == 3 and res["baseline"]["seeds"] == 1
+    # the draws are really replayed: the mean moves and the spread over them is no longer zero
+    assert res["baseline"]["ttft_mean"] != point["baseline"]["ttft_mean"]
+    assert res["recommendation"]["spread_over_seeds"] > 0 == point["recommendation"]["spread_over_seeds"]
+    only = what_if(rec, "llama-3.1-8b", "h100", None, Calibration(**TRUTH, meta={"draws": draws}), seeds=1,
+                   routers=("round-robin",), policies=("fcfs",), knob_draws=0)
+    assert only["simulated"]["knob_draws"] == 1
+
+
+def test_predicted_change_is_the_mean_over_the_knob_draws_with_its_spread(tmp_path: Path) -> None:
+    from llmsched.bench.calibrate import predicted_change
+
+    rp = replay_of(read_recording(_recording(tmp_path)))
+    draws = [{**TRUTH, "step_overhead_s": 0.004 * f} for f in (1.0, 0.8, 1.2)]
+    one = [predicted_change(rp, "llama-3.1-8b", "h100", None, [d], "least-requests")["mean"] for d in draws]
+    pc = predicted_change(rp, "llama-3.1-8b", "h100", None, draws, "least-requests")
+    assert pc["changes"] == pytest.approx(one) and pc["mean"] == pytest.approx(np.mean(one))
+    assert pc["min"] == min(one) and pc["max"] == max(one) and pc["sd"] == pytest.approx(np.std(one, ddof=1))
+    with pytest.raises(ValueError, match="at least one knob draw"):
+        predicted_change(rp, "llama-3.1-8b", "h100", None, [], "least-requests")
+    # scrape phases: one replay per draw x phase; a router reading snapshots sees them differ
+    ph = predicted_change(rp, "llama-3.1-8b", "h100", None, draws[:2], "least-kv", scrape_phases=(0.0, 0.25),
+                          metrics_interval_s=0.5)
+    assert len(ph["changes"]) == 4 and len(set(ph["changes"])) > 2

@@ -54,6 +54,14 @@ class Replay:
     tpot: np.ndarray  # observed, NaN where unknown
     instances: int
     notes: dict[str, int] = field(default_factory=dict)
+    # Recorded time of the first replayed arrival (arrivals here start at 0): the recorder's time 0 is the
+    # gateway's start, where its scrape loop began, so the gateway scraped at -origin + k * scrape_interval.
+    origin: float = 0.0
+
+    def scrape_phase(self, interval: float) -> float:
+        """When the gateway's scrapes fell on this replay's clock, modulo `interval` (scrape latency and the
+        start-up between the recorder's time 0 and the first scrape neglected)."""
+        return -self.origin % interval if interval > 0 else 0.0
 
     def requests(self) -> list[Request]:
         return [Request(i, t, p, o, h) for i, (t, p, o, h) in
@@ -68,7 +76,8 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
         raise ValueError(f"recorded at block size {bs}; the engine block size {block_size} must be a multiple")
     keep = np.flatnonzero(rec.ok & (rec.output > 0) & (rec.backend >= 0))
     keep = keep[np.argsort(rec.arrival[keep], kind="stable")]
-    arrival = rec.arrival[keep] - (rec.arrival[keep].min() if len(keep) else 0.0)
+    origin = float(rec.arrival[keep].min()) if len(keep) else 0.0
+    arrival = rec.arrival[keep] - origin
     out = rec.output[keep]
     ttft = rec.ttft[keep]
     e2e = rec.e2e[keep]
@@ -77,19 +86,21 @@ def replay_of(rec: Recording, block_size: int = 16) -> Replay:
     n_inst = max(len(rec.header.get("backends") or []), int(rec.backend.max()) + 1 if len(rec) else 1)
     return Replay(arrival, rec.prompt[keep], out, rec.backend[keep],
                   [record_hashes(rec.hashes[i], bs, block_size) for i in keep.tolist()], ttft, tpot, n_inst,
-                  {"rows": len(rec), "replayed": len(keep), "not_replayed": len(rec) - len(keep)})
+                  {"rows": len(rec), "replayed": len(keep), "not_replayed": len(rec) - len(keep)}, origin)
 
 
 def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dict[str, float],
                     router: str = "pinned", router_params: dict[str, Any] | None = None,
                     engine: dict[str, Any] | None = None, seed: int = 0, request_policy: str = "fcfs",
                     with_e2e: bool = False, metrics_interval_s: float = 0.0, expert_policy: str | None = None,
-                    expert_params: dict[str, Any] | None = None) -> Any:
+                    expert_params: dict[str, Any] | None = None, scrape_phase_s: float | None = None) -> Any:
     """Simulated (TTFT, TPOT[, E2E]) per replayed request (NaN where the request was rejected).
 
     `expert_policy` (MoE presets only): wrap each instance's cost model in the MoE model with that expert placer
     (imbalanced, seeded synthetic expert routing, `expert_params` as in `SimConfig`); None keeps the balanced
-    roofline pricing that `calibrate` fits and the emulator runs."""
+    roofline pricing that `calibrate` fits and the emulator runs. `metrics_interval_s` > 0: routers see snapshots
+    refreshed at `scrape_phase_s` + k * interval (None: where the recording puts the gateway's scrapes,
+    `Replay.scrape_phase`)."""
     from llmsched.engine.config import EngineConfig
     from llmsched.engine.engine import Engine
     from llmsched.model import build_cost_model
@@ -124,13 +135,40 @@ def simulate_replay(rp: Replay, model: str, gpu: str, tp: int | None, knobs: dic
                 params.setdefault(k, v)
         route = ROUTERS.create(router, params)
     reqs = rp.requests()
-    Cluster(engines, route, metrics_interval_s).run(reqs)
+    phase = rp.scrape_phase(metrics_interval_s) if scrape_phase_s is None else scrape_phase_s
+    Cluster(engines, route, metrics_interval_s, metrics_phase_s=phase).run(reqs)
     ttft = np.array([r.first_token - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     tpot = np.array([(r.finish - r.first_token) / (r.num_output - 1) if r.finish >= 0 and r.num_output > 1
                      else np.nan for r in reqs])
     if with_e2e:
         return ttft, tpot, np.array([r.finish - r.arrival if r.finish >= 0 else np.nan for r in reqs])
     return ttft, tpot
+
+
+def predicted_change(rp: Replay, model: str, gpu: str, tp: int | None, draws: list[dict[str, float]],
+                     router: str, router_params: dict[str, Any] | None = None,
+                     scrape_phases: tuple[float | None, ...] = (None,), **kw: Any) -> dict[str, Any]:
+    """Simulated change of the mean TTFT from the recorded routing (pinned) to `router`, once per knob draw.
+
+    A replay is chaotic: a 1% change of the knobs reorders a few batches and moves a change of a few ms by
+    tens of percent, so one replay at the point estimate is not a prediction. Each draw (`Fit.knob_draws`:
+    knobs the recording does not tell apart) is replayed both ways; the result is the mean change with the
+    spread (min, max, standard deviation) over the draws, in seconds. `scrape_phases`: where the gateway's
+    scrapes fell (None: where the recording puts them, exact on the virtual clock); a gateway on a real clock
+    drifts by each scrape's latency, which no recording holds, so pass several phases to go over them too
+    (every draw x phase is one replay). `kw` goes to both `simulate_replay` calls (e.g. `metrics_interval_s`)."""
+    if not draws:
+        raise ValueError("predicted_change needs at least one knob draw")
+    changes = []
+    for knobs in draws:
+        base = float(np.nanmean(simulate_replay(rp, model, gpu, tp, knobs, **kw)[0]))  # pinned: reads no snapshot
+        for ph in scrape_phases:
+            pred = simulate_replay(rp, model, gpu, tp, knobs, router=router, router_params=router_params,
+                                   scrape_phase_s=ph, **kw)[0]
+            changes.append(float(np.nanmean(pred)) - base)
+    c = np.array(changes)
+    return {"mean": float(c.mean()), "min": float(c.min()), "max": float(c.max()),
+            "sd": float(c.std(ddof=1)) if len(c) > 1 else 0.0, "changes": changes}
 
 
 @dataclass
@@ -141,6 +179,11 @@ class Fit:
     ttft_offset_s: float
     evaluations: int
     notes: dict[str, Any]
+
+    def knob_draws(self) -> list[dict[str, float]]:
+        """The estimate, then every refit's landing point (`refits`): the knobs as far as the recording pins
+        them down, for predictions that come with an interval (`predicted_change`)."""
+        return [dict(self.values), *(dict(d) for d in self.notes.get("draws", []))]
 
     def calibration(self, meta: dict[str, Any]) -> Calibration:
         return Calibration(**{k: float(f"{v:.6g}") for k, v in self.values.items()},
@@ -402,6 +445,8 @@ def fit_record(rp: Replay, model: str, gpu: str, tp: int | None = None, engine: 
                             "interval": f"one-step bootstrap ({bootstrap} resamples) joined with {refits} refits "
                                         f"(resampled, timestamps moved by {timing_noise_s * 1e3:g} ms)",
                             "correlation": corr,
+                            # where each refit landed: knobs the recording cannot tell from the estimate
+                            "draws": [{k: float(v) for k, v in unpack(x).items()} for x in moved],
                             "optimizer": "scipy least_squares (iterations between recorded events)"
                             + (" + Nelder-Mead (closed-loop replay)" if refine_evals > 0 else "")})
 

@@ -68,6 +68,8 @@ def compare_cmd(
     tp: Annotated[int | None, typer.Option(min=1, help="--trace: tensor-parallel degree")] = None,
     expert_policy: Annotated[str | None, typer.Option(help="--trace, MoE presets: the expert placer the recorded "
                                                       "backends ran (default static); every placer is compared")] = None,
+    knob_draws: Annotated[int, typer.Option(min=0, help="--trace: replay every run at this many of the "
+                                            "calibration's knob draws (its refits) besides the estimate")] = 4,
 ) -> None:
     """Compare policy sets on built-in or YAML scenarios (simulated); tables plus a report folder."""
     import json as jsonlib
@@ -87,7 +89,7 @@ def compare_cmd(
     if trace is not None:
         from llmsched.bench.whatif import print_what_if, what_if
 
-        res = what_if(trace, model, gpu, tp, cal, seeds=3, expert_policy=expert_policy)
+        res = what_if(trace, model, gpu, tp, cal, seeds=3, expert_policy=expert_policy, knob_draws=knob_draws)
         if json:
             out_console.file.write(jsonlib.dumps(res, default=str) + "\n")
         else:

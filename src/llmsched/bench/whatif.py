@@ -4,7 +4,10 @@ The recording is replayed in the simulator (calibrated cost model) on as many in
 first with the routing it recorded (every request pinned to its backend, fcfs), which is the simulator's
 account of what happened; then with every candidate router x request policy. Replayed exactly: arrival
 times, prompt lengths, prefix block hashes, output lengths. Simulated: every timing (queueing, batching,
-TTFT, TPOT). Candidates that draw at random run once per seed; the spread over seeds is reported.
+TTFT, TPOT). Candidates that draw at random run once per seed. A replay is chaotic (knobs moved by 1% move
+a change of a few ms by tens of percent), so with a calibration written by `calibrate` every run is repeated
+at each of its knob draws (`meta.draws`: where the fit's refits landed, up to `knob_draws` of them) besides
+the estimate; figures are means over seeds x draws, and the spread over them is reported.
 
 MoE presets: every run prices the experts with the MoE model (imbalanced routing, an expert placer); the
 recorded routing is replayed once more under every expert placer. Expert routing (which experts each token
@@ -61,8 +64,10 @@ def observed(rp: Replay) -> dict[str, float]:
 
 def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration | None, seeds: int = 3,
             routers: tuple[str, ...] = ROUTER_CANDIDATES, policies: tuple[str, ...] = POLICY_CANDIDATES,
-            expert_policy: str | None = None, expert_placers: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """`expert_policy`: MoE only, the placer the recorded backends ran (the baseline's; default static);
+            expert_policy: str | None = None, expert_placers: tuple[str, ...] | None = None,
+            knob_draws: int = 4) -> dict[str, Any]:
+    """`knob_draws`: how many of the calibration's refit draws to replay besides its estimate (0: the estimate
+    only); `expert_policy`: MoE only, the placer the recorded backends ran (the baseline's; default static);
     `expert_placers`: the placers compared on the recorded routing (default: every registered one)."""
     from llmsched.model import get_llm
     from llmsched.policies.expert import EXPERT_PLACERS
@@ -79,13 +84,15 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
             EXPERT_PLACERS.get(name)  # an unknown name: the registry's error, naming the choices
     rp = replay_of(read_recording(path))
     knobs = cal.knobs() if cal is not None else {}
+    draws = [knobs] + ([{**knobs, **d} for d in (cal.meta.get("draws") or [])[:knob_draws]] if cal is not None
+                       else [])
 
     def runs(router: str, policy: str, expert: str | None) -> list[dict[str, float]]:
         random = moe or any("seed" in reg.get(n).Params.model_fields
                             for reg, n in ((ROUTERS, router), (REQUEST_POLICIES, policy)) if n != "pinned")
-        return [_summary(*simulate_replay(rp, model, gpu, tp, knobs, router=router, request_policy=policy,
+        return [_summary(*simulate_replay(rp, model, gpu, tp, k, router=router, request_policy=policy,
                                           seed=s, with_e2e=True, expert_policy=expert))
-                for s in range(seeds if random else 1)]
+                for k in draws for s in range(seeds if random else 1)]
 
     tag = f", expert placer {base_expert}" if moe else ""
     base = Row(f"as recorded (pinned routing, fcfs{tag})", "pinned", "fcfs", runs("pinned", "fcfs", base_expert),
@@ -101,15 +108,16 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
         return {"label": best.label, "router": best.router, "request_policy": best.request_policy,
                 "expert_policy": best.expert_policy, "ttft_mean": bt,
                 "gain_vs_recorded": 1.0 - bt / b0 if b0 > 0 else 0.0, "spread_over_seeds": spread,
-                "seeds": len(best.runs)}
+                "seeds": len(best.runs) // len(draws), "knob_draws": len(draws)}
 
     res: dict[str, Any] = {
         "recording": str(path), "requests": rp.notes, "instances": rp.instances,
-        "simulated": {"model": model, "gpu": gpu, "tp": tp, "calibration": knobs, "expert_policy": base_expert},
+        "simulated": {"model": model, "gpu": gpu, "tp": tp, "calibration": knobs, "expert_policy": base_expert,
+                      "knob_draws": len(draws)},
         "observed": observed(rp),
-        "baseline": {"label": base.label, "seeds": len(base.runs), **{k: base.stat(k)[0] for k in base.runs[0]}},
+        "baseline": {"label": base.label, "seeds": len(base.runs) // len(draws), **{k: base.stat(k)[0] for k in base.runs[0]}},
         "candidates": [{"label": r.label, "router": r.router, "request_policy": r.request_policy,
-                        "expert_policy": r.expert_policy, "seeds": len(r.runs), **{k: r.stat(k)[0] for k in r.runs[0]},
+                        "expert_policy": r.expert_policy, "seeds": len(r.runs) // len(draws), **{k: r.stat(k)[0] for k in r.runs[0]},
                         "ttft_mean_spread": r.stat("ttft_mean")[1]} for r in rows + experts],
         "recommendation": pick(rows + experts),
         "replayed_exactly": REPLAYED, "simulated_parts": SIMULATED + (SIMULATED_MOE if moe else ""),
@@ -142,10 +150,12 @@ def print_what_if(res: dict[str, Any]) -> None:
     r = res["recommendation"]
     out.print(f"recommendation: {r['label']}: simulated mean TTFT {r['ttft_mean'] * 1e3:.1f} ms, "
               f"{r['gain_vs_recorded']:+.1%} lower than the recorded routing replayed "
-              f"(spread over {r['seeds']} seed(s): {r['spread_over_seeds'] * 1e3:.2f} ms).")
+              f"(spread over {r['seeds']} seed(s) x {r['knob_draws']} knob draw(s): "
+              f"{r['spread_over_seeds'] * 1e3:.2f} ms).")
     e = res.get("expert_recommendation")
     if e:
         out.print(f"expert placers on the recorded routing: best {e['expert_policy']}: simulated mean TTFT "
                   f"{e['ttft_mean'] * 1e3:.1f} ms, {e['gain_vs_recorded']:+.1%} lower than the recorded placer "
-                  f"(spread over {e['seeds']} seed(s): {e['spread_over_seeds'] * 1e3:.2f} ms).")
+                  f"(spread over {e['seeds']} seed(s) x {e['knob_draws']} knob draw(s): "
+                  f"{e['spread_over_seeds'] * 1e3:.2f} ms).")
     out.print(f"replayed exactly: {res['replayed_exactly']}; {res['simulated_parts']}.")

@@ -6,7 +6,7 @@ heap). Engines plan decode runs (see engine.py), so an idle stretch of pure deco
 per token; an arrival routed to an engine inside a run cuts the run at the iteration in flight.
 
 Routers see a `SnapshotTable` (one row per engine): live (refresh interval 0: as of each arrival) or
-refreshed at a fixed interval by timer events, exactly as stale as a gateway scraping `/metrics`, and holding
+refreshed at a fixed interval (and phase) by timer events, exactly as stale as a gateway scraping `/metrics`, and holding
 only what vLLM's `/metrics` exports (no queued-prefill gauge: the router keeps its own account, as the gateway
 does). Live rows are rewritten only for engines that had an event since the last arrival; the KV usage of an
 engine inside a decode run grows without events and is computed for all of them at once, in closed form,
@@ -34,7 +34,8 @@ MAX_RUN = 4096
 
 class Cluster:
     def __init__(
-        self, engines: Sequence[Engine], router: Router, metrics_interval_s: float = 0.0, max_run: int = MAX_RUN
+        self, engines: Sequence[Engine], router: Router, metrics_interval_s: float = 0.0, max_run: int = MAX_RUN,
+        metrics_phase_s: float = 0.0,
     ) -> None:
         if not engines:
             raise ValueError("a cluster needs at least one engine")
@@ -42,6 +43,11 @@ class Cluster:
         self.router = router
         router.resize(len(self.engines))
         self.interval = metrics_interval_s
+        # Periodic refreshes at phase + k * interval (k >= 0): a gateway's scrape loop runs on its own clock, so
+        # its scrapes need not fall on the workload's time origin (see bench.calibrate.replay_of's `origin`).
+        if not math.isfinite(metrics_phase_s):
+            raise ValueError(f"metrics_phase_s must be finite, got {metrics_phase_s}")
+        self.phase = metrics_phase_s % metrics_interval_s if metrics_interval_s > 0 else 0.0
         self.max_run = max_run  # 1 = token-by-token stepping (the reference the fast-forward is tested against)
         self.metrics = MetricsCollector()
         self.rejected: list[tuple[Request, str]] = []
@@ -184,7 +190,7 @@ class Cluster:
             self._scrape_all(0.0)
         else:
             self._refresh_live(0.0)
-        next_refresh = self.interval if periodic else math.inf
+        next_refresh = (self.phase or self.interval) if periodic else math.inf
         max_run = self.max_run
         n = len(requests)
         for k in range(1, n):
