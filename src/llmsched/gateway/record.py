@@ -8,9 +8,14 @@ numbered in order of creation) and a new PATH starts with its own header line.
 
 Format (docs/calibration.md): the first line of every file is a header object with `"llmsched_record": 1`;
 then one object per request. No prompt text is written: the prompt's chained block hashes (as the gateway's
-router computes them at `block_size`) are passed through a keyed 64-bit mix with a random per-recording salt
-that is never written, and stored as base64 of little-endian uint64. Equal prefixes within a recording keep
+router computes them at `block_size`, `gateway.prefix`) are passed through a keyed 64-bit mix with a random
+per-recording salt that is never written, and stored as base64 of little-endian uint64. Equal prefixes within a recording keep
 equal hashes; nothing links them to the text or to another recording. Session/user keys are keyed BLAKE2b.
+
+When the router does not hash prompts itself (round robin, least requests...), the data path hands the prompt
+text over instead and the writer hashes the whole batch in one numpy pass (`prefix.block_hashes_many`): the
+same values the router would have computed, at a fraction of the per-request cost. The text stays in memory
+only until the writer's next pass.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
+from llmsched.gateway.openai_req import token_ids
+from llmsched.gateway.prefix import block_hashes_many
 
 
 class Finished(Protocol):
@@ -104,17 +111,19 @@ class Recorder:
         self._thread.start()
 
     # -- data path -------------------------------------------------------------------------------------
-    def record(self, req: Request, out: Finished, cls: str | None, priority: Any) -> None:
+    def record(self, req: Request, out: Finished, cls: str | None, priority: Any, text: str | None = None) -> None:
         """Queue one finished request; never blocks (a full buffer drops and counts the record).
 
         `out` is the gateway's outcome of it (`server.Outcome`): status, backend index, TTFT and E2E in seconds
-        from arrival (None: not seen), generated tokens as the data path counted them (None: unknown)."""
+        from arrival (None: not seen), generated tokens as the data path counted them (None: unknown).
+        `text`: the prompt, when `req` carries no block hashes; the writer hashes it."""
         if len(self._q) >= self.capacity:
             self.dropped += 1
             return
         ttft, e2e, tokens = out.ttft, out.e2e, out.tokens
-        self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len,
-                        req.block_hashes, req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
+        hashes = req.block_hashes if text is None or req.block_hashes else text
+        self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len, hashes,
+                        req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
                         -1.0 if e2e is None else e2e, out.status))
 
     # -- writer ----------------------------------------------------------------------------------------
@@ -140,8 +149,14 @@ class Recorder:
         os.replace(self.path, f"{self.path}.{n}")
 
     def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
-        # All rows' hashes salted in one numpy pass: per-row numpy calls would cost more than the rest.
-        hs = [r[4] or () for r in rows]
+        # All rows' hashes made (for rows that brought their prompt text) and salted in one numpy pass each:
+        # per-row numpy calls would cost more than the rest.
+        hs: list[Any] = [r[4] or () for r in rows]
+        texts = [k for k, h in enumerate(hs) if isinstance(h, str)]
+        if texts:
+            for k, h in zip(texts, block_hashes_many([token_ids(hs[k]) for k in texts], self.block_size),
+                            strict=True):
+                hs[k] = h
         flat = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.uint64, count=sum(map(len, hs)))
         raw = salt_hashes(flat, self._k0, self._k1).astype("<u8").tobytes()
         out, off = [], 0

@@ -83,8 +83,9 @@ class Outcome:
         self.e2e: float | None = None  # arrival to the last byte (s)
         self.tokens: int | None = None  # generated tokens (usage, else content events)
         self.tpot: float | None = None
-        # Only while `serve --record` is on: (the request, its class header, its priority field) for the recorder.
-        self.recorded: tuple[Request, str | None, Any] | None = None
+        # Only while `serve --record` is on: (the request, its class header, its priority field, its prompt text
+        # when the router did not hash it) for the recorder.
+        self.recorded: tuple[Request, str | None, Any, str | None] | None = None
 
 
 _WHOLE, _WAIT_FIRST, _STREAM, _COLLECT = range(4)
@@ -314,8 +315,9 @@ class Gateway:
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self._session_header = cfg.session_header.lower()
-        # Only prefix-aware routers read the prompt's block hashes, and the recorder (salted, for replay).
-        self._hash_blocks = bool(getattr(router, "uses_index", False)) or cfg.record is not None
+        # Only prefix-aware routers read the prompt's block hashes on the data path; the recorder hashes the
+        # prompts of other routers on its writer thread, a batch at a time.
+        self._hash_blocks = bool(getattr(router, "uses_index", False))
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
@@ -478,8 +480,8 @@ class Gateway:
         if out.tpot is not None:
             tpot.observe(out.tpot)
         if out.recorded is not None:
-            req, cls, priority = out.recorded
-            self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
+            req, cls, priority, text = out.recorded
+            self.recorder.record(req, out, cls, priority, text)  # type: ignore[union-attr]  # set only with a recorder
 
     def _histograms(self, endpoint: str) -> tuple[Any, Any, Any]:
         h = self._hists.get(endpoint)
@@ -503,7 +505,8 @@ class Gateway:
         req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
                             self._hash_blocks)
         if self.recorder is not None:
-            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
+            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"),
+                            None if self._hash_blocks else parsed.text)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         req.shell_data = fut
         if not d.submit(req, t_arr):
