@@ -77,6 +77,7 @@ class HttpRequest:
 
 
 Handler = Callable[["ServerConnection", HttpRequest], Awaitable[None]]
+_JOIN_BELOW = 16384  # bodies up to this size are copied next to their head and sent as one buffer
 _MAX_PIPELINED = 32  # complete requests waiting on one connection before it stops reading
 
 
@@ -239,8 +240,12 @@ class ServerConnection(asyncio.Protocol):
             return
         extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()) if headers else b""
         conn = b"Connection: close\r\n" if close else b""
-        t.writelines((status_line(status), b"Content-Type: ", ctype, b"\r\nContent-Length: %d\r\n" % len(body),
-                      extra, conn, b"\r\n", body))
+        head = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (status_line(status), ctype, len(body),
+                                                                          extra, conn)
+        if len(body) <= _JOIN_BELOW:  # one buffer, one send: cheaper than a gather-write of small pieces
+            t.write(head + body)
+        else:
+            t.writelines((head, body))
         if close:
             self.close()
 
@@ -448,7 +453,12 @@ class Upstream(asyncio.Protocol):
         """Write one request (`head` and the pieces of its body, in one writev) and track its answer."""
         assert self.transport is not None and self.ex is None
         ex = self.ex = Exchange(asyncio.get_running_loop(), on_head)
-        self.transport.writelines((head, *body))
+        if len(body) == 1 and len(body[0]) <= _JOIN_BELOW:
+            self.transport.write(head + body[0])
+        elif sum(map(len, body)) <= _JOIN_BELOW:
+            self.transport.write(b"".join((head, *body)))
+        else:
+            self.transport.writelines((head, *body))  # a large body is not copied
         return ex
 
     def pause(self) -> None:

@@ -46,8 +46,8 @@ log = logging.getLogger("llmsched.gateway")
 _JSON = b"application/json"
 _NO_BACKEND = -1  # a queued request's future gets this when no backend is left to serve it
 # Body fields whose answer a re-assembled stream cannot reproduce: such non-streamed requests go upstream as is.
-_NO_INTERNAL_STREAM = ("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
-                       "prompt_logprobs", "use_beam_search")
+_NO_INTERNAL_STREAM = frozenset(("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
+                                 "prompt_logprobs", "use_beam_search"))
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
@@ -159,8 +159,9 @@ class _Attempt:
             return
         n = data.count(b"data: ")
         if n:
-            for pat in _NOT_TOKENS:
-                n -= data.count(pat)
+            if b'""' in data or b"[]" in data or b"[DONE]" in data:  # every pattern below holds one of these
+                for pat in _NOT_TOKENS:
+                    n -= data.count(pat)
             self.events += n
             if b'"usage"' in data:
                 m = _COMPLETION_TOKENS.findall(data)
@@ -580,8 +581,9 @@ class Gateway:
         """One upstream exchange. Returns (status, backend_fault) or raises `_UpstreamFailure`."""
         pool = self._pool(i)
         tm = self.cfg.timeouts
+        b = parsed.body
         internal = (not parsed.stream and self.cfg.stream_internally
-                    and not any(parsed.body.get(k) not in (None, False) for k in _NO_INTERNAL_STREAM))
+                    and not any(b[k] not in (None, False) for k in _NO_INTERNAL_STREAM.intersection(b)))
         body = _as_stream(raw) if internal else (raw,)
         head = pool.head(endpoint, sum(map(len, body)))
         loop = asyncio.get_running_loop()
