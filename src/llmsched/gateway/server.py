@@ -25,7 +25,15 @@ from llmsched.core.types import Request
 from llmsched.gateway.breaker import CircuitBreaker
 from llmsched.gateway.config import GatewayConfig
 from llmsched.gateway.dispatcher import Dispatcher
-from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnection, Upstream, UpstreamError
+from llmsched.gateway.http1 import (
+    Deadlines,
+    HttpRequest,
+    HttpServer,
+    Pool,
+    ServerConnection,
+    Upstream,
+    UpstreamError,
+)
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
     CHAT,
@@ -116,7 +124,7 @@ class _Attempt:
         self.ex: Any = None
         self.internal = internal
         self.mode = _WHOLE
-        self.fb_timer: asyncio.TimerHandle | None = None
+        self.fb_timer: tuple[int, int] | None = None  # the first-chunk deadline (`Gateway._deadlines`)
         self.events = 0
         self.usage_tokens = -1
         self.t_first = 0.0
@@ -130,11 +138,13 @@ class _Attempt:
             self.mode = _WAIT_FIRST
             ex.on_body = self._first
         elif self.fb_timer is not None:
-            self.fb_timer.cancel()
+            self.gw._deadlines.cancel(self.fb_timer)
+            self.fb_timer = None
 
     def _first(self, data: bytes) -> None:
         if self.fb_timer is not None:
-            self.fb_timer.cancel()
+            self.gw._deadlines.cancel(self.fb_timer)
+            self.fb_timer = None
         gw = self.gw
         self.t_first = now = gw.now()
         gw.dispatcher.first_token(self.req, self.i, now)
@@ -339,6 +349,10 @@ class Gateway:
             "/admin/backends/drain": {"POST": self._admin_drain},
         }
         self.url = ""
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._deadlines: Deadlines = None  # type: ignore[assignment]  # upstream timeouts; set by start()
+        self._why_total = f"no complete answer within {cfg.timeouts.total} s"
+        self._why_first = f"no first chunk within {cfg.timeouts.first_byte} s"
         self.recorder: Recorder | None = None
         if cfg.record is not None:
             r = cfg.record
@@ -356,6 +370,8 @@ class Gateway:
         # of long streams they would time out and open the breaker of a backend that is only busy.
         self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),
                                             timeout=self._scrape_timeout, skip_auto_headers=("User-Agent",))
+        self._loop = asyncio.get_running_loop()  # kept: each get_running_loop() is a getpid() system call
+        self._deadlines = Deadlines(self._loop)
         h, p = await self._http.start(host, port, reuse_port)
         self.url = f"http://{h}:{p}"
         self._scraper = asyncio.create_task(self._scrape_loop())
@@ -508,7 +524,7 @@ class Gateway:
         if self.recorder is not None:
             out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"),
                             None if self._hash_blocks else parsed.text)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = self._loop.create_future()
         req.shell_data = fut
         if not d.submit(req, t_arr):
             return self._err(conn, 429, "gateway queue is full; retry later", "rate_limit_exceeded",
@@ -586,7 +602,7 @@ class Gateway:
                     and not any(b[k] not in (None, False) for k in _NO_INTERNAL_STREAM.intersection(b)))
         body = _as_stream(raw) if internal else (raw,)
         head = pool.head(endpoint, sum(map(len, body)))
-        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
         for fresh in (False, True):
             try:
                 up = await pool.acquire(fresh)
@@ -594,10 +610,9 @@ class Gateway:
                 raise _UpstreamFailure(f"{type(e).__name__}: {e}") from None
             att = _Attempt(self, conn, req, i, out, up, internal)
             ex = att.ex = up.send(head, body, att.on_head)
-            timer = loop.call_later(tm.total, self._expire, up, ex, f"no complete answer within {tm.total} s")
+            timer = deadlines.add(tm.total, self._expire, up, ex, self._why_total)
             if parsed.stream or internal:  # the first chunk is the first token: bounded by first_byte
-                att.fb_timer = loop.call_later(tm.first_byte, self._expire, up, ex,
-                                               f"no first chunk within {tm.first_byte} s")
+                att.fb_timer = deadlines.add(tm.first_byte, self._expire, up, ex, self._why_first)
             try:
                 try:
                     await ex.done
@@ -607,10 +622,11 @@ class Gateway:
                     return att.failed(e)
                 return att.finish(endpoint)
             finally:
-                timer.cancel()
+                deadlines.cancel(timer)
                 if att.fb_timer is not None:
-                    att.fb_timer.cancel()
+                    deadlines.cancel(att.fb_timer)
                 conn.on_writable = None
+                ex.on_head = ex.on_body = None  # no cycle attempt <-> exchange left for the collector
                 if not ex.done.done() or ex.done.cancelled():  # abandoned (client gone: the task's cancel
                     # cancels the future it awaits; or an error): the backend sees the close and aborts
                     up.abort()
