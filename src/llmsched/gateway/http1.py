@@ -527,6 +527,10 @@ class Upstream(asyncio.Protocol):
         self.pool.forget(self)
 
 
+def _ignore_head(ex: Exchange) -> None:
+    return None
+
+
 class Pool:
     """Keep-alive connections to one backend (base URL)."""
 
@@ -550,6 +554,28 @@ class Pool:
                                          + b"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
                                          b"Content-Length: ")
         return start + b"%d\r\n\r\n" % length
+
+    async def get(self, path: str, timeout: float) -> tuple[int, bytes]:
+        """GET `path` (status, body) on a kept-alive connection: the gateway's scrapes, ~4x cheaper than aiohttp's
+        client. Raises UpstreamError, OSError or TimeoutError."""
+        head = (b"GET " + (self.prefix + path).encode() + b" HTTP/1.1\r\n" + self._host_line
+                + b"Accept-Encoding: identity\r\n\r\n")
+        for fresh in (False, True):
+            async with asyncio.timeout(timeout):
+                up = await self.acquire(fresh)
+            ex = up.send(head, (), _ignore_head)
+            try:
+                async with asyncio.timeout(timeout):
+                    await ex.done
+            except UpstreamError:
+                if up.reused and ex.received == 0 and not fresh:
+                    continue  # a kept-alive connection the backend had closed: once more on a new one
+                raise
+            except BaseException:
+                up.abort()
+                raise
+            return ex.status, ex.body()
+        raise AssertionError("unreachable")
 
     async def acquire(self, fresh: bool = False) -> Upstream:
         while self.idle and not fresh:

@@ -332,6 +332,7 @@ class Gateway:
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
+        self._probe_pools: dict[int, Pool] = {}
         self._probe: aiohttp.ClientSession | None = None
         self._http = HttpServer(self._handle, cfg.max_request_bytes, cfg.timeouts.client_read, self._error_body,
                                 self._too_large, self._log_exception)
@@ -392,7 +393,7 @@ class Gateway:
                 await self._scraper
         await self._http.close()
         await asyncio.sleep(0)  # let cancelled handlers run their clean-up
-        for pool in self._pools.values():
+        for pool in (*self._pools.values(), *self._probe_pools.values()):
             pool.close()
         if self._probe:
             await self._probe.close()
@@ -461,6 +462,10 @@ class Gateway:
     # -- the data path ----------------------------------------------------------------------------------
     def _pump(self) -> None:
         d = self.dispatcher
+        if not d.queued:  # nothing waits (the common case after a finish): nothing to dispatch
+            if not d.in_flight:
+                self._idle.set()
+            return
         now = self.now()
         if d.queued and not d.any_usable(now):
             for req in d.take_all(now):  # every backend drained or removed: fail fast, don't wait
@@ -580,6 +585,13 @@ class Gateway:
             d.finish(req, i, self.now(), ok=status < 400, backend_fault=fault)
             self._pump()
             return status
+
+    def _probe_pool(self, i: int) -> Pool:
+        """Scrapes' own keep-alive connections to backend `i` (never queued behind its long streams)."""
+        pool = self._probe_pools.get(i)
+        if pool is None:
+            pool = self._probe_pools[i] = Pool(self.dispatcher.backends[i].url, self.cfg.timeouts.connect)
+        return pool
 
     def _pool(self, i: int) -> Pool:
         pool = self._pools.get(i)
@@ -715,9 +727,10 @@ class Gateway:
         if not b.draining:  # re-added meanwhile: keep it
             raise BadRequest(f"{url} was re-added while it drained; not removed", status=409, code="conflict")
         b.removed = True
-        pool = self._pools.pop(b.index, None)
-        if pool is not None:
-            pool.close()
+        for pools in (self._pools, self._probe_pools):
+            pool = pools.pop(b.index, None)
+            if pool is not None:
+                pool.close()
         return self._json({"removed": url, "backends": self._backend_info()})
 
     # -- health & metrics scraping ----------------------------------------------------------------------
@@ -728,12 +741,11 @@ class Gateway:
         b = self.dispatcher.backends[i]
         try:
             try:
-                async with probe.get(b.url + "/metrics") as r:
-                    if r.status == 200:
-                        text = await r.text()
-                        snap = snapshot_from_metrics(parse_vllm_metrics(text), i, self.now())
-                        self.dispatcher.scraped(i, snap, self.now())
-                        return
+                status, page = await self._probe_pool(i).get("/metrics", self.cfg.timeouts.scrape)
+                if status == 200:
+                    snap = snapshot_from_metrics(parse_vllm_metrics(page.decode()), i, self.now())
+                    self.dispatcher.scraped(i, snap, self.now())
+                    return
             except (MetricsParseError, UnicodeDecodeError) as e:
                 log.warning("backend %s: /metrics not usable (%s); probing /health", b.url, e)
             async with probe.get(b.url + "/health") as r:
@@ -741,7 +753,7 @@ class Gateway:
                     self.dispatcher.scraped(i, None, self.now())
                     return
             self.dispatcher.scrape_failed(i, self.now())
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, UpstreamError, TimeoutError, OSError):
             self.dispatcher.scrape_failed(i, self.now())
         except Exception:  # never let one backend's oddity stop the scrape loop
             log.exception("scraping backend %s failed", b.url)
