@@ -105,6 +105,8 @@ class ServerConnection(asyncio.Protocol):
         self.since = self.server.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        if self.parser is None:  # lost already
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -115,6 +117,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = None  # type: ignore[assignment]  # parser <-> protocol: no cycle left for the collector
         self.server.connections.discard(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client left: its handler (and upstream request) stops
@@ -432,7 +435,7 @@ class Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ex = self.ex
-        if ex is None:  # bytes nobody asked for: the connection is out of step, drop it
+        if ex is None or self.parser is None:  # bytes nobody asked for: the connection is out of step, drop it
             self.abort()
             return
         ex.received += len(data)
@@ -444,6 +447,7 @@ class Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = None  # type: ignore[assignment]  # parser <-> protocol: no cycle left for the collector
         self.pool.forget(self)
         ex, self.ex = self.ex, None
         if ex is not None and not ex.done.done():
