@@ -80,7 +80,14 @@ def block_hashes(ids: np.ndarray, block_size: int) -> tuple[int, ...]:
 
 
 def block_hashes_many(ids: list[np.ndarray], block_size: int) -> list[np.ndarray]:
-    """`block_hash_array` of many prompts in one numpy pass (the recorder's writer hashes a batch at a time).
+    """`block_hash_array` of each of many prompts, from one `block_hashes_flat` pass."""
+    h, ns = block_hashes_flat(ids, block_size)
+    return np.split(h, np.cumsum(ns)[:-1].tolist()) if ids else []
+
+
+def block_hashes_flat(ids: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `block_hash_array`s of many prompts end to end, and each prompt's block count, in one numpy pass (the
+    recorder's writer hashes a batch at a time).
 
     The prompts' blocks are laid end to end and share one cumulative sum: prompt r's blocks s..e-1 get
     H_k = P^k * (S_k - S_(s-1)) with S the running sum of c_i P^-i over the whole batch, which is exactly
@@ -88,7 +95,7 @@ def block_hashes_many(ids: list[np.ndarray], block_size: int) -> list[np.ndarray
     ns = np.fromiter((len(x) // block_size for x in ids), np.int64, len(ids))
     total = int(ns.sum())
     if total == 0:
-        return [np.empty(0, np.uint64) for _ in ids]
+        return np.empty(0, np.uint64), ns
     with np.errstate(over="ignore"):
         flat = np.concatenate([np.asarray(x[: n * block_size], dtype="<u4") for x, n in zip(ids, ns.tolist(),
                                                                                              strict=True)])
@@ -100,5 +107,4 @@ def block_hashes_many(ids: list[np.ndarray], block_size: int) -> list[np.ndarray
         starts = ends - ns
         has = starts > 0
         before[has] = s[starts[has] - 1]
-        h = (s - np.repeat(before, ns)) * pows
-    return np.split(h, ends[:-1].tolist())
+        return (s - np.repeat(before, ns)) * pows, ns

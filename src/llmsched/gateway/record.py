@@ -13,7 +13,7 @@ per-recording salt that is never written, and stored as base64 of little-endian 
 equal hashes; nothing links them to the text or to another recording. Session/user keys are keyed BLAKE2b.
 
 When the router does not hash prompts itself (round robin, least requests...), the data path hands the prompt
-text over instead and the writer hashes the whole batch in one numpy pass (`prefix.block_hashes_many`): the
+text over instead and the writer hashes the whole batch in one numpy pass (`prefix.block_hashes_flat`): the
 same values the router would have computed, at a fraction of the per-request cost. The text stays in memory
 only until the writer's next pass.
 """
@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
 from llmsched.gateway.openai_req import token_ids
-from llmsched.gateway.prefix import block_hashes_many
+from llmsched.gateway.prefix import block_hashes_flat
 
 
 class Finished(Protocol):
@@ -150,22 +150,34 @@ class Recorder:
 
     def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
         # All rows' hashes made (for rows that brought their prompt text) and salted in one numpy pass each:
-        # per-row numpy calls would cost more than the rest.
+        # per-row numpy calls would cost more than the rest. A gateway's rows are all text (its router does not
+        # hash) or all hashes (it does); rows without a full block have neither.
         hs: list[Any] = [r[4] or () for r in rows]
+        lens = [0 if isinstance(h, str) else len(h) for h in hs]
         texts = [k for k, h in enumerate(hs) if isinstance(h, str)]
+        hashed = [k for k, n in enumerate(lens) if n]
+        flat = np.fromiter(itertools.chain.from_iterable(hs[k] for k in hashed), dtype=np.uint64, count=sum(lens))
         if texts:
-            for k, h in zip(texts, block_hashes_many([token_ids(hs[k]) for k in texts], self.block_size),
-                            strict=True):
-                hs[k] = h
-        flat = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.uint64, count=sum(map(len, hs)))
+            made, ns = block_hashes_flat([token_ids(hs[k]) for k in texts], self.block_size)
+            for k, n in zip(texts, ns.tolist(), strict=True):
+                lens[k] = n
+            if not hashed:
+                flat = made
+            else:  # both kinds (not from one gateway): lay them out in row order
+                ends = itertools.accumulate(ns.tolist())
+                at = dict(zip(texts, itertools.pairwise(itertools.chain((0,), ends)), strict=True))
+                ends_h = itertools.accumulate(lens[k] for k in hashed)
+                at_h = dict(zip(hashed, itertools.pairwise(itertools.chain((0,), ends_h)), strict=True))
+                flat = np.concatenate([made[slice(*at[k])] if k in at else flat[slice(*at_h[k])]
+                                       for k in range(len(rows)) if lens[k]] or [flat])
         raw = salt_hashes(flat, self._k0, self._k1).astype("<u8").tobytes()
         out, off = [], 0
         key, t0 = self._key, self.t0
         fmt = ('{"arrival":%.6f,"prompt_tokens":%d,"output_tokens":%s,"max_tokens":%d,"block_hashes":"%s",'
                '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d}')
-        for r, h in zip(rows, hs, strict=True):
+        for r, n in zip(rows, lens, strict=True):
             arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status = r
-            end = off + 8 * len(h)
+            end = off + 8 * n
             blocks = b64encode(raw[off:end]).decode("ascii")
             off = end
             ok = status == 200 and e2e >= 0
