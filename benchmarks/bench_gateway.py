@@ -356,7 +356,7 @@ Proxy = tuple[str, str, str, str, str | None]  # label, kind, router, request po
 
 
 def _proxies(rows: list[Proxy], baseline: str | None) -> list[Proxy]:
-    return rows + ([("ours before (aiohttp), round-robin", "ours", "round-robin", "fcfs", baseline)] if baseline
+    return rows + ([("ours --baseline-src, round-robin", "ours", "round-robin", "fcfs", baseline)] if baseline
                    else [])
 
 

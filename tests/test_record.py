@@ -111,6 +111,60 @@ def test_no_prompt_text_reaches_the_file(tmp_path: Path) -> None:
     assert len(base64.b64decode(row["block_hashes"])) == 8 * (row["prompt_tokens"] // 16)
 
 
+
+def test_prompts_the_router_does_not_hash_are_hashed_by_the_writer_as_the_router_would(tmp_path: Path) -> None:
+    """Round robin hashes nothing on the data path: the recorder gets the prompt text and its writer hashes a
+    batch at a time; the recorded (salted) hashes must be the salted hashes a prefix-aware router computes."""
+    from llmsched.gateway.openai_req import token_ids
+    from llmsched.gateway.prefix import block_hashes
+    from llmsched.gateway.record import salt_hashes
+
+    prompts = ["shared system prompt " * 12 + f"question {k} " * (3 + 4 * k) for k in range(3)]
+    rec_path = tmp_path / "rr.jsonl"
+    salts: list[int] = []
+
+    async def main() -> None:
+        be = FakeBackend()
+        url = await be.start()
+        gw = Gateway(build_config({"backends": [url], "router": {"name": "round-robin"}, "record": {"path": str(rec_path)}}))
+        await gw.start()
+        assert not gw.dispatcher.resolve(None).uses_index  # the data path does not hash for round robin
+        salts.extend((gw.recorder._k0, gw.recorder._k1))  # type: ignore[union-attr]
+        try:
+            async with aiohttp.ClientSession() as s:
+                for p in prompts:
+                    async with s.post(gw.url + "/v1/completions", json={"prompt": p, "max_tokens": 2}) as r:
+                        assert r.status == 200
+                        await r.read()
+        finally:
+            await gw.stop()
+            await be.stop()
+
+    asyncio.run(main())
+    rows = _lines(rec_path)[1:]
+    assert len(rows) == 3
+    for row, p in zip(rows, prompts, strict=True):
+        want = salt_hashes(block_hashes(token_ids(p), 16), *salts).tolist()
+        assert decode_hashes(row["block_hashes"]) == tuple(want) and len(want) == row["prompt_tokens"] // 16 > 0
+
+
+def test_rows_with_hashes_and_rows_with_text_keep_their_own_hashes_in_one_batch(tmp_path: Path) -> None:
+    from llmsched.gateway.openai_req import token_ids
+    from llmsched.gateway.prefix import block_hashes
+    from llmsched.gateway.record import salt_hashes
+
+    rec = Recorder(tmp_path / "m.jsonl", 16, flush_interval=60)  # one writer pass, at close
+    text = "a prompt long enough for a few blocks " * 8
+    rec.record(_req(0, 0.0, (5, 6)), _out(0), None, 0)
+    rec.record(_req(1, 0.1, None), _out(1), None, 0, text)
+    rec.record(_req(2, 0.2, None), _out(0), None, 0, "short")  # no full block
+    rec.record(_req(3, 0.3, (7,)), _out(1), None, 0)
+    k0, k1 = rec._k0, rec._k1
+    rec.close()
+    got = [decode_hashes(r["block_hashes"]) for r in _lines(tmp_path / "m.jsonl")[1:]]
+    want = [(5, 6), block_hashes(token_ids(text), 16), (), (7,)]
+    assert got == [tuple(salt_hashes(w, k0, k1).tolist()) for w in want] and len(want[1]) > 2
+
 def test_recorded_tokens_and_ttft_come_from_the_gateways_data_path(tmp_path: Path) -> None:
     """Streamed (events counted), non-streamed sent upstream as a stream (usage of the re-assembled answer) and
     non-streamed passed whole (`logprobs`: usage at the answer's tail) each record what the data path counted;

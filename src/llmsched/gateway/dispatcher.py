@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from llmsched.core.snapshots import SnapshotTable
 from llmsched.core.types import InstanceSnapshot, Request
 from llmsched.gateway.breaker import BreakerState, CircuitBreaker
@@ -185,11 +183,14 @@ class Dispatcher:
     def route(self, req: Request, now: float, exclude: frozenset[int] = frozenset(), cap: bool = True) -> int | None:
         """Pick and charge a backend for `req` (None if none is eligible); the router decides among the eligible."""
         ok = [self._eligible(b, now, cap) and b.index not in exclude for b in self.backends]
-        if not any(ok):
+        if True not in ok:
             return None
         table = self.table
-        for k in np.flatnonzero(np.fromiter(ok, bool, len(ok)) != table.healthy).tolist():
-            table.set_healthy(k, ok[k])
+        seen = table.healthy.tolist()
+        if ok != seen:  # plain lists: numpy's small-array calls cost several us a request here
+            for k, v in enumerate(ok):
+                if v != seen[k]:
+                    table.set_healthy(k, v)
         i = self.router.route(req, table, now)
         if not (0 <= i < len(ok)) or not ok[i]:
             # The router fell back to an ineligible instance (its contract allows it when none is healthy

@@ -54,18 +54,57 @@ def _weights(block_size: int) -> np.ndarray:
     return w
 
 
-def block_hashes(ids: np.ndarray, block_size: int) -> tuple[int, ...]:
-    """Chained hashes of the full blocks of token ids `ids` (a trailing partial block is not cacheable)."""
+def _block_forms(halves: np.ndarray, n: int, block_size: int) -> np.ndarray:
+    """One uint64 per block: a seeded random integer linear form of its ids' 16-bit halves, computed as a float64
+    dot product (BLAS; uint64 arithmetic has no SIMD path in numpy and costs ~10x more). Every product and
+    partial sum is an integer below 2^53, so the result is exact whatever order BLAS sums in (a plain float form
+    is not: the last bit changed with the number of rows)."""
+    return (halves.astype(np.float64).reshape(n, 2 * block_size) @ _weights(block_size)).astype(np.uint64)
+
+
+def block_hash_array(ids: np.ndarray, block_size: int) -> np.ndarray:
+    """Chained hashes of the full blocks of token ids `ids` (a trailing partial block is not cacheable), as uint64."""
     n = len(ids) // block_size
     if n == 0:
-        return ()
+        return np.empty(0, np.uint64)
     with np.errstate(over="ignore"):
-        # One number per block: a seeded random integer linear form of its ids' 16-bit halves, computed as a
-        # float64 dot product (BLAS; uint64 arithmetic has no SIMD path in numpy and costs ~10x more). Every
-        # product and partial sum is an integer below 2^53, so the result is exact whatever order BLAS sums in
-        # (a plain float form is not: the last bit changed with the number of rows).
         halves = np.ascontiguousarray(ids[: n * block_size], dtype="<u4").view("<u2")
-        c = (halves.astype(np.float64).reshape(n, 2 * block_size) @ _weights(block_size)).astype(np.uint64)
+        c = _block_forms(halves, n, block_size)
         pows, ipows = _powers(n)
-        h = np.cumsum(c * ipows, dtype=np.uint64) * pows
-    return tuple(h.tolist())
+        return np.cumsum(c * ipows, dtype=np.uint64) * pows
+
+
+def block_hashes(ids: np.ndarray, block_size: int) -> tuple[int, ...]:
+    """`block_hash_array` as the Python ints the routers' prefix index keys on."""
+    return tuple(block_hash_array(ids, block_size).tolist())
+
+
+def block_hashes_many(ids: list[np.ndarray], block_size: int) -> list[np.ndarray]:
+    """`block_hash_array` of each of many prompts, from one `block_hashes_flat` pass."""
+    h, ns = block_hashes_flat(ids, block_size)
+    return np.split(h, np.cumsum(ns)[:-1].tolist()) if ids else []
+
+
+def block_hashes_flat(ids: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `block_hash_array`s of many prompts end to end, and each prompt's block count, in one numpy pass (the
+    recorder's writer hashes a batch at a time).
+
+    The prompts' blocks are laid end to end and share one cumulative sum: prompt r's blocks s..e-1 get
+    H_k = P^k * (S_k - S_(s-1)) with S the running sum of c_i P^-i over the whole batch, which is exactly
+    sum_(s<=i<=k) c_i P^(k-i), the chain of `block_hash_array` on that prompt alone (all mod 2^64)."""
+    ns = np.fromiter((len(x) // block_size for x in ids), np.int64, len(ids))
+    total = int(ns.sum())
+    if total == 0:
+        return np.empty(0, np.uint64), ns
+    with np.errstate(over="ignore"):
+        flat = np.concatenate([np.asarray(x[: n * block_size], dtype="<u4") for x, n in zip(ids, ns.tolist(),
+                                                                                             strict=True)])
+        c = _block_forms(flat.view("<u2"), total, block_size)
+        pows, ipows = _powers(total)
+        s = np.cumsum(c * ipows, dtype=np.uint64)
+        ends = np.cumsum(ns)
+        before = np.zeros(len(ids), np.uint64)  # S_(s-1) of each prompt: the sum up to its first block
+        starts = ends - ns
+        has = starts > 0
+        before[has] = s[starts[has] - 1]
+        return (s - np.repeat(before, ns)) * pows, ns

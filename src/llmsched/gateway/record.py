@@ -8,9 +8,14 @@ numbered in order of creation) and a new PATH starts with its own header line.
 
 Format (docs/calibration.md): the first line of every file is a header object with `"llmsched_record": 1`;
 then one object per request. No prompt text is written: the prompt's chained block hashes (as the gateway's
-router computes them at `block_size`) are passed through a keyed 64-bit mix with a random per-recording salt
-that is never written, and stored as base64 of little-endian uint64. Equal prefixes within a recording keep
+router computes them at `block_size`, `gateway.prefix`) are passed through a keyed 64-bit mix with a random
+per-recording salt that is never written, and stored as base64 of little-endian uint64. Equal prefixes within a recording keep
 equal hashes; nothing links them to the text or to another recording. Session/user keys are keyed BLAKE2b.
+
+When the router does not hash prompts itself (round robin, least requests...), the data path hands the prompt
+text over instead and the writer hashes the whole batch in one numpy pass (`prefix.block_hashes_flat`): the
+same values the router would have computed, at a fraction of the per-request cost. The text stays in memory
+only until the writer's next pass.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
+from llmsched.gateway.openai_req import token_ids
+from llmsched.gateway.prefix import block_hashes_flat
 
 
 class Finished(Protocol):
@@ -48,6 +55,7 @@ class Finished(Protocol):
 
 
 FORMAT_VERSION = 1
+_SLICE = 128  # rows the writer formats (and hashes) per numpy pass
 HASH_SCHEME = "mix64-salted-v1"
 
 
@@ -105,17 +113,19 @@ class Recorder:
         self._thread.start()
 
     # -- data path -------------------------------------------------------------------------------------
-    def record(self, req: Request, out: Finished, cls: str | None, priority: Any) -> None:
+    def record(self, req: Request, out: Finished, cls: str | None, priority: Any, text: str | None = None) -> None:
         """Queue one finished request; never blocks (a full buffer drops and counts the record).
 
         `out` is the gateway's outcome of it (`server.Outcome`): status, backend index, TTFT and E2E in seconds
-        from arrival (None: not seen), generated tokens as the data path counted them (None: unknown)."""
+        from arrival (None: not seen), generated tokens as the data path counted them (None: unknown).
+        `text`: the prompt, when `req` carries no block hashes; the writer hashes it."""
         if len(self._q) >= self.capacity:
             self.dropped += 1
             return
         ttft, e2e, tokens = out.ttft, out.e2e, out.tokens
-        self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len,
-                        req.block_hashes, req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
+        hashes = req.block_hashes if text is None or req.block_hashes else text
+        self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len, hashes,
+                        req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
                         -1.0 if e2e is None else e2e, out.status, out.model))
 
     # -- writer ----------------------------------------------------------------------------------------
@@ -141,17 +151,35 @@ class Recorder:
         os.replace(self.path, f"{self.path}.{n}")
 
     def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
-        # All rows' hashes salted in one numpy pass: per-row numpy calls would cost more than the rest.
-        hs = [r[4] or () for r in rows]
-        flat = np.fromiter(itertools.chain.from_iterable(hs), dtype=np.uint64, count=sum(map(len, hs)))
+        # All rows' hashes made (for rows that brought their prompt text) and salted in one numpy pass each:
+        # per-row numpy calls would cost more than the rest. A gateway's rows are all text (its router does not
+        # hash) or all hashes (it does); rows without a full block have neither.
+        hs: list[Any] = [r[4] or () for r in rows]
+        lens = [0 if isinstance(h, str) else len(h) for h in hs]
+        texts = [k for k, h in enumerate(hs) if isinstance(h, str)]
+        hashed = [k for k, n in enumerate(lens) if n]
+        flat = np.fromiter(itertools.chain.from_iterable(hs[k] for k in hashed), dtype=np.uint64, count=sum(lens))
+        if texts:
+            made, ns = block_hashes_flat([token_ids(hs[k]) for k in texts], self.block_size)
+            for k, n in zip(texts, ns.tolist(), strict=True):
+                lens[k] = n
+            if not hashed:
+                flat = made
+            else:  # both kinds (not from one gateway): lay them out in row order
+                ends = itertools.accumulate(ns.tolist())
+                at = dict(zip(texts, itertools.pairwise(itertools.chain((0,), ends)), strict=True))
+                ends_h = itertools.accumulate(lens[k] for k in hashed)
+                at_h = dict(zip(hashed, itertools.pairwise(itertools.chain((0,), ends_h)), strict=True))
+                flat = np.concatenate([made[slice(*at[k])] if k in at else flat[slice(*at_h[k])]
+                                       for k in range(len(rows)) if lens[k]] or [flat])
         raw = salt_hashes(flat, self._k0, self._k1).astype("<u8").tobytes()
         out, off = [], 0
         key, t0 = self._key, self.t0
         fmt = ('{"arrival":%.6f,"prompt_tokens":%d,"output_tokens":%s,"max_tokens":%d,"block_hashes":"%s",'
                '"session":%s,"class":%s,"priority":%d,"backend":%d,"ttft":%s,"e2e":%s,"status":%d,"model":%s}')
-        for r, h in zip(rows, hs, strict=True):
+        for r, n in zip(rows, lens, strict=True):
             arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status, model = r
-            end = off + 8 * len(h)
+            end = off + 8 * n
             blocks = b64encode(raw[off:end]).decode("ascii")
             off = end
             ok = status == 200 and e2e >= 0
@@ -171,7 +199,8 @@ class Recorder:
         rows = []
         while q:
             rows.append(q.popleft())
-        lines = self._lines(rows)
+        # In slices: one numpy pass over thousands of prompts outgrows the caches (x10 the cost per row at 2,000).
+        lines = [x for k in range(0, len(rows), _SLICE) for x in self._lines(rows[k:k + _SLICE])]
         self._f.write("\n".join(lines) + "\n")
         self._f.flush()
         self.written += len(lines)

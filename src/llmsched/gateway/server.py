@@ -24,7 +24,15 @@ import msgspec
 
 from llmsched.core.types import Request
 from llmsched.gateway.config import GatewayConfig
-from llmsched.gateway.http1 import HttpRequest, HttpServer, Pool, ServerConnection, Upstream, UpstreamError
+from llmsched.gateway.http1 import (
+    Deadlines,
+    HttpRequest,
+    HttpServer,
+    Pool,
+    ServerConnection,
+    Upstream,
+    UpstreamError,
+)
 from llmsched.gateway.metrics import GatewayMetrics
 from llmsched.gateway.openai_req import (
     CHAT,
@@ -88,8 +96,9 @@ class Outcome:
         self.e2e: float | None = None  # arrival to the last byte (s)
         self.tokens: int | None = None  # generated tokens (usage, else content events)
         self.tpot: float | None = None
-        # Only while `serve --record` is on: (the request, its class header, its priority field) for the recorder.
-        self.recorded: tuple[Request, str | None, Any] | None = None
+        # Only while `serve --record` is on: (the request, its class header, its priority field, its prompt text
+        # when its pool's router did not hash it) for the recorder.
+        self.recorded: tuple[Request, str | None, Any, str | None] | None = None
         self.response_id: str | None = None  # a Responses request: the id its backend stores the answer under
 
 
@@ -121,7 +130,7 @@ class _Attempt:
         self.ex: Any = None
         self.internal = internal
         self.mode = _WHOLE
-        self.fb_timer: asyncio.TimerHandle | None = None
+        self.fb_timer: tuple[int, int] | None = None  # the first-chunk deadline (`Gateway._deadlines`)
         self.events = 0
         self.usage_tokens = -1
         self.t_first = 0.0
@@ -137,7 +146,8 @@ class _Attempt:
             self.mode = _WAIT_FIRST
             ex.on_body = self._first
         elif self.fb_timer is not None:
-            self.fb_timer.cancel()
+            self.gw._deadlines.cancel(self.fb_timer)
+            self.fb_timer = None
 
     def _first(self, data: bytes) -> None:
         if self.hold is not None:
@@ -146,7 +156,8 @@ class _Attempt:
                 return
             data, self.hold = bytes(self.hold), None
         if self.fb_timer is not None:
-            self.fb_timer.cancel()
+            self.gw._deadlines.cancel(self.fb_timer)
+            self.fb_timer = None
         gw = self.gw
         self.t_first = now = gw.now()
         gw.dispatcher.first_token(self.req, self.i, now)
@@ -171,8 +182,9 @@ class _Attempt:
             return
         n = data.count(b"data: ")
         if n:
-            for pat in _NOT_TOKENS:
-                n -= data.count(pat)
+            if b'""' in data or b"[]" in data or b"[DONE]" in data:  # every pattern below holds one of these
+                for pat in _NOT_TOKENS:
+                    n -= data.count(pat)
             self.events += n
             if b'"usage"' in data:
                 m = _COMPLETION_TOKENS.findall(data)
@@ -325,11 +337,12 @@ class Gateway:
         self._keys = {f"Bearer {k}" for k in cfg.api_keys}
         self._admin_keys = {f"Bearer {k}" for k in cfg.admin_api_keys} or self._keys
         self._session_header = cfg.session_header.lower()
-        # Only prefix-aware routers read the prompt's block hashes (`Pool.uses_index`), and the recorder.
-        self._hash_blocks = cfg.record is not None
+        # Only prefix-aware routers read the prompt's block hashes on the data path (`Pool.uses_index`); the recorder
+        # hashes the prompts of other pools on its writer thread, a batch at a time.
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
+        self._probe_pools: dict[int, Pool] = {}
         self._probe: aiohttp.ClientSession | None = None
         self._http = HttpServer(self._handle, cfg.max_request_bytes, cfg.timeouts.client_read, self._error_body,
                                 self._too_large, self._log_exception)
@@ -351,6 +364,10 @@ class Gateway:
         self.routes = Routes(self)  # the other routes of vLLM's server (gateway/routes.py)
         self._routes.update(self.routes.table())
         self.url = ""
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._deadlines: Deadlines = None  # type: ignore[assignment]  # upstream timeouts; set by start()
+        self._why_total = f"no complete answer within {cfg.timeouts.total} s"
+        self._why_first = f"no first chunk within {cfg.timeouts.first_byte} s"
         self.recorder: Recorder | None = None
         if cfg.record is not None:
             r = cfg.record
@@ -368,6 +385,8 @@ class Gateway:
         # of long streams they would time out and open the breaker of a backend that is only busy.
         self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=2),
                                             timeout=self._scrape_timeout, skip_auto_headers=("User-Agent",))
+        self._loop = asyncio.get_running_loop()  # kept: each get_running_loop() is a getpid() system call
+        self._deadlines = Deadlines(self._loop)
         await self._discover_all()  # which backend serves which model, before the first request
         h, p = await self._http.start(host, port, reuse_port)
         self.url = f"http://{h}:{p}"
@@ -390,7 +409,7 @@ class Gateway:
                     await task
         await self._http.close()
         await asyncio.sleep(0)  # let cancelled handlers run their clean-up
-        for pool in self._pools.values():
+        for pool in (*self._pools.values(), *self._probe_pools.values()):
             pool.close()
         if self._probe:
             await self._probe.close()
@@ -470,6 +489,10 @@ class Gateway:
     # -- the data path ----------------------------------------------------------------------------------
     def _pump(self) -> None:
         d = self.dispatcher
+        if not d.queued:  # nothing waits (the common case after a finish): nothing to dispatch
+            if not d.in_flight:
+                self._idle.set()
+            return
         now = self.now()
         if d.queued:
             for req in d.take_stranded(now):  # no backend of its pool left (drained, removed): fail fast
@@ -510,8 +533,8 @@ class Gateway:
         if out.model is not None:
             self.metrics.by_model(out.model, out.status, out.ttft if out.stream else None, out.e2e)
         if out.recorded is not None:
-            req, cls, priority = out.recorded
-            self.recorder.record(req, out, cls, priority)  # type: ignore[union-attr]  # set only with a recorder
+            req, cls, priority, text = out.recorded
+            self.recorder.record(req, out, cls, priority, text)  # type: ignore[union-attr]  # set only with a recorder
 
     def _histograms(self, endpoint: str) -> tuple[Any, Any, Any]:
         h = self._hists.get(endpoint)
@@ -539,14 +562,15 @@ class Gateway:
         if not pool.d.any_usable(t_arr):
             return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
         req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
-                            self._hash_blocks or pool.uses_index)
+                            pool.uses_index)
         d.assign(req, pool)
         if self.recorder is not None:
-            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"))
+            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"),
+                            None if pool.uses_index else parsed.text)
         pinned = self.routes.pin(req, parsed, endpoint, t_arr)  # a Responses follow-up: where its history is
         if pinned is not None:
             return await self._forward(conn, req, parsed, raw, endpoint, pinned, out)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = self._loop.create_future()
         req.shell_data = fut
         if not d.submit(req, t_arr):
             return self._err(conn, 429, "gateway queue is full; retry later", "rate_limit_exceeded",
@@ -603,6 +627,13 @@ class Gateway:
             self._pump()
             return status
 
+    def _probe_pool(self, i: int) -> Pool:
+        """Scrapes' own keep-alive connections to backend `i` (never queued behind its long streams)."""
+        pool = self._probe_pools.get(i)
+        if pool is None:
+            pool = self._probe_pools[i] = Pool(self.dispatcher.backends[i].url, self.cfg.timeouts.connect)
+        return pool
+
     def _pool(self, i: int) -> Pool:
         pool = self._pools.get(i)
         if pool is None:
@@ -622,7 +653,7 @@ class Gateway:
         internal = not parsed.stream and self.cfg.stream_internally and internal_stream_ok(endpoint, parsed.body)
         body = _as_stream(raw) if internal else (raw,)
         head = pool.head(endpoint, sum(map(len, body)))
-        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
         for fresh in (False, True):
             try:
                 up = await pool.acquire(fresh)
@@ -630,10 +661,9 @@ class Gateway:
                 raise _UpstreamFailure(f"{type(e).__name__}: {e}") from None
             att = _Attempt(self, conn, req, i, out, up, internal)
             ex = att.ex = up.send(head, body, att.on_head)
-            timer = loop.call_later(tm.total, self._expire, up, ex, f"no complete answer within {tm.total} s")
+            timer = deadlines.add(tm.total, self._expire, up, ex, self._why_total)
             if parsed.stream or internal:  # the first chunk is the first token: bounded by first_byte
-                att.fb_timer = loop.call_later(tm.first_byte, self._expire, up, ex,
-                                               f"no first chunk within {tm.first_byte} s")
+                att.fb_timer = deadlines.add(tm.first_byte, self._expire, up, ex, self._why_first)
             try:
                 try:
                     await ex.done
@@ -643,10 +673,11 @@ class Gateway:
                     return att.failed(e)
                 return att.finish(endpoint)
             finally:
-                timer.cancel()
+                deadlines.cancel(timer)
                 if att.fb_timer is not None:
-                    att.fb_timer.cancel()
+                    deadlines.cancel(att.fb_timer)
                 conn.on_writable = None
+                ex.on_head = ex.on_body = None  # no cycle attempt <-> exchange left for the collector
                 if not ex.done.done() or ex.done.cancelled():  # abandoned (client gone: the task's cancel
                     # cancels the future it awaits; or an error): the backend sees the close and aborts
                     up.abort()
@@ -790,9 +821,10 @@ class Gateway:
         if not b.draining:  # re-added meanwhile: keep it
             raise BadRequest(f"{url} was re-added while it drained; not removed", status=409, code="conflict")
         b.removed = True
-        pool = self._pools.pop(b.index, None)
-        if pool is not None:
-            pool.close()
+        for pools in (self._pools, self._probe_pools):
+            pool = pools.pop(b.index, None)
+            if pool is not None:
+                pool.close()
         return self._json({"removed": url, "backends": self._backend_info()})
 
     # -- health & metrics scraping ----------------------------------------------------------------------
@@ -803,12 +835,12 @@ class Gateway:
         b = self.dispatcher.backends[i]
         try:
             try:
-                async with probe.get(b.url + "/metrics") as r:
-                    if r.status == 200:
-                        text = await r.text()
-                        snap = with_lora(snapshot_from_metrics(parse_vllm_metrics(text), i, self.now()), text)
-                        self.dispatcher.scraped(i, snap, self.now())
-                        return
+                status, page = await self._probe_pool(i).get("/metrics", self.cfg.timeouts.scrape)
+                if status == 200:
+                    text = page.decode()
+                    snap = with_lora(snapshot_from_metrics(parse_vllm_metrics(text), i, self.now()), text)
+                    self.dispatcher.scraped(i, snap, self.now())
+                    return
             except (MetricsParseError, UnicodeDecodeError) as e:
                 log.warning("backend %s: /metrics not usable (%s); probing /health", b.url, e)
             async with probe.get(b.url + "/health") as r:
@@ -816,7 +848,7 @@ class Gateway:
                     self.dispatcher.scraped(i, None, self.now())
                     return
             self.dispatcher.scrape_failed(i, self.now())
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, UpstreamError, TimeoutError, OSError):
             self.dispatcher.scrape_failed(i, self.now())
         except Exception:  # never let one backend's oddity stop the scrape loop
             log.exception("scraping backend %s failed", b.url)
