@@ -1,5 +1,6 @@
 """The asyncio shell of the gateway: a lean HTTP/1.1 data path (`gateway.http1`: asyncio protocols with httptools'
-parser, keep-alive pools per backend) in front and behind; aiohttp only for scrapes, health probes and /v1/models.
+parser, keep-alive pools per backend) in front and behind, /metrics scrapes included; aiohttp only for /health
+probes, /v1/models discovery, LoRA load/unload forwarding and the routes' any-backend forwarding (gateway.routes).
 
 It moves bytes and reports events to the sans-I/O `Dispatcher`, which makes every decision. Why not aiohttp on
 the data path any more: measured in benchmarks/bench_gateway.py, see docs/gateway.md.
