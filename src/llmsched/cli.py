@@ -270,7 +270,7 @@ def vllm_diff(
                                                   help="chunked prefill")] = True,
     context: Annotated[int, typer.Option(min=0, help="steps shown before the first divergence")] = 3,
 ) -> None:
-    """Check our engine model against vLLM's real scheduler step by step (needs llmsched[vllm])."""
+    r"""Check our engine model against vLLM's real scheduler step by step (needs llmsched\[vllm])."""
     from llmsched.vllm.diff import run_cli
     from llmsched.vllm.harness import Limits, VllmMissing
 
