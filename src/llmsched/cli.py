@@ -124,7 +124,7 @@ def simulate(
     prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching",
                                                  help="automatic prefix caching")] = True,
     engine: Annotated[str, typer.Option(help="llmsched (fast engine model) or vllm (vLLM's real scheduler, "
-                                        "exact, slower; needs llmsched[vllm])")] = "llmsched",
+                                        "exact, slower; needs llmsched\\[vllm])")] = "llmsched",
     seed: Annotated[int, typer.Option(min=0, help="seed: the same seed gives the same numbers")] = 0,
     calibration: Annotated[Path | None, typer.Option(help="cost-model calibration file (docs/calibration.md)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
