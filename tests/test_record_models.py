@@ -40,6 +40,8 @@ def test_recorder_writes_the_pool_id_and_the_loader_keeps_it(tmp_path: Path) -> 
     assert r.model == ["m1", "m2", "m1", None, None]
     m1 = rows_of_model(r, "m1")
     assert len(m1) == 2 and m1.arrival.tolist() == pytest.approx([0.0, 0.2]) and m1.model == ["m1", "m1"]
+    m2 = rows_of_model(r, "m2")  # on backend 1 alone: renumbered 0, the header cut to it
+    assert m2.backend.tolist() == [0] and m2.header["backends"] == ["http://b"]
     with pytest.raises(ValueError, match=r"several models \(m1, m2\); choose one with --served-model"):
         rows_of_model(r, None)
     with pytest.raises(ValueError, match=r"no row of model 'm3'; it holds: m1, m2"):
@@ -98,3 +100,28 @@ def test_calibrate_from_a_multi_model_recording_needs_served_model_and_fits_its_
     cal = load_calibration(out)
     assert cal.meta["residuals"]["tpot"]["mean_abs_rel_err"] < 0.03  # m2's 10x rows would spoil it
     assert cal.compute_scale == pytest.approx(0.6, rel=0.1)
+
+
+def test_simulate_and_compare_replay_one_model_of_a_multi_model_recording(tmp_path: Path) -> None:
+    """A multi-model recording is refused by every replay unless a model is chosen (its models ran on different
+    backends), and the chosen model's rows alone are replayed."""
+    path = _two_model_recording(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["simulate", "--trace", str(path)])
+    msg = " ".join(r.output.split())
+    assert r.exit_code == 2 and "several models (m1, m2)" in msg and "--served-model NAME" in msg, r.output
+    r = runner.invoke(app, ["simulate", "--trace", str(path), "--served-model", "m3"])
+    assert r.exit_code == 2 and "it holds: m1, m2" in " ".join(r.output.split())
+    r = runner.invoke(app, ["simulate", "--served-model", "m1"])
+    assert r.exit_code == 2 and "--trace" in r.output
+    r = runner.invoke(app, ["simulate", "--trace", "builtin:sample", "--served-model", "m1"])
+    assert r.exit_code == 2 and "selects the rows of a `serve --record` recording" in " ".join(r.output.split())
+    r = runner.invoke(app, ["simulate", "--trace", str(path), "--served-model", "m1", "--instances", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["submitted"] == 120  # m1's rows only (m2 has as many)
+    r = runner.invoke(app, ["compare", "--trace", str(path)])
+    assert r.exit_code == 2 and "several models (m1, m2)" in " ".join(r.output.split())
+    r = runner.invoke(app, ["compare", "--trace", str(path), "--served-model", "m2", "--knob-draws", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["served_model"] == "m2" and res["instances"] == 2  # m2's two backends, not all four

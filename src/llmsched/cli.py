@@ -95,6 +95,8 @@ def simulate(
         help=f"synthetic workload (default chat): {GENERATOR_NAMES}")] = None,
     trace_format: Annotated[str, typer.Option(help="trace format: auto, azure, mooncake, burstgpt, "
                                                           "record")] = "auto",
+    served_model: Annotated[str | None, typer.Option(help="--trace of a multi-model `serve --record` recording: "
+                                                     "replay this served model's rows")] = None,
     rate: Annotated[float | None, typer.Option(
                                                help="mean arrivals per second (synthetic; a trace's target rate)")] = None,
     num_requests: Annotated[int | None, typer.Option(min=1, help="number of requests (synthetic, default 1000) / "
@@ -146,9 +148,14 @@ def simulate(
             win = (float(a), float(b))
         except ValueError:
             fail(f"--window must be START:END in seconds, got {window!r}")
+    if served_model is not None and trace is None:
+        fail("--served-model selects the rows of a --trace recording")
     if trace is not None:
+        params = _json_arg(workload_params, "--workload-params")
+        if served_model is not None:
+            params = {**params, "model": served_model}
         wl = WorkloadSpec(kind="trace", name=trace_format, path=trace, limit=num_requests, rate=rate,
-                          rate_scale=rate_scale, window=win, params=_json_arg(workload_params, "--workload-params"))
+                          rate_scale=rate_scale, window=win, params=params)
     else:
         wl = WorkloadSpec(kind="synthetic", name=synthetic or "chat", rate=rate, num_requests=num_requests or 1000,
                           rate_scale=rate_scale, window=win, params=_json_arg(workload_params, "--workload-params"))

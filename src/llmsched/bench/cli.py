@@ -70,6 +70,8 @@ def compare_cmd(
                                                       "backends ran (default static); every placer is compared")] = None,
     knob_draws: Annotated[int, typer.Option(min=0, help="--trace: replay every run at this many of the "
                                             "calibration's knob draws (its refits) besides the estimate")] = 4,
+    served_model: Annotated[str | None, typer.Option(help="--trace of a multi-model recording: the served model "
+                                                     "whose rows to replay")] = None,
 ) -> None:
     """Compare policy sets on built-in or YAML scenarios (simulated); tables plus a report folder."""
     import json as jsonlib
@@ -86,10 +88,13 @@ def compare_cmd(
         from llmsched.model.calibration import load_calibration
 
         cal = load_calibration(calibration)  # a bad file: one `error:` line (clikit)
+    if served_model is not None and trace is None:
+        fail("--served-model selects the rows of a --trace recording")
     if trace is not None:
         from llmsched.bench.whatif import print_what_if, what_if
 
-        res = what_if(trace, model, gpu, tp, cal, seeds=3, expert_policy=expert_policy, knob_draws=knob_draws)
+        res = what_if(trace, model, gpu, tp, cal, seeds=3, expert_policy=expert_policy, knob_draws=knob_draws,
+                      served_model=served_model)
         if json:
             out_console.file.write(jsonlib.dumps(res, default=str) + "\n")
         else:

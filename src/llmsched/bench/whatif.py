@@ -24,7 +24,7 @@ import numpy as np
 
 from llmsched.bench.calibrate import Replay, replay_of, simulate_replay
 from llmsched.model.calibration import Calibration
-from llmsched.workload.traces.record import read_recording
+from llmsched.workload.traces.record import read_recording, rows_of_model
 
 ROUTER_CANDIDATES = ("round-robin", "least-requests", "lmetric", "prefix", "sglang-cache-aware")
 POLICY_CANDIDATES = ("fcfs", "sjf")
@@ -65,8 +65,8 @@ def observed(rp: Replay) -> dict[str, float]:
 def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration | None, seeds: int = 3,
             routers: tuple[str, ...] = ROUTER_CANDIDATES, policies: tuple[str, ...] = POLICY_CANDIDATES,
             expert_policy: str | None = None, expert_placers: tuple[str, ...] | None = None,
-            knob_draws: int = 4) -> dict[str, Any]:
-    """`knob_draws`: how many of the calibration's refit draws to replay besides its estimate (0: the estimate
+            knob_draws: int = 4, served_model: str | None = None) -> dict[str, Any]:
+    """`served_model`: the model whose rows to replay (required when the recording holds several); `knob_draws`: how many of the calibration's refit draws to replay besides its estimate (0: the estimate
     only); `expert_policy`: MoE only, the placer the recorded backends ran (the baseline's; default static);
     `expert_placers`: the placers compared on the recorded routing (default: every registered one)."""
     from llmsched.model import get_llm
@@ -82,7 +82,7 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
     for name in (base_expert, *placers):
         if name is not None:
             EXPERT_PLACERS.get(name)  # an unknown name: the registry's error, naming the choices
-    rp = replay_of(read_recording(path))
+    rp = replay_of(rows_of_model(read_recording(path), served_model))
     knobs = cal.knobs() if cal is not None else {}
     draws = [knobs] + ([{**knobs, **d} for d in (cal.meta.get("draws") or [])[:knob_draws]] if cal is not None
                        else [])
@@ -111,7 +111,7 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
                 "seeds": len(best.runs) // len(draws), "knob_draws": len(draws)}
 
     res: dict[str, Any] = {
-        "recording": str(path), "requests": rp.notes, "instances": rp.instances,
+        "recording": str(path), "served_model": served_model, "requests": rp.notes, "instances": rp.instances,
         "simulated": {"model": model, "gpu": gpu, "tp": tp, "calibration": knobs, "expert_policy": base_expert,
                       "knob_draws": len(draws)},
         "observed": observed(rp),
@@ -133,7 +133,8 @@ def print_what_if(res: dict[str, Any]) -> None:
 
     out = Console()
     s = res["simulated"]
-    t = Table(title=f"what-if on {res['recording']}: simulated, {res['instances']} x {s['model']} on {s['gpu']}"
+    where = res["recording"] + (f" (model {res['served_model']})" if res.get("served_model") else "")
+    t = Table(title=f"what-if on {where}: simulated, {res['instances']} x {s['model']} on {s['gpu']}"
                     f" (calibration {s['calibration'] or 'none: shipped fit'})", title_justify="left")
     for c in ("setting", "TTFT mean", "TTFT p90", "TPOT mean", "E2E mean", "seeds"):
         t.add_column(c, justify="left" if c == "setting" else "right")

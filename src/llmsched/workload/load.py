@@ -81,9 +81,12 @@ def _trace(spec: WorkloadSpec, block_size: int) -> Columns:
         fmt = "auto"  # name left at its (synthetic) default
     if fmt != "auto" and fmt not in FORMATS:
         raise WorkloadError(f"unknown trace format {spec.name!r}; known: auto, {', '.join(FORMATS)}")
-    unknown = set(spec.params) - {"classes"}
+    unknown = set(spec.params) - {"classes", "model"}
     if unknown:
-        raise WorkloadError(f"unknown trace params {sorted(unknown)}; known: classes")
+        raise WorkloadError(f"unknown trace params {sorted(unknown)}; known: classes, model")
+    model = spec.params.get("model")
+    if model is not None and not isinstance(model, str):
+        raise WorkloadError(f"params.model must be a served model name, got {model!r}")
     classes = spec.params.get("classes")
     if classes is not None and (
         not isinstance(classes, list | tuple) or not all(c is None or isinstance(c, str) for c in classes)
@@ -91,7 +94,7 @@ def _trace(spec: WorkloadSpec, block_size: int) -> Columns:
         raise WorkloadError(f"params.classes must be a list of labels, got {classes!r}")
     if spec.rate is not None and spec.rate_scale != 1.0:
         raise WorkloadError("give rate (target mean rate) or rate_scale for a trace, not both")
-    cols = load_traces(spec.path, fmt, block_size, classes)
+    cols = load_traces(spec.path, fmt, block_size, classes, model)
     limits = [x for x in (spec.limit, spec.num_requests) if x is not None]
     return shape(
         cols,

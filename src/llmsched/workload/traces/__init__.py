@@ -39,7 +39,6 @@ _LOADERS: dict[str, Loader] = {
     "azure": lambda p, bs, root: load_azure(p),
     "mooncake": load_mooncake,
     "burstgpt": lambda p, bs, root: load_burstgpt(p),
-    "record": load_record,
 }
 
 
@@ -47,15 +46,21 @@ _CACHE: OrderedDict[tuple[Any, ...], Columns] = OrderedDict()
 _CACHE_SIZE = 4
 
 
-def _load_file(path: Path, fmt: str, block_size: int, root: int) -> Columns:
+def _load_file(path: Path, fmt: str, block_size: int, root: int, model: str | None = None) -> Columns:
     """A parsed trace file, cached per process by (file identity, format, block size, namespace): a scenario
     replays one trace under many policy sets, and a worker process would otherwise parse it for each (the
     Mooncake trace takes over a second). Callers get a copy whose fields they may reassign."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, fmt, block_size, root)
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, fmt, block_size, root, model)
     cols = _CACHE.get(key)
     if cols is None:
-        cols = _LOADERS[fmt](path, block_size, root)
+        if fmt == "record":
+            cols = load_record(path, block_size, root, model)
+        elif model is not None:
+            raise WorkloadError(f"{path}: a served model selects the rows of a `serve --record` recording; this "
+                                f"is a {fmt} trace")
+        else:
+            cols = _LOADERS[fmt](path, block_size, root)
         _CACHE[key] = cols
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -108,12 +113,14 @@ def load_traces(
     fmt: str = "auto",
     block_size: int = 16,
     classes: Sequence[str | None] | None = None,
+    model: str | None = None,
 ) -> Columns:
     """Load one or several comma-separated trace files into unsorted, per-source rebased columns.
 
     A source's class is `classes[k]` when given; else, with one file, the file's own per-row classes (BurstGPT
     log types, the `class` field of Mooncake-like lines) or the file-name label; with several files, the
-    file-name label, so the mix can be told apart in per-class metrics.
+    file-name label, so the mix can be told apart in per-class metrics. `model`: the served model whose rows
+    of a gateway recording to replay (docs/calibration.md).
     """
     fmt = fmt.lower()
     if fmt != "auto" and fmt not in FORMATS:
@@ -128,7 +135,7 @@ def load_traces(
         path = resolve_path(raw)
         f = detect_format(path) if fmt == "auto" else fmt
         root = ROOT if k == 0 else hash((ROOT, -1, k))
-        cols = _load_file(path, f, block_size, root)
+        cols = _load_file(path, f, block_size, root, model)
         explicit = classes[k] if classes is not None else None
         if explicit is not None:
             cols.relabel(explicit)

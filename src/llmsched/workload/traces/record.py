@@ -161,7 +161,8 @@ def read_recording(path: Path) -> Recording:
 
 
 def rows_of_model(rec: Recording, model: str | None) -> Recording:
-    """The rows of `rec` that went to `model`'s pool. `model` None: the whole recording, unless it holds several
+    """The rows of `rec` that went to `model`'s pool, on the backends that served them (renumbered, the header's
+    `backends` cut to them). `model` None: the whole recording, unless it holds several
     models (then a ValueError naming them: a fit or replay must not mix models)."""
     present = sorted({m for m in rec.model if m is not None})
     if model is None:
@@ -173,8 +174,15 @@ def rows_of_model(rec: Recording, model: str | None) -> Recording:
         raise ValueError(f"the recording has no row of model {model!r}; it holds: {', '.join(present) or 'none named'}")
     keep = np.array([m == model for m in rec.model], dtype=bool)
     idx = np.flatnonzero(keep).tolist()
-    return Recording(rec.header, rec.arrival[keep], rec.prompt[keep], rec.output[keep], rec.max_tokens[keep],
-                     rec.backend[keep], rec.ttft[keep], rec.e2e[keep], rec.status[keep],
+    # The model's backends only, renumbered 0..k-1: a replay's cluster is the backends that served the model,
+    # so a candidate router gets the capacity the recorded routing had, not the whole fleet's.
+    b = rec.backend[keep]
+    used = np.unique(b[b >= 0])
+    backend = np.where(b >= 0, np.searchsorted(used, b), b)
+    names = rec.header.get("backends") or []
+    header = {**rec.header, "backends": [names[i] if i < len(names) else f"backend {i}" for i in used.tolist()]}
+    return Recording(header, rec.arrival[keep], rec.prompt[keep], rec.output[keep], rec.max_tokens[keep],
+                     backend, rec.ttft[keep], rec.e2e[keep], rec.status[keep],
                      [rec.hashes[i] for i in idx], [rec.session[i] for i in idx], [rec.cls[i] for i in idx],
                      rec.priority[keep], [model] * len(idx))
 
@@ -204,8 +212,16 @@ def record_hashes(encoded: str | None, recorded_bs: int, block_size: int, root: 
     return h or None
 
 
-def load_record(path: Path, block_size: int, root: int = ROOT) -> Columns:
-    rec = read_recording(path)
+def load_record(path: Path, block_size: int, root: int = ROOT, model: str | None = None) -> Columns:
+    """`model`: replay that served model's rows (a recording of a multi-model gateway must name one: its models
+    ran on different backends, so replaying them on one simulated cluster would mix them)."""
+    try:
+        rec = rows_of_model(read_recording(path), model)
+    except WorkloadError:
+        raise
+    except ValueError as e:
+        hint = " (trace params: {\"model\": NAME}; simulate and compare: --served-model NAME)"
+        raise WorkloadError(f"{path}: {str(e).replace(' with --served-model NAME', '')}{hint}") from None
     bs = rec.block_size
     if block_size % bs:
         raise WorkloadError(f"{path}: recorded at block size {bs}; the engine's block size ({block_size}) must be "
