@@ -41,6 +41,17 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
+def faults_and_switches(pid: int) -> tuple[int, int]:
+    """(minor page faults, context switches of all its threads) of a process: where system time goes."""
+    minflt = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    sw = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                sw += int(line.split()[1])
+    return minflt, sw
+
+
 async def load(url: str, n: int, conc: int) -> None:
     sem = asyncio.Semaphore(conc)
     async with aiohttp.ClientSession() as s:
@@ -77,6 +88,8 @@ def main() -> None:
         wait("http://127.0.0.1:18411")
         res: dict[str, list[float]] = {"plain": [], "record": []}
         sys_share: dict[str, list[float]] = {"plain": [], "record": []}
+        faults: dict[str, list[float]] = {"plain": [], "record": []}
+        switches: dict[str, list[float]] = {"plain": [], "record": []}
         for rep in range(a.reps):
             for mode in (("plain", "record") if rep % 2 == 0 else ("record", "plain")):  # alternate who goes first
                 cmd = [sys.executable, "-m", "llmsched.cli", "serve", "--backend", "http://127.0.0.1:18411",
@@ -88,9 +101,13 @@ def main() -> None:
                     wait("http://127.0.0.1:18412")
                     asyncio.run(load("http://127.0.0.1:18412", 200, 16))  # warm-up
                     u0, s0 = cpu_seconds(gw.pid)
+                    f0, w0 = faults_and_switches(gw.pid)
                     asyncio.run(load("http://127.0.0.1:18412", a.requests, 16))
                     time.sleep(0.5)  # the recorder's writer flushes every 0.2 s: count its work too
                     u1, s1 = cpu_seconds(gw.pid)
+                    f1, w1 = faults_and_switches(gw.pid)
+                    faults[mode].append((f1 - f0) / a.requests)
+                    switches[mode].append((w1 - w0) / a.requests)
                     res[mode].append((u1 - u0 + s1 - s0) / a.requests * 1e6)
                     sys_share[mode].append((s1 - s0) / a.requests * 1e6)
                 finally:
@@ -101,7 +118,10 @@ def main() -> None:
         p, r = statistics.median(res["plain"]), statistics.median(res["record"])
         lines = sum(len(f.read_text().splitlines()) - 1 for f in tmp.glob("rec*.jsonl"))
         print(f"of which system time: plain {statistics.median(sys_share['plain']):.0f} us, --record "
-              f"{statistics.median(sys_share['record']):.0f} us")
+              f"{statistics.median(sys_share['record']):.0f} us; per request: minor page faults plain "
+              f"{statistics.median(faults['plain']):.2f}, --record {statistics.median(faults['record']):.2f}; "
+              f"context switches plain {statistics.median(switches['plain']):.2f}, --record "
+              f"{statistics.median(switches['record']):.2f}")
         print(f"median gateway CPU per request: plain {p:.0f} us, --record {r:.0f} us, ratio {r / p:.3f} "
               f"({a.reps} interleaved reps of {a.requests} requests; {lines} lines recorded; "
               f"load average {os.getloadavg()})")
