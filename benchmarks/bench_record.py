@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -39,6 +40,18 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tck = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def other_threads_cpu(pid: int) -> float:
+    """CPU seconds of a process's threads other than its main one (the event loop): the recorder's writer."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name != str(pid):
+            with contextlib.suppress(OSError):
+                f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(f[11]) + int(f[12])) / tck
+    return total
 
 
 def faults_and_switches(pid: int) -> tuple[int, int]:
@@ -90,6 +103,7 @@ def main() -> None:
         sys_share: dict[str, list[float]] = {"plain": [], "record": []}
         faults: dict[str, list[float]] = {"plain": [], "record": []}
         switches: dict[str, list[float]] = {"plain": [], "record": []}
+        writer: dict[str, list[float]] = {"plain": [], "record": []}
         for rep in range(a.reps):
             for mode in (("plain", "record") if rep % 2 == 0 else ("record", "plain")):  # alternate who goes first
                 cmd = [sys.executable, "-m", "llmsched.cli", "serve", "--backend", "http://127.0.0.1:18411",
@@ -102,10 +116,12 @@ def main() -> None:
                     asyncio.run(load("http://127.0.0.1:18412", 200, 16))  # warm-up
                     u0, s0 = cpu_seconds(gw.pid)
                     f0, w0 = faults_and_switches(gw.pid)
+                    o0 = other_threads_cpu(gw.pid)
                     asyncio.run(load("http://127.0.0.1:18412", a.requests, 16))
                     time.sleep(0.5)  # the recorder's writer flushes every 0.2 s: count its work too
                     u1, s1 = cpu_seconds(gw.pid)
                     f1, w1 = faults_and_switches(gw.pid)
+                    writer[mode].append((other_threads_cpu(gw.pid) - o0) / a.requests * 1e6)
                     faults[mode].append((f1 - f0) / a.requests)
                     switches[mode].append((w1 - w0) / a.requests)
                     res[mode].append((u1 - u0 + s1 - s0) / a.requests * 1e6)
@@ -122,6 +138,8 @@ def main() -> None:
               f"{statistics.median(faults['plain']):.2f}, --record {statistics.median(faults['record']):.2f}; "
               f"context switches plain {statistics.median(switches['plain']):.2f}, --record "
               f"{statistics.median(switches['record']):.2f}")
+        print(f"CPU of the threads other than the event loop's (the recorder's writer) per request: plain "
+              f"{statistics.median(writer['plain']):.1f} us, --record {statistics.median(writer['record']):.1f} us")
         print(f"median gateway CPU per request: plain {p:.0f} us, --record {r:.0f} us, ratio {r / p:.3f} "
               f"({a.reps} interleaved reps of {a.requests} requests; {lines} lines recorded; "
               f"load average {os.getloadavg()})")

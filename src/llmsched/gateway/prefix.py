@@ -54,12 +54,30 @@ def _weights(block_size: int) -> np.ndarray:
     return w
 
 
-def _block_forms(halves: np.ndarray, n: int, block_size: int) -> np.ndarray:
+def _block_forms(halves: np.ndarray, n: int, block_size: int, scratch: Scratch | None = None) -> np.ndarray:
     """One uint64 per block: a seeded random integer linear form of its ids' 16-bit halves, computed as a float64
     dot product (BLAS; uint64 arithmetic has no SIMD path in numpy and costs ~10x more). Every product and
     partial sum is an integer below 2^53, so the result is exact whatever order BLAS sums in (a plain float form
-    is not: the last bit changed with the number of rows)."""
-    return (halves.astype(np.float64).reshape(n, 2 * block_size) @ _weights(block_size)).astype(np.uint64)
+    is not: the last bit changed with the number of rows). `scratch`: reuse its float64 buffer for the halves
+    (a batch's halves are ~2 MB: allocated afresh, they cost a page fault every 4 KiB)."""
+    if scratch is None:
+        f = halves.astype(np.float64)
+    else:
+        f = scratch.floats(len(halves))
+        np.copyto(f, halves, casting="safe")
+    return (f.reshape(n, 2 * block_size) @ _weights(block_size)).astype(np.uint64)
+
+
+class Scratch:
+    """A reusable float64 buffer for one thread's batch hashing (`text_block_hashes`)."""
+
+    def __init__(self) -> None:
+        self._buf = np.empty(0, np.float64)
+
+    def floats(self, n: int) -> np.ndarray:
+        if len(self._buf) < n:
+            self._buf = np.empty(max(n, 2 * len(self._buf)), np.float64)
+        return self._buf[:n]
 
 
 def block_hash_array(ids: np.ndarray, block_size: int) -> np.ndarray:
@@ -86,25 +104,46 @@ def block_hashes_many(ids: list[np.ndarray], block_size: int) -> list[np.ndarray
 
 
 def block_hashes_flat(ids: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `block_hash_array`s of many prompts end to end, and each prompt's block count, in one numpy pass (the
-    recorder's writer hashes a batch at a time).
+    """The `block_hash_array`s of many prompts end to end, and each prompt's block count, in one numpy pass.
 
     The prompts' blocks are laid end to end and share one cumulative sum: prompt r's blocks s..e-1 get
     H_k = P^k * (S_k - S_(s-1)) with S the running sum of c_i P^-i over the whole batch, which is exactly
     sum_(s<=i<=k) c_i P^(k-i), the chain of `block_hash_array` on that prompt alone (all mod 2^64)."""
     ns = np.fromiter((len(x) // block_size for x in ids), np.int64, len(ids))
-    total = int(ns.sum())
-    if total == 0:
+    if not ns.sum():
         return np.empty(0, np.uint64), ns
+    flat = np.concatenate([np.asarray(x[: n * block_size], dtype="<u4") for x, n in zip(ids, ns.tolist(), strict=True)])
+    return _chain_flat(flat.view("<u2"), ns, block_size), ns
+
+
+def text_block_hashes(texts: list[str], block_size: int, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`block_hashes_flat` of the stand-in tokenizer's ids of many prompt texts (`openai_req.token_ids`: 4 UTF-8
+    bytes a token, the last padded with 0xff), straight from their bytes: the full blocks of every text are
+    joined into one buffer, with no per-text array (the recorder's writer hashes a batch at a time)."""
+    tb = 4 * block_size
+    parts: list[memoryview | bytes] = []
+    counts: list[int] = []
+    for t in texts:
+        b = t.encode("utf-8", errors="surrogatepass")
+        n = -(-len(b) // 4) // block_size
+        need = n * tb
+        parts.append(memoryview(b)[:need] if len(b) >= need else b + b"\xff" * (need - len(b)))
+        counts.append(n)
+    ns = np.array(counts, np.int64)
+    if not ns.sum():
+        return np.empty(0, np.uint64), ns
+    return _chain_flat(np.frombuffer(b"".join(parts), "<u2"), ns, block_size, scratch), ns
+
+
+def _chain_flat(halves: np.ndarray, ns: np.ndarray, block_size: int, scratch: Scratch | None = None) -> np.ndarray:
+    total = int(ns.sum())
     with np.errstate(over="ignore"):
-        flat = np.concatenate([np.asarray(x[: n * block_size], dtype="<u4") for x, n in zip(ids, ns.tolist(),
-                                                                                             strict=True)])
-        c = _block_forms(flat.view("<u2"), total, block_size)
+        c = _block_forms(halves, total, block_size, scratch)
         pows, ipows = _powers(total)
         s = np.cumsum(c * ipows, dtype=np.uint64)
         ends = np.cumsum(ns)
-        before = np.zeros(len(ids), np.uint64)  # S_(s-1) of each prompt: the sum up to its first block
+        before = np.zeros(len(ns), np.uint64)  # S_(s-1) of each prompt: the sum up to its first block
         starts = ends - ns
         has = starts > 0
         before[has] = s[starts[has] - 1]
-        return (s - np.repeat(before, ns)) * pows, ns
+        return (s - np.repeat(before, ns)) * pows

@@ -13,7 +13,7 @@ per-recording salt that is never written, and stored as base64 of little-endian 
 equal hashes; nothing links them to the text or to another recording. Session/user keys are keyed BLAKE2b.
 
 When the router does not hash prompts itself (round robin, least requests...), the data path hands the prompt
-text over instead and the writer hashes the whole batch in one numpy pass (`prefix.block_hashes_flat`): the
+text over instead and the writer hashes the whole batch in one numpy pass (`prefix.text_block_hashes`): the
 same values the router would have computed, at a fraction of the per-request cost. The text stays in memory
 only until the writer's next pass.
 """
@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 import threading
-from base64 import b64encode
+from binascii import b2a_base64
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -39,8 +39,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
-from llmsched.gateway.openai_req import token_ids
-from llmsched.gateway.prefix import block_hashes_flat
+from llmsched.gateway.prefix import Scratch, text_block_hashes
 
 
 class Finished(Protocol):
@@ -106,6 +105,7 @@ class Recorder:
         self.dropped = 0
         self.rotations = 0
         self._q: deque[tuple[Any, ...]] = deque()
+        self._scratch = Scratch()  # the writer thread's hashing buffer
         self._stop = threading.Event()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self._open()
@@ -160,7 +160,7 @@ class Recorder:
         hashed = [k for k, n in enumerate(lens) if n]
         flat = np.fromiter(itertools.chain.from_iterable(hs[k] for k in hashed), dtype=np.uint64, count=sum(lens))
         if texts:
-            made, ns = block_hashes_flat([token_ids(hs[k]) for k in texts], self.block_size)
+            made, ns = text_block_hashes([hs[k] for k in texts], self.block_size, self._scratch)
             for k, n in zip(texts, ns.tolist(), strict=True):
                 lens[k] = n
             if not hashed:
@@ -180,7 +180,7 @@ class Recorder:
         for r, n in zip(rows, lens, strict=True):
             arrival, prompt, n_out, max_tokens, _, session, cls, prio, backend, ttft, e2e, status, model = r
             end = off + 8 * n
-            blocks = b64encode(raw[off:end]).decode("ascii")
+            blocks = b2a_base64(raw[off:end], newline=False).decode("ascii")
             off = end
             ok = status == 200 and e2e >= 0
             sess = ('"' + hashlib.blake2b(session.encode(), key=key, digest_size=8).hexdigest() + '"'
