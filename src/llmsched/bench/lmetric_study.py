@@ -96,7 +96,6 @@ HOT_PREFIXES: dict[str, Any] = {
 
 def ablation_cases(requests: int) -> list[Case]:
     base = SimConfig(model="llama-3.1-8b", gpu="h100", instances=4, router="lmetric")
-    heavy = WorkloadSpec(kind="synthetic", name="prefix-heavy", num_requests=requests)
     hot = WorkloadSpec(kind="synthetic", name="prefix-heavy", num_requests=requests, params=HOT_PREFIXES)
     mixed = WorkloadSpec(kind="synthetic", name="mixed", num_requests=requests, params={"long_fraction": 0.3})
     return [
@@ -104,10 +103,6 @@ def ablation_cases(requests: int) -> list[Case]:
              base.model_copy(update={"workload": mixed, "engine": EngineConfig(num_gpu_blocks=2048)}), 0.9),
         Case("load-guard", "hot prefixes (API calls: 4 system prompts of 1-4k tokens + ~24 new tokens), "
              "max_num_seqs 16", base.model_copy(update={"workload": hot, "engine": EngineConfig(max_num_seqs=16)}), 0.9),
-        Case("prefill-floor", "hot prefixes (as above), max_num_seqs 256",
-             base.model_copy(update={"workload": hot}), 0.85),
-        Case("near-tie", "prefix-heavy synthetic (sessions, API calls, agents)",
-             base.model_copy(update={"workload": heavy}), 0.85),
     ]
 
 
