@@ -5,7 +5,9 @@
 A trivial fake backend (streams 8 tokens at once) in its own process, the gateway in its own process, and an
 aiohttp load generator here (streaming, Azure-conversation-sized prompts of ~1,000 tokens, 16 in flight).
 Gateway CPU per request = its process's user+system time over the batch / requests. Reports the median of
-`--reps` interleaved repetitions of each mode (alternating which goes first) and their ratio.
+`--reps` interleaved repetitions of each mode (alternating which goes first) and their ratio. On a machine
+with more than one core the gateway is pinned to core 0, the backend and this load generator to core 1 (as
+bench_gateway.py does), so that they do not share the gateway's core and caches.
 """
 
 from __future__ import annotations
@@ -43,15 +45,14 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def other_threads_cpu(pid: int) -> float:
-    """CPU seconds of a process's threads other than its main one (the event loop): the recorder's writer."""
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    """CPU seconds of a process's threads other than its main one (the event loop): the recorder's writer.
+    From schedstat (nanoseconds): /proc's stat counts in 10 ms ticks, too coarse for a thread this light."""
+    total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         if task.name != str(pid):
             with contextlib.suppress(OSError):
-                f = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(f[11]) + int(f[12])) / tck
-    return total
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def faults_and_switches(pid: int) -> tuple[int, int]:
@@ -95,6 +96,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    pin = (os.cpu_count() or 1) > 1
+    if pin:
+        os.sched_setaffinity(0, {1})  # the load generator; the backend inherits it
     be = subprocess.Popen([sys.executable, "-c", BACKEND, "18411"], env=env)
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -110,7 +114,8 @@ def main() -> None:
                        "--port", "18412"]
                 if mode == "record":
                     cmd += ["--record", str(tmp / f"rec{rep}.jsonl")]
-                gw = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+                gw = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                      preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
                 try:
                     wait("http://127.0.0.1:18412")
                     asyncio.run(load("http://127.0.0.1:18412", 200, 16))  # warm-up
