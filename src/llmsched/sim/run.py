@@ -54,8 +54,7 @@ def build_cluster(cfg: SimConfig) -> Cluster:
     router_cls = ROUTERS.get(cfg.router)
     router = router_cls(
         **_with_run_params(router_cls, cfg.router_params, seed=cfg.seed, block_size=cfg.engine.block_size,
-                           max_num_seqs=cfg.engine.max_num_seqs,
-                           max_num_batched_tokens=cfg.engine.max_num_batched_tokens)
+                           max_num_seqs=cfg.engine.max_num_seqs)
     )
     return Cluster(engines, router, cfg.metrics_interval_s)
 

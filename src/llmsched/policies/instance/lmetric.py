@@ -48,13 +48,7 @@ class LMetricParams(IndicatorParams):
     guards: bool = Field(True, description="master switch of the failure-case detectors")
     detectors: tuple[Detector, ...] = Field(DETECTORS, description="the detectors switched on (with guards)")
     max_num_seqs: int = Field(256, ge=1, description="the engines' max_num_seqs (the simulator passes its own)")
-    max_num_batched_tokens: int = Field(8192, ge=1, description="the engines' token budget M per iteration")
     seed: int = 0
-
-
-def _least(v: np.ndarray) -> np.generic:
-    """`v.min()` without numpy's Python-level wrapper (it costs more than the reduction at 128 instances)."""
-    return v[v.argmin()]
 
 
 def _argmin(v: np.ndarray, c: np.ndarray | None) -> int:
