@@ -309,19 +309,6 @@ def test_fast_block_hashes_match_exactly_on_shared_prefixes(common: list[int], a
     assert hx == block_hashes(x.copy(), bs)  # deterministic
 
 
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 2**32 - 1), max_size=120), max_size=6), st.sampled_from([1, 4, 16]))
-def test_batched_block_hashes_equal_each_prompt_hashed_alone(prompts: list[list[int]], bs: int) -> None:
-    import numpy as np
-
-    from llmsched.gateway.prefix import block_hashes, block_hashes_many
-
-    ids = [np.array(p, np.uint32) for p in prompts]
-    many = block_hashes_many(ids, bs)
-    assert [tuple(h.tolist()) for h in many] == [block_hashes(x, bs) for x in ids]
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(st.characters(codec=None, exclude_categories=()), max_size=200), max_size=6),
        st.sampled_from([1, 4, 16]), st.booleans())
@@ -337,6 +324,7 @@ def test_text_block_hashes_equal_the_tokenizer_ids_hashed_alone(texts: list[str]
         ends = [int(x) for x in ns.cumsum()]
         got = [tuple(flat[e - n:e].tolist()) for e, n in zip(ends, ns.tolist(), strict=True)]
         assert got == [block_hashes(token_ids(t), bs) for t in texts]
+
 
 # -- CLI -----------------------------------------------------------------------------------------------
 def test_serve_cli_reports_config_errors(tmp_path) -> None:

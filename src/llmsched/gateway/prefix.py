@@ -97,29 +97,11 @@ def block_hashes(ids: np.ndarray, block_size: int) -> tuple[int, ...]:
     return tuple(block_hash_array(ids, block_size).tolist())
 
 
-def block_hashes_many(ids: list[np.ndarray], block_size: int) -> list[np.ndarray]:
-    """`block_hash_array` of each of many prompts, from one `block_hashes_flat` pass."""
-    h, ns = block_hashes_flat(ids, block_size)
-    return np.split(h, np.cumsum(ns)[:-1].tolist()) if ids else []
-
-
-def block_hashes_flat(ids: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `block_hash_array`s of many prompts end to end, and each prompt's block count, in one numpy pass.
-
-    The prompts' blocks are laid end to end and share one cumulative sum: prompt r's blocks s..e-1 get
-    H_k = P^k * (S_k - S_(s-1)) with S the running sum of c_i P^-i over the whole batch, which is exactly
-    sum_(s<=i<=k) c_i P^(k-i), the chain of `block_hash_array` on that prompt alone (all mod 2^64)."""
-    ns = np.fromiter((len(x) // block_size for x in ids), np.int64, len(ids))
-    if not ns.sum():
-        return np.empty(0, np.uint64), ns
-    flat = np.concatenate([np.asarray(x[: n * block_size], dtype="<u4") for x, n in zip(ids, ns.tolist(), strict=True)])
-    return _chain_flat(flat.view("<u2"), ns, block_size), ns
-
-
 def text_block_hashes(texts: list[str], block_size: int, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`block_hashes_flat` of the stand-in tokenizer's ids of many prompt texts (`openai_req.token_ids`: 4 UTF-8
-    bytes a token, the last padded with 0xff), straight from their bytes: the full blocks of every text are
-    joined into one buffer, with no per-text array (the recorder's writer hashes a batch at a time)."""
+    """The `block_hash_array`s of the stand-in tokenizer's ids of many prompt texts (`openai_req.token_ids`: 4
+    UTF-8 bytes a token, the last padded with 0xff) end to end, and each text's block count, in one numpy pass
+    straight from their bytes: the full blocks of every text are joined into one buffer, with no per-text array
+    (the recorder's writer hashes a batch at a time)."""
     tb = 4 * block_size
     parts: list[memoryview | bytes] = []
     counts: list[int] = []
@@ -136,6 +118,9 @@ def text_block_hashes(texts: list[str], block_size: int, scratch: Scratch | None
 
 
 def _chain_flat(halves: np.ndarray, ns: np.ndarray, block_size: int, scratch: Scratch | None = None) -> np.ndarray:
+    """The prompts' blocks laid end to end share one cumulative sum: prompt r's blocks s..e-1 get
+    H_k = P^k * (S_k - S_(s-1)) with S the running sum of c_i P^-i over the whole batch, which is exactly
+    sum_(s<=i<=k) c_i P^(k-i), the chain of `block_hash_array` on that prompt alone (all mod 2^64)."""
     total = int(ns.sum())
     with np.errstate(over="ignore"):
         c = _block_forms(halves, total, block_size, scratch)
