@@ -66,8 +66,9 @@ def what_if(path: Path, model: str, gpu: str, tp: int | None, cal: Calibration |
             routers: tuple[str, ...] = ROUTER_CANDIDATES, policies: tuple[str, ...] = POLICY_CANDIDATES,
             expert_policy: str | None = None, expert_placers: tuple[str, ...] | None = None,
             knob_draws: int = 4, served_model: str | None = None) -> dict[str, Any]:
-    """`served_model`: the model whose rows to replay (required when the recording holds several); `knob_draws`: how many of the calibration's refit draws to replay besides its estimate (0: the estimate
-    only); `expert_policy`: MoE only, the placer the recorded backends ran (the baseline's; default static);
+    """`served_model`: the model whose rows to replay (required when the recording holds several); `knob_draws`:
+    how many of the calibration's refit draws to replay besides its estimate (0: the estimate only);
+    `expert_policy`: MoE only, the placer the recorded backends ran (the baseline's; default static);
     `expert_placers`: the placers compared on the recorded routing (default: every registered one)."""
     from llmsched.model import get_llm
     from llmsched.policies.expert import EXPERT_PLACERS

@@ -34,11 +34,12 @@ from llmsched.workload.traces.record import is_record_header, load_record
 
 FORMATS = ("azure", "mooncake", "burstgpt", "record")
 
-Loader = Callable[[Path, int, int], Columns]
+Loader = Callable[[Path, int, int, str | None], Columns]  # (path, block size, hash namespace, served model)
 _LOADERS: dict[str, Loader] = {
-    "azure": lambda p, bs, root: load_azure(p),
-    "mooncake": load_mooncake,
-    "burstgpt": lambda p, bs, root: load_burstgpt(p),
+    "azure": lambda p, bs, root, model: load_azure(p),
+    "mooncake": lambda p, bs, root, model: load_mooncake(p, bs, root),
+    "burstgpt": lambda p, bs, root, model: load_burstgpt(p),
+    "record": load_record,
 }
 
 
@@ -54,13 +55,10 @@ def _load_file(path: Path, fmt: str, block_size: int, root: int, model: str | No
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size, fmt, block_size, root, model)
     cols = _CACHE.get(key)
     if cols is None:
-        if fmt == "record":
-            cols = load_record(path, block_size, root, model)
-        elif model is not None:
+        if model is not None and fmt != "record":
             raise WorkloadError(f"{path}: a served model selects the rows of a `serve --record` recording; this "
                                 f"is a {fmt} trace")
-        else:
-            cols = _LOADERS[fmt](path, block_size, root)
+        cols = _LOADERS[fmt](path, block_size, root, model)
         _CACHE[key] = cols
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)

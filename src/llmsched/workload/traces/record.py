@@ -160,15 +160,14 @@ def read_recording(path: Path) -> Recording:
     )
 
 
-def rows_of_model(rec: Recording, model: str | None) -> Recording:
+def rows_of_model(rec: Recording, model: str | None, choose: str = "--served-model NAME") -> Recording:
     """The rows of `rec` that went to `model`'s pool, on the backends that served them (renumbered, the header's
-    `backends` cut to them). `model` None: the whole recording, unless it holds several
-    models (then a ValueError naming them: a fit or replay must not mix models)."""
+    `backends` cut to them). `model` None: the whole recording, unless it holds several models (then a ValueError
+    naming them and how to `choose` one: a fit or replay must not mix models)."""
     present = sorted({m for m in rec.model if m is not None})
     if model is None:
         if len(present) > 1:
-            raise ValueError(f"the recording holds several models ({', '.join(present)}); choose one with "
-                             "--served-model NAME")
+            raise ValueError(f"the recording holds several models ({', '.join(present)}); choose one with {choose}")
         return rec
     if model not in present:
         raise ValueError(f"the recording has no row of model {model!r}; it holds: {', '.join(present) or 'none named'}")
@@ -215,13 +214,11 @@ def record_hashes(encoded: str | None, recorded_bs: int, block_size: int, root: 
 def load_record(path: Path, block_size: int, root: int = ROOT, model: str | None = None) -> Columns:
     """`model`: replay that served model's rows (a recording of a multi-model gateway must name one: its models
     ran on different backends, so replaying them on one simulated cluster would mix them)."""
+    rec = read_recording(path)
     try:
-        rec = rows_of_model(read_recording(path), model)
-    except WorkloadError:
-        raise
+        rec = rows_of_model(rec, model, '--served-model NAME (a scenario: trace params {"model": NAME})')
     except ValueError as e:
-        hint = " (trace params: {\"model\": NAME}; simulate and compare: --served-model NAME)"
-        raise WorkloadError(f"{path}: {str(e).replace(' with --served-model NAME', '')}{hint}") from None
+        raise WorkloadError(f"{path}: {e}") from None
     bs = rec.block_size
     if block_size % bs:
         raise WorkloadError(f"{path}: recorded at block size {bs}; the engine's block size ({block_size}) must be "
