@@ -238,20 +238,10 @@ class Engine:
         """`gauges` plus `run_end_blocks` in one call (the simulator's live refresh, once per changed engine per
         arrival): the KV blocks are caught up with a run in flight only where that run is not in closed form
         (end <= 0), as `gauges(None if end and end > 0 else now)` would."""
-        plan = self._plan
-        kv = self.kv
-        if plan is None or plan.steps == 1 or not self.decoding:
-            end = None  # (nothing to catch up with)
-        elif plan.affine is None:
-            end = -1
+        end = self.run_end_blocks()
+        if end is not None and end <= 0:
             self._catch_up(now)
-        else:
-            held = self._dheld
-            end = kv.num_used - held + max(held, self._blocks_at(plan.steps))
-            if end <= 0:
-                self._catch_up(now)
-        return (len(self.decoding) + len(self.prefilling), len(self.policy), kv.num_used, kv.num_blocks,
-                self._pending_prefill, kv.queries, kv.hits, end)
+        return (*self.gauges(None), end)
 
     def lazy_kv(self) -> tuple[float, float, float, int, int, int, int, int, int, int, list[int]] | None:
         """How KV usage grows inside the decode run in flight, for a shell that computes it without events.
