@@ -31,6 +31,7 @@ from llmsched.gateway.openai_req import (
     DECISIONS,
     RERANK,
     SCORE,
+    SCORE_PAIRS,
     SYSTEMONE,
     BadRequest,
     decision_parts,
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
 
 EMBED_DIM = 1024  # the emulator's embedding width (a request's `dimensions` asks for fewer)
 MAX_STORED = 10_000  # stored Responses answers (oldest dropped first)
-SCORE_PATHS = ("/score", "/v1/score")
-RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
-_SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
 
 def _seed_of(ids: list[int]) -> int:
@@ -96,9 +94,9 @@ class ExtraRoutes:
         r.add_post("/v2/embed", self.cohere_embed)
         r.add_post("/classify", self.classify)
         r.add_post("/pooling", self.pooling)
-        for p in SCORE_PATHS:
+        for p in SCORE:
             r.add_post(p, self.score)
-        for p in RERANK_PATHS:
+        for p in RERANK:
             r.add_post(p, self.rerank)
         r.add_post("/generative_scoring", self.generative_scoring)
         r.add_post(DECISIONS, self.decisions)
@@ -288,7 +286,7 @@ class ExtraRoutes:
             raise ApiError("The request body must be a JSON object.")
         model = check_model(body, self.srv.limits)
         if pair is None:
-            pair = next((p for p in _SCORE_PAIRS if p[0] in body or p[1] in body), _SCORE_PAIRS[0])
+            pair = next((p for p in SCORE_PAIRS if p[0] in body or p[1] in body), SCORE_PAIRS[0])
         if body.get(pair[0]) is None or body.get(pair[1]) is None:
             raise ApiError(f"Field required: {pair[0]} and {pair[1]}.", param=pair[0] if body.get(pair[0]) is None
                            else pair[1])

@@ -41,7 +41,7 @@ POOLING_ROUTES = (EMBEDDINGS, CLASSIFY, POOLING, COHERE_EMBED, GENERATIVE_SCORIN
 DECISIONS = "/v1/decisions"
 SYSTEMONE = "/v1/systemone"  # vLLM's structured decisions: the same reads, questions keyed by id
 # Score fields vLLM accepts, as (queries, documents) pairs, in the order vLLM's request models try them.
-_SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
 
 class BadRequest(ValueError):
@@ -134,7 +134,7 @@ def invocation_route(body: dict[str, Any]) -> str:
         return COMPLETIONS
     if "query" in body:
         return RERANK[0]
-    if any(a in body or b in body for a, b in _SCORE_PAIRS):
+    if any(a in body or b in body for a, b in SCORE_PAIRS):
         return SCORE[0]
     return EMBEDDINGS
 
@@ -363,7 +363,7 @@ def _decisions_text(body: dict[str, Any], endpoint: str) -> tuple[str, int, int]
     if body.get("stream"):
         raise BadRequest(f"{endpoint} does not stream", "stream")
     texts = [json.dumps(q) for q in qs]
-    tokens = [-(-len(t.encode("utf-8", errors="surrogatepass")) // 4) for t in [inp, *texts]]
+    tokens = [DEFAULT_TOKENIZER.count(t) for t in [inp, *texts]]
     return inp + "\n" + texts[0], (len(qs) - 1) * tokens[0] + sum(tokens[2:]), len(qs)
 
 
@@ -375,7 +375,7 @@ def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:
                 raise BadRequest("'query' must be a string, token ids, or an object with 'content' parts", "query")
             pair = ("query", "items" if endpoint == GENERATIVE_SCORING else "documents")
         else:
-            pair = next((p for p in _SCORE_PAIRS if p[0] in body or p[1] in body), _SCORE_PAIRS[0])
+            pair = next((p for p in SCORE_PAIRS if p[0] in body or p[1] in body), SCORE_PAIRS[0])
         if body.get(pair[1]) is None:
             raise BadRequest(f"'{pair[1]}' is required", pair[1])
         queries = _score_texts(body.get(pair[0]), pair[0])
@@ -388,7 +388,7 @@ def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:
         # A cross-encoder computes each (query, document) pair: the query once per document. Indexed text: the
         # first pair (every pair starts with the query, so its blocks are what a prefix cache can share).
         if len(queries) == 1:
-            extra = (len(docs) - 1) * -(-len(queries[0].encode("utf-8", errors="surrogatepass")) // 4)
+            extra = (len(docs) - 1) * DEFAULT_TOKENIZER.count(queries[0])
             return queries[0] + "\n" + "\n".join(docs), extra
         return "\n".join(q + "\n" + d for q, d in zip(queries, docs, strict=True)), 0
     if endpoint == COHERE_EMBED:  # Cohere's: exactly one of texts, images, inputs (content parts)
