@@ -194,6 +194,8 @@ class EngineDriver:
         assert loop is not None
         eng = self.engine
         obs = self.observer
+        stats = getattr(eng, "stats", None)
+        on_step = getattr(obs, "on_step", None)
         while True:
             if not eng.has_work:
                 self._idle = loop.create_future()
@@ -219,14 +221,12 @@ class EngineDriver:
             self._timer = None
             self._in_run = False
             end = self._end
-            stats = getattr(eng, "stats", None)
             prefill0 = stats.prefill_tokens if stats is not None else 0
             out = eng.finish_step(end)
             self._last_in = max(self._last_in, end)
             steps = out.steps
             if steps == 1:
                 self._step_dur = end - start
-            on_step = getattr(obs, "on_step", None)
             if on_step is not None:  # tokens of each iteration: prompt tokens computed + tokens sampled
                 prefill = (stats.prefill_tokens - prefill0) if stats is not None else 0
                 on_step(prefill + len(out.tokens), steps)

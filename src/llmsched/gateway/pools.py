@@ -300,9 +300,6 @@ class Pools:
     def live(self) -> list[Backend]:
         return [b for b in self.backends if not b.removed]
 
-    def any_usable(self, now: float) -> bool:
-        return any(not b.removed and not b.draining for b in self.backends)
-
     # -- admission and dispatch -----------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> bool:
         return self.pool_of(req).submit(req, now)

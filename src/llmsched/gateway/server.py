@@ -495,11 +495,10 @@ class Gateway:
                 self._idle.set()
             return
         now = self.now()
-        if d.queued:
-            for req in d.take_stranded(now):  # no backend of its pool left (drained, removed): fail fast
-                fut = req.shell_data
-                if isinstance(fut, asyncio.Future) and not fut.done():
-                    fut.set_result(_NO_BACKEND)
+        for req in d.take_stranded(now):  # no backend of its pool left (drained, removed): fail fast
+            fut = req.shell_data
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_result(_NO_BACKEND)
         for req, i in d.dispatch(now):
             fut = req.shell_data
             if isinstance(fut, asyncio.Future) and not fut.done():
