@@ -1,13 +1,15 @@
-"""The router's prefix index: longest match, LRU eviction that keeps prefixes closed, ageing, forgetting."""
+"""The router's prefix index: longest match, LRU eviction that keeps prefixes closed, ageing, forgetting; the
+same blocks, stamps and evictions as the per-block reference index under random operations."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_prefix_index import ReferencePrefixIndex
 
 from llmsched.core.hashing import chain
-from llmsched.policies.instance.prefix_index import PrefixIndex
+from llmsched.policies.instance.prefix_index import PrefixIndex, _Node
 
 
 def tree_chain(path: list[int]) -> tuple[int, ...]:
@@ -25,19 +27,44 @@ def common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 
 def check_invariants(idx: PrefixIndex, chains: list[tuple[int, ...]]) -> None:
-    # Owner bitmasks agree with per-instance sets.
-    for h, mask in idx.owners_.items():
-        assert mask
-        for i in range(idx.num_instances):
-            assert bool(mask >> i & 1) == (h in idx.stamps_[i])
-    for i, d in enumerate(idx.stamps_):
-        for h in d:
-            assert idx.owners_[h] >> i & 1
+    sets = [idx.held(i) for i in range(idx.num_instances)]
+    for i, d in enumerate(sets):
+        assert len(d) == idx.blocks(i)
         # Every chain's held blocks form a prefix of it.
         for c in chains:
             held = [h in d for h in c]
             k = held.index(False) if False in held else len(held)
             assert not any(held[k:]), "held blocks of a chain are not a prefix"
+    assert len(idx) == len(set().union(*sets))
+    check_tree(idx)
+
+
+def check_tree(idx: PrefixIndex) -> None:
+    """The radix tree's own bookkeeping: parents, who holds what, children counts, live leaves in the heaps."""
+    leaves: list[set[int]] = [set() for _ in range(idx.num_instances)]
+    stack: list[tuple[_Node | None, _Node]] = [(None, n) for n in idx.roots_.values()]
+    while stack:
+        parent, node = stack.pop()
+        assert node.alive and node.parent is parent and node.keys
+        assert node.start == (parent.start + len(parent.keys) if parent else 0)
+        holders = [i for i in range(idx.num_instances) if node.held(i)]
+        assert holders, "a node nobody holds is kept"
+        assert set(node.top) == set(holders)
+        assert all(0 < k < len(node.keys) for k in node.part.values())
+        assert not node.full & sum(1 << i for i in node.part)
+        for i in holders:
+            kids = sum(1 for c in node.children.values() if c.held(i))
+            assert node.kids.get(i, 0) == kids
+            if kids:
+                assert node.held(i) == len(node.keys), "a partly held node with held children"
+            else:
+                leaves[i].add(id(node))
+        for first, c in node.children.items():
+            assert c.keys[0] == first
+            stack.append((node, c))
+    for i in range(idx.num_instances):
+        live = {id(e[2]) for e in idx.leaves_[i] if idx._valid(i, e)}
+        assert live == leaves[i], "a leaf without its heap entry (or a stale one taken as live)"
 
 
 paths = st.lists(st.integers(0, 3), min_size=0, max_size=12)
@@ -119,6 +146,18 @@ def test_forget_and_set_capacity():
     check_invariants(idx, [a])
 
 
+def test_forget_drops_deeper_blocks_of_every_chain_through_the_cut():
+    idx = PrefixIndex(2, capacity_blocks=100)
+    a, b = tree_chain([1, 2, 3, 4]), tree_chain([1, 2, 5, 6, 7])
+    idx.touch(0, a, 0.0)
+    idx.touch(0, b, 1.0)
+    idx.touch(1, b, 1.0)
+    assert idx.forget(0, a, keep=1) == 3 + 3  # a's blocks 1..3 and b's 2..4, which hang below block 1
+    assert idx.match(b) == [1, 5]
+    assert idx.forget(0, b, keep=1) == 0
+    check_invariants(idx, [a, b])
+
+
 def test_resize_and_bad_arguments():
     idx = PrefixIndex(1, capacity_blocks=10)
     idx.touch(3, tree_chain([1]), 0.0)  # grows on demand
@@ -151,3 +190,50 @@ def test_match_array_agrees_with_match_on_wide_owner_sets(ops, probe):
     q = tree_chain(probe)
     assert idx.match_array(q).tolist() == idx.match(q)
     assert idx.match_array(q, 75).tolist() == idx.match(q) + [0] * 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("touch"), st.integers(0, 3), st.lists(st.integers(0, 3), max_size=14)),
+            st.tuples(st.just("age"), st.integers(1, 8), st.just([])),
+            st.tuples(st.just("cap"), st.integers(0, 3), st.lists(st.integers(1, 30), min_size=1, max_size=1)),
+            st.tuples(st.just("clear"), st.integers(0, 3), st.just([])),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    cap=st.integers(1, 40),
+    slack=st.sampled_from([0.0, 0.5]),
+)
+def test_same_blocks_stamps_and_evictions_as_the_per_block_reference(steps, cap, slack):
+    """Eviction order is the point of an LRU: every block held, its stamp and the eviction count must be those
+    of the per-block index after every operation (touches over a small tree of chains, ageing, capacity
+    changes, restarts)."""
+    idx = PrefixIndex(4, capacity_blocks=cap, slack=slack)
+    ref = ReferencePrefixIndex(4, capacity_blocks=cap, slack=slack)
+    chains = []
+    for t, (op, i, arg) in enumerate(steps):
+        if op == "touch":
+            c = tree_chain(arg)
+            chains.append(c)
+            idx.touch(i, c, float(t))
+            ref.touch(i, c, float(t))
+        elif op == "age":
+            assert idx.age_out(float(t), float(i)) == ref.age_out(float(t), float(i))
+        elif op == "cap":
+            idx.set_capacity(i, arg[0])
+            ref.set_capacity(i, arg[0])
+        else:
+            idx.clear_instance(i)
+            ref.clear_instance(i)
+        for k in range(4):
+            assert idx.held(k) == ref.stamps_[k]
+            assert idx.blocks(k) == ref.blocks(k)
+        assert idx.evicted_ == ref.evicted_
+        assert len(idx) == len(ref)
+    check_invariants(idx, chains)
+    for c in chains:
+        assert idx.match(c) == ref.match(c)
+        assert idx.longest(c) == ref.longest(c)
