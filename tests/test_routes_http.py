@@ -168,6 +168,28 @@ async def test_chat_batch_routed_once_one_choice_per_conversation(env: Env) -> N
     assert build_request(parse_body(body, "/v1/chat/completions/batch"), 0, 0.0, 16, None).output_len == 10
 
 
+async def test_chat_batch_text_keyed_by_the_request_seed_as_chat_is(env: Env) -> None:
+    """The emulator keys a batch conversation's text as chat does: by the request's `seed`, else its own."""
+    s, _, _, urls = env
+    conv = [{"role": "user", "content": "tell me more"}]
+
+    async def batch(**kw: Any) -> str:
+        st, r = await _call(s, "POST", urls[0] + "/v1/chat/completions/batch",
+                            {"model": MODEL, "messages": [conv], "max_tokens": 8, **kw})
+        assert st == 200, r
+        return r["choices"][0]["message"]["content"]
+
+    async def chat(**kw: Any) -> str:
+        st, r = await _call(s, "POST", urls[0] + "/v1/chat/completions",
+                            {"model": MODEL, "messages": conv, "max_tokens": 8, **kw})
+        assert st == 200, r
+        return r["choices"][0]["message"]["content"]
+
+    assert await batch(seed=1) != await batch(seed=2)
+    for kw in ({"seed": 1}, {"seed": 2}, {}):
+        assert await batch(**kw) == await chat(**kw), kw
+
+
 async def test_sagemaker_invocations_routed_by_body_shape(env: Env) -> None:
     s, url, gw, _ = env
     st, chat = await _call(s, "POST", url + "/invocations", {"messages": [{"role": "user", "content": "hi"}],

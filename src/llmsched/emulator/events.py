@@ -32,6 +32,12 @@ def stopped(stream: TokenStream) -> ApiError:
     return ApiError("The engine stopped before the request finished.", 503, err_type="ServiceUnavailable")
 
 
+def text_key(srv: EmulatorServer, g: GenRequest) -> int:
+    """The key of `g`'s synthetic output text: its `seed`, else the server's, with its prompt. Every generating
+    route keys by this, so a request's text does not depend on the route that served it."""
+    return hash((srv.seed if g.seed is None else g.seed, tuple(g.prompt_ids)))
+
+
 def submit(srv: EmulatorServer, req: Request) -> TokenStream:
     """Hand `req` to the engine; its refusals as API errors."""
     try:
@@ -105,7 +111,7 @@ async def run(srv: EmulatorServer, request: web.Request, g: GenRequest, req: Req
               w: Events) -> web.StreamResponse:
     """Generate `req` (made from `g`) and answer in the format of `w`."""
     stream = submit(srv, req)
-    key = hash((srv.seed if g.seed is None else g.seed, tuple(g.prompt_ids)))
+    key = text_key(srv, g)
     tok = srv.tokenizer
     try:
         if g.stream:

@@ -507,7 +507,7 @@ class ExtraRoutes:
         tok = srv.tokenizer
         choices = []
         for k, (g, st) in enumerate(zip(gens, streams, strict=True)):
-            text = tok.decode(tok.generated_ids(hash((srv.seed, tuple(g.prompt_ids))), 0, st.generated))
+            text = tok.decode(tok.generated_ids(events.text_key(srv, g), 0, st.generated))
             choices.append(wire.chat_choice(k, text, st.finish_reason))
         use = wire.usage(sum(q.prompt_len for q in reqs), sum(st.generated for st in streams),
                          sum(q.num_cached for q in reqs))
