@@ -48,6 +48,22 @@ def submit(srv: EmulatorServer, req: Request) -> TokenStream:
         raise ApiError(str(e), 500) from None
 
 
+async def finished(stream: TokenStream) -> None:
+    """Wait until the engine ends `stream`; an engine that did not finish it (stopped, failed) as an API error."""
+    while not stream.done:
+        await stream.wait(stream.generated)
+    if stream.finish_reason in ("abort", "error"):
+        raise stopped(stream)
+
+
+def abort_unfinished(srv: EmulatorServer, stream: TokenStream) -> None:
+    """Free the engine of `stream` if it is still running: its handler is leaving early (client gone, a write
+    failed, or another request of the same call was refused)."""
+    if not stream.done:
+        srv.driver.abort(stream)
+        srv.metrics.on_abort()
+
+
 class Events:
     """A generation's wire format: the whole answer, or its SSE events."""
 
@@ -116,16 +132,11 @@ async def run(srv: EmulatorServer, request: web.Request, g: GenRequest, req: Req
     try:
         if g.stream:
             return await _sse(srv, request, w, stream, key)
-        while not stream.done:
-            await stream.wait(stream.generated)
-        if stream.finish_reason in ("abort", "error"):
-            raise stopped(stream)
+        await finished(stream)
         n = stream.generated
         return json_response(w.whole(tok.decode(tok.generated_ids(key, 0, n)), req, n, stream.finish_reason))
     finally:
-        if not stream.done:  # client gone (handler cancelled or write failed)
-            srv.driver.abort(stream)
-            srv.metrics.on_abort()
+        abort_unfinished(srv, stream)
 
 
 async def _sse(srv: EmulatorServer, request: web.Request, w: Events, stream: TokenStream,

@@ -129,22 +129,16 @@ class ExtraRoutes:
 
     async def _run_all(self, reqs: list[Request]) -> list[TokenStream]:
         """Submit `reqs` together (they batch in the engine) and wait for all of them to finish."""
-        driver = self.srv.driver
         streams: list[TokenStream] = []
         try:
             for q in reqs:
                 streams.append(events.submit(self.srv, q))
             for s in streams:
-                while not s.done:
-                    await s.wait(s.generated)
-                if s.finish_reason in ("abort", "error"):
-                    raise events.stopped(s)
+                await events.finished(s)
             return streams
         finally:
             for s in streams:
-                if not s.done:  # client gone: free the engine
-                    driver.abort(s)
-                    self.srv.metrics.on_abort()
+                events.abort_unfinished(self.srv, s)
 
     def _inputs(self, body: Any) -> tuple[str, list[list[int]]]:
         """(model, token ids of each input) of an embeddings / classify / pooling body."""
