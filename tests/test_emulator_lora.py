@@ -15,6 +15,7 @@ from llmsched.emulator.lora import parse_lora_modules
 from llmsched.engine.config import EngineConfig
 from llmsched.engine.lora import LoraConfig
 from llmsched.gateway.pools import lora_state
+from llmsched.gateway.scrape import read_samples
 
 # 10 GB adapters: 0.2 s to copy to the GPU at 50 GB/s (emulated), so the load is plain in the TTFT.
 BIG = EngineConfig(lora=LoraConfig(max_loras=1, max_cpu_loras=4, adapter_bytes=10**10))
@@ -73,7 +74,7 @@ async def test_lora_requests_info_names_the_running_adapter() -> None:
                 async with http.get(url + "/metrics") as m:
                     text = await m.text()
             assert 'max_lora="3"' in text
-            st = lora_state(text)
+            st = lora_state(read_samples(text))
             assert st is not None and st.running == ("a",) and st.max_loras == 3
     finally:
         await srv.stop(graceful=False)

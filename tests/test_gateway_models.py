@@ -22,6 +22,7 @@ from llmsched.emulator import EmulatorServer
 from llmsched.gateway.config import ConfigError, build_config
 from llmsched.gateway.openai_req import BadRequest
 from llmsched.gateway.pools import Pools, lora_state, parse_model_list, pinned_cards
+from llmsched.gateway.scrape import read_samples
 from llmsched.gateway.server import Gateway
 
 
@@ -149,9 +150,9 @@ def test_lora_requests_info_is_read_from_the_latest_label_set() -> None:
         'vllm:lora_requests_info{max_lora="2",running_lora_adapters="b,a",waiting_lora_adapters="c"} 200.0\n'
         'vllm:num_requests_running{model_name="m"} 1\n'
     )
-    st = lora_state(text)
+    st = lora_state(read_samples(text))
     assert st is not None and (st.max_loras, st.running, st.waiting) == (2, ("a", "b"), ("c",))
-    assert lora_state('vllm:num_requests_running{model_name="m"} 1\n') is None
+    assert lora_state(read_samples('vllm:num_requests_running{model_name="m"} 1\n')) is None
 
 
 def test_lora_requests_info_of_a_data_parallel_server_is_read_per_engine() -> None:
@@ -163,8 +164,18 @@ def test_lora_requests_info_of_a_data_parallel_server_is_read_per_engine() -> No
         'vllm:num_requests_running{engine="0",model_name="m"} 1\n'
         'vllm:num_requests_running{engine="1",model_name="m"} 2\n'
     )
-    st = lora_state(text)
+    st = lora_state(read_samples(text))
     assert st is not None and (st.max_loras, st.running, st.waiting) == (4, ("a", "b", "c"), ("d",))
+
+
+def test_lora_adapter_names_are_unescaped_as_the_prometheus_parser_does() -> None:
+    """The scrape reads the gauge's lines itself: an adapter's name with a backslash, quote or newline (escaped in
+    the text) must read as prometheus_client's parser reads it."""
+    text = ('vllm:lora_requests_info{max_lora="1",running_lora_adapters="a\\\\b,c\\"d",'
+            'waiting_lora_adapters="e\\nf"} 1.0\n'
+            'vllm:num_requests_running{model_name="m"} 1\n')
+    st = lora_state(read_samples(text))
+    assert st is not None and (st.running, st.waiting) == (("a\\b", 'c"d'), ("e\nf",))
 
 
 def test_model_list_parsing() -> None:

@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from llmsched.core.types import AdapterState, InstanceSnapshot, Request
 from llmsched.gateway.breaker import CircuitBreaker
 from llmsched.gateway.config import GatewayConfig, PolicyConfig
@@ -42,13 +40,12 @@ from llmsched.gateway.dispatcher import (
     scrape_succeeded,
 )
 from llmsched.gateway.openai_req import BadRequest
+from llmsched.gateway.scrape import LORA_INFO, RUNNING, Sample
 from llmsched.policies.instance import ROUTERS
 from llmsched.policies.instance.base import Router
 from llmsched.policies.request import REQUEST_POLICIES
 
 UNNAMED = "*"  # the metrics label of the unnamed pool
-LORA_INFO = "vllm:lora_requests_info"
-RUNNING = "vllm:num_requests_running"
 
 
 @dataclass(slots=True)
@@ -89,8 +86,9 @@ def pinned_cards(ids: Iterable[str], adapters: Mapping[str, str] | None = None) 
     return [{"id": m, "object": "model", "owned_by": "llmsched", "root": m, "parent": parents.get(m)} for m in ids]
 
 
-def lora_state(text: str) -> AdapterState | None:
-    """vLLM's `vllm:lora_requests_info` gauge -> `AdapterState`; None when the page has none (LoRA off).
+def lora_state(samples: list[Sample]) -> AdapterState | None:
+    """vLLM's `vllm:lora_requests_info` gauge -> `AdapterState`; None when the page has none (LoRA off). Read
+    from the samples the scrape kept (`scrape.read_samples`), so that the page is not parsed a second time.
 
     The gauge's labels say it all (`max_lora`, `running_lora_adapters`, `waiting_lora_adapters`: names joined by
     commas) and its value is the time it was set; Prometheus keeps every label set ever set, so the current one
@@ -100,32 +98,26 @@ def lora_state(text: str) -> AdapterState | None:
     engine that logged twice since another's last set hides that one): adapters running or waiting on any,
     and E x `max_lora` slots.
     """
-    if LORA_INFO not in text:
+    sets = [(labels, v) for name, labels, v in samples if name == LORA_INFO and math.isfinite(v)]
+    if not sets:
         return None
-    lines = [ln for ln in text.splitlines() if ln.startswith((LORA_INFO, RUNNING))]
-    try:
-        samples = [s for fam in text_string_to_metric_families("\n".join(lines)) for s in fam.samples]
-    except ValueError:
-        return None
-    engines = len({s.labels.get("engine", "") for s in samples if s.name == RUNNING}) or 1
-    sets = sorted((s for s in samples if s.name == LORA_INFO and math.isfinite(s.value)), key=lambda s: -s.value)
-    latest = sets[:engines]
-    if not latest:
-        return None
+    engines = len({labels.get("engine", "") for name, labels, _ in samples if name == RUNNING}) or 1
+    sets.sort(key=lambda s: -s[1])
+    latest = [labels for labels, _ in sets[:engines]]
 
     def names(label: str) -> tuple[str, ...]:
-        return tuple(sorted({a for s in latest for a in s.labels.get(label, "").split(",") if a}))
+        return tuple(sorted({a for labels in latest for a in labels.get(label, "").split(",") if a}))
 
     try:
-        max_loras = max(1, int(float(latest[0].labels.get("max_lora", "1"))))
+        max_loras = max(1, int(float(latest[0].get("max_lora", "1"))))
     except ValueError:
         max_loras = 1
     return AdapterState(max_loras * engines, names("running_lora_adapters"), names("waiting_lora_adapters"))
 
 
-def with_lora(snap: InstanceSnapshot, text: str) -> InstanceSnapshot:
-    """The snapshot with the adapter state of the same `/metrics` page (unchanged when it has none)."""
-    state = lora_state(text)
+def with_lora(snap: InstanceSnapshot, samples: list[Sample]) -> InstanceSnapshot:
+    """The snapshot with the adapter state of the same `/metrics` page's samples (unchanged when it has none)."""
+    state = lora_state(samples)
     return snap if state is None else replace(snap, adapters=state)
 
 

@@ -5,7 +5,8 @@ Pure functions, so the mapping is tested on fixed texts. A data-parallel vLLM ex
 usage ratio is the mean weighted by each engine's blocks (used blocks / all blocks of the backend: vLLM's own
 DP balancer spreads requests over its engines, so the backend's headroom is the pooled one; a sum would read two
 half-full engines as saturated). Missing series read as 0: SGLang and older vLLM versions export fewer of them,
-and the router's own in-flight accounting fills the gap.
+and the router's own in-flight accounting fills the gap. The page is walked once (`read_samples`): the LoRA gauge
+the pools read (`pools.lora_state`) is kept beside the serving series.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name
 PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
 PREFIX_HITS = "vllm:prefix_cache_hits_total"
 CACHE_CONFIG = "vllm:cache_config_info"
+LORA_INFO = "vllm:lora_requests_info"  # the LoRA adapters' state (`pools.lora_state`)
 
 _WANTED = {RUNNING, WAITING, *KV_USAGE, PREFIX_QUERIES, PREFIX_HITS}
+_KEPT = {*_WANTED, CACHE_CONFIG, LORA_INFO}
 
 
 class MetricsParseError(ValueError):
@@ -35,13 +38,15 @@ class MetricsParseError(ValueError):
 # One sample line of the text format: name, optional {labels}, value, optional timestamp.
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r'\\[\\n"]')
+_UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 Sample = tuple[str, dict[str, str], float]
 
 
 def _wanted_samples(text: str) -> list[Sample]:
-    """The few sample lines a router needs, read directly: vLLM's page has ~150 lines (histograms) and
-    prometheus_client's full parser took ~2.4 ms for it, per backend and scrape. A malformed wanted line
-    raises ValueError."""
+    """The few sample lines the gateway needs, read directly: vLLM's page has ~150 lines (histograms) and
+    prometheus_client's full parser took ~2.4 ms for it, per backend and scrape. Label values are unescaped as
+    that parser does (an adapter's name is one). A malformed `vllm:` line raises ValueError."""
     out: list[Sample] = []
     for line in text.splitlines():
         if not line.startswith("vllm:"):
@@ -50,8 +55,11 @@ def _wanted_samples(text: str) -> list[Sample]:
         if m is None:
             raise ValueError(f"malformed sample line {line[:80]!r}")
         name = m.group(1)
-        if name in _WANTED or name == CACHE_CONFIG:
-            labels = dict(_LABEL.findall(m.group(2) or ""))
+        if name in _KEPT:
+            raw = m.group(2) or ""
+            labels = dict(_LABEL.findall(raw))
+            if "\\" in raw:
+                labels = {k: _ESCAPE.sub(lambda e: _UNESCAPED[e.group()], v) for k, v in labels.items()}
             out.append((name, labels, float(m.group(3))))
     return out
 
@@ -60,14 +68,27 @@ def _all_samples(text: str) -> list[Sample]:
     return [(s.name, s.labels, float(s.value)) for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
-def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """Each wanted series combined over its label sets (see the module doc); `num_gpu_blocks` from
-    cache_config_info if present. A page without any wanted series (SGLang, garbage) goes through the full
+def read_samples(text: str) -> list[Sample]:
+    """The samples of a `/metrics` page that the gateway reads (serving series, cache config, LoRA gauge), in one
+    walk of the page. A page without any serving series or cache config (SGLang, garbage) goes through the full
     Prometheus parser, so that a page it cannot read raises `MetricsParseError`."""
     try:
-        samples = _wanted_samples(text) or _all_samples(text)
+        samples = _wanted_samples(text)
+        if all(s[0] == LORA_INFO for s in samples):
+            samples = _all_samples(text)
     except ValueError as e:
         raise MetricsParseError(f"unparseable Prometheus text: {e}") from None
+    return samples
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """`metrics_values` of the page's samples (`read_samples`)."""
+    return metrics_values(read_samples(text))
+
+
+def metrics_values(samples: list[Sample]) -> dict[str, float]:
+    """Each wanted series combined over its label sets (see the module doc); `num_gpu_blocks` from
+    cache_config_info if present."""
     out: dict[str, float] = {}
     kv: dict[str, list[tuple[str, float]]] = {}  # KV-usage name -> (engine label, value) per series
     blocks: dict[str, float] = {}  # engine label -> num_gpu_blocks

@@ -53,7 +53,7 @@ from llmsched.gateway.openai_req import (
 from llmsched.gateway.pools import Pools, parse_model_list, with_lora
 from llmsched.gateway.record import Recorder
 from llmsched.gateway.routes import ADMITTED, Routes, assemble_other, internal_stream_ok, past_preamble
-from llmsched.gateway.scrape import MetricsParseError, parse_vllm_metrics, snapshot_from_metrics
+from llmsched.gateway.scrape import MetricsParseError, metrics_values, read_samples, snapshot_from_metrics
 
 log = logging.getLogger("llmsched.gateway")
 
@@ -837,8 +837,8 @@ class Gateway:
             try:
                 status, page = await self._probe_pool(i).get("/metrics", self.cfg.timeouts.scrape)
                 if status == 200:
-                    text = page.decode()
-                    snap = with_lora(snapshot_from_metrics(parse_vllm_metrics(text), i, self.now()), text)
+                    samples = read_samples(page.decode())
+                    snap = with_lora(snapshot_from_metrics(metrics_values(samples), i, self.now()), samples)
                     self.dispatcher.scraped(i, snap, self.now())
                     return
             except (MetricsParseError, UnicodeDecodeError) as e:
