@@ -27,8 +27,9 @@ from llmsched.workload.traces.record import decode_hashes, read_recording
 T = TypeVar("T")
 
 
-def _req(rid: int, t: float, hashes: tuple[int, ...] | None = (1, 2, 3), session: str | None = "alice") -> Request:
-    return Request(rid, t, 48, 10, hashes, session=session)
+def _req(rid: int, t: float, hashes: tuple[int, ...] | None = (1, 2, 3), session: str | None = "alice",
+         priority: int = 0) -> Request:
+    return Request(rid, t, 48, 10, hashes, session=session, priority=priority)
 
 
 def _out(rid: int, ttft: float | None = 0.05, status: int = 200) -> Outcome:
@@ -44,8 +45,8 @@ def _lines(path: Path) -> list[dict]:
 
 def test_recorder_writes_header_and_one_line_per_request(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "r.jsonl", 16, backends=["http://a", "http://b"], t0=10.0)
-    rec.record(_req(0, 10.5), _out(0), "chat", 3)
-    rec.record(_req(1, 11.0), _out(1, ttft=None), None, None)
+    rec.record(_req(0, 10.5, priority=3), _out(0), "chat")
+    rec.record(_req(1, 11.0), _out(1, ttft=None), None)
     rec.close()
     head, a, b = _lines(tmp_path / "r.jsonl")
     assert head["llmsched_record"] == 1 and head["block_size"] == 16 and head["backends"] == ["http://a", "http://b"]
@@ -60,8 +61,8 @@ def test_hashes_are_salted_per_recording_and_keep_prefix_identity(tmp_path: Path
     out = []
     for name in ("x", "y"):
         rec = Recorder(tmp_path / f"{name}.jsonl", 16)
-        rec.record(_req(0, 0.0, (11, 22, 33)), _out(0), None, 0)
-        rec.record(_req(1, 0.1, (11, 22, 44)), _out(1), None, 0)
+        rec.record(_req(0, 0.0, (11, 22, 33)), _out(0), None)
+        rec.record(_req(1, 0.1, (11, 22, 44)), _out(1), None)
         rec.close()
         rows = _lines(tmp_path / f"{name}.jsonl")[1:]
         out.append([decode_hashes(r["block_hashes"]) for r in rows] + [[r["session"] for r in rows]])
@@ -155,10 +156,10 @@ def test_rows_with_hashes_and_rows_with_text_keep_their_own_hashes_in_one_batch(
 
     rec = Recorder(tmp_path / "m.jsonl", 16, flush_interval=60)  # one writer pass, at close
     text = "a prompt long enough for a few blocks " * 8
-    rec.record(_req(0, 0.0, (5, 6)), _out(0), None, 0)
-    rec.record(_req(1, 0.1, None), _out(1), None, 0, text)
-    rec.record(_req(2, 0.2, None), _out(0), None, 0, "short")  # no full block
-    rec.record(_req(3, 0.3, (7,)), _out(1), None, 0)
+    rec.record(_req(0, 0.0, (5, 6)), _out(0), None)
+    rec.record(_req(1, 0.1, None), _out(1), None, text)
+    rec.record(_req(2, 0.2, None), _out(0), None, "short")  # no full block
+    rec.record(_req(3, 0.3, (7,)), _out(1), None)
     k0, k1 = rec._k0, rec._k1
     rec.close()
     got = [decode_hashes(r["block_hashes"]) for r in _lines(tmp_path / "m.jsonl")[1:]]
@@ -184,10 +185,24 @@ def test_recorded_tokens_and_ttft_come_from_the_gateways_data_path(tmp_path: Pat
     assert streamed["ttft"] > 0 and internal["ttft"] > 0 and whole["ttft"] is None
 
 
+def test_recorded_priority_is_the_bodys_and_0_without_one(tmp_path: Path) -> None:
+    """The format's `priority`: the body's field, 0 when absent (the recorder reads the request's checked value)."""
+
+    async def send(s: aiohttp.ClientSession, gw_url: str) -> None:
+        for extra in ({"priority": -3}, {}, {"priority": 7}):
+            async with s.post(gw_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, **extra}) as r:
+                assert r.status == 200
+                await r.read()
+
+    rec = tmp_path / "p.jsonl"
+    _through_gateway(rec, send)
+    assert [row["priority"] for row in _lines(rec)[1:]] == [-3, 0, 7]
+
+
 def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "d.jsonl", 16, buffer=3, flush_interval=3600)
     for i in range(10):
-        rec.record(_req(i, i * 0.1), _out(i), None, 0)
+        rec.record(_req(i, i * 0.1), _out(i), None)
     assert rec.dropped == 7
     rec.close()
     assert rec.written == 3 and len(_lines(tmp_path / "d.jsonl")) == 4
@@ -197,7 +212,7 @@ def test_rotation_by_size_and_the_loader_reads_every_segment(tmp_path: Path) -> 
     path = tmp_path / "rot.jsonl"
     rec = Recorder(path, 16, max_bytes=4096, flush_interval=3600)
     for i in range(120):
-        rec.record(_req(i, i * 0.1, tuple(range(i % 7 + 1))), _out(i), None, 0)
+        rec.record(_req(i, i * 0.1, tuple(range(i % 7 + 1))), _out(i), None)
         if i % 10 == 9:
             rec._drain()  # what the writer thread does every flush_interval
     rec.close()
@@ -213,7 +228,7 @@ def test_a_second_recording_to_the_same_path_rotates_the_first_aside(tmp_path: P
     for n in (3, 2):
         rec = Recorder(path, 16)
         for i in range(n):
-            rec.record(_req(i, i * 0.1), _out(i), None, 0)
+            rec.record(_req(i, i * 0.1), _out(i), None)
         rec.close()
     assert Path(f"{path}.1").is_file()
     assert len(read_recording(path)) == 2 and len(read_recording(Path(f"{path}.1"))) == 3

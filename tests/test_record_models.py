@@ -32,7 +32,7 @@ def _out(model: str | None, backend: int = 0) -> Outcome:
 def test_recorder_writes_the_pool_id_and_the_loader_keeps_it(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "r.jsonl", 16, backends=["http://a", "http://b"], t0=0.0)
     for k, model in enumerate(("m1", "m2", "m1", "*", None)):
-        rec.record(Request(k, 0.1 * k, 48, 10), _out(model, k % 2), None, 0)
+        rec.record(Request(k, 0.1 * k, 48, 10), _out(model, k % 2), None)
     rec.close()
     rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()[1:]]
     assert [r["model"] for r in rows] == ["m1", "m2", "m1", None, None]  # the unnamed pool: no model id

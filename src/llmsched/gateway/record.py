@@ -113,19 +113,20 @@ class Recorder:
         self._thread.start()
 
     # -- data path -------------------------------------------------------------------------------------
-    def record(self, req: Request, out: Finished, cls: str | None, priority: Any, text: str | None = None) -> None:
+    def record(self, req: Request, out: Finished, cls: str | None, text: str | None = None) -> None:
         """Queue one finished request; never blocks (a full buffer drops and counts the record).
 
         `out` is the gateway's outcome of it (`server.Outcome`): status, backend index, TTFT and E2E in seconds
         from arrival (None: not seen), generated tokens as the data path counted them (None: unknown).
-        `text`: the prompt, when `req` carries no block hashes; the writer hashes it."""
+        `text`: the prompt, when `req` carries no block hashes; the writer hashes it. The recorded priority is
+        `req.priority`: the body's checked integer, 0 without one, as the format has it (docs/calibration.md)."""
         if len(self._q) >= self.capacity:
             self.dropped += 1
             return
         ttft, e2e, tokens = out.ttft, out.e2e, out.tokens
         hashes = req.block_hashes if text is None or req.block_hashes else text
         self._q.append((req.arrival, req.prompt_len, -1 if tokens is None else tokens, req.output_len, hashes,
-                        req.session, cls, priority, out.backend, -1.0 if ttft is None else ttft,
+                        req.session, cls, req.priority, out.backend, -1.0 if ttft is None else ttft,
                         -1.0 if e2e is None else e2e, out.status, out.model))
 
     # -- writer ----------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class Recorder:
                     if session else "null")
             out.append(fmt % (
                 arrival - t0, prompt, n_out if ok and n_out >= 0 else "null", max_tokens, blocks, sess,
-                "null" if cls is None else json.dumps(cls), prio if type(prio) is int else 0, backend,
+                "null" if cls is None else json.dumps(cls), prio, backend,
                 f"{ttft:.6f}" if ok and ttft >= 0 else "null",
                 f"{e2e:.6f}" if ok else "null", status, "null" if model in (None, "*") else json.dumps(model)))
         return out

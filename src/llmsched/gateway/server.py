@@ -97,9 +97,9 @@ class Outcome:
         self.e2e: float | None = None  # arrival to the last byte (s)
         self.tokens: int | None = None  # generated tokens (usage, else content events)
         self.tpot: float | None = None
-        # Only while `serve --record` is on: (the request, its class header, its priority field, its prompt text
-        # when its pool's router did not hash it) for the recorder.
-        self.recorded: tuple[Request, str | None, Any, str | None] | None = None
+        # Only while `serve --record` is on: (the request, its class header, its prompt text when its pool's
+        # router did not hash it) for the recorder.
+        self.recorded: tuple[Request, str | None, str | None] | None = None
         self.response_id: str | None = None  # a Responses request: the id its backend stores the answer under
 
 
@@ -533,8 +533,8 @@ class Gateway:
         if out.model is not None:
             self.metrics.by_model(out.model, out.status, out.ttft if out.stream else None, out.e2e)
         if out.recorded is not None:
-            req, cls, priority, text = out.recorded
-            self.recorder.record(req, out, cls, priority, text)  # type: ignore[union-attr]  # set only with a recorder
+            req, cls, text = out.recorded
+            self.recorder.record(req, out, cls, text)  # type: ignore[union-attr]  # set only with a recorder
 
     def _histograms(self, endpoint: str) -> tuple[Any, Any, Any]:
         h = self._hists.get(endpoint)
@@ -565,8 +565,7 @@ class Gateway:
                             pool.uses_index)
         d.assign(req, pool)
         if self.recorder is not None:
-            out.recorded = (req, r.headers.get(self._class_header), parsed.body.get("priority"),
-                            None if pool.uses_index else parsed.text)
+            out.recorded = (req, r.headers.get(self._class_header), None if pool.uses_index else parsed.text)
         pinned = self.routes.pin(req, parsed, endpoint, t_arr)  # a Responses follow-up: where its history is
         if pinned is not None:
             return await self._forward(conn, req, parsed, raw, endpoint, pinned, out)
