@@ -156,6 +156,24 @@ async def test_anthropic_messages_routed_and_streamed(env: Env) -> None:
     assert _served(gw) == 2 and gw.dispatcher.in_flight == 0  # both generations through the router; count_tokens not
 
 
+async def test_anthropic_content_errors_alike_from_the_gateway_and_the_emulator(env: Env) -> None:
+    """The gateway and the emulator read Anthropic content with one function: a bad value is the same 400 from
+    either, naming the innermost offending field."""
+    s, url, _, urls = env
+    user = {"role": "user", "content": "x"}
+    for extra, param in (({"system": 3}, "system"),
+                         ({"messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
+                         ({"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": "a"}, 5]}]},
+                          "messages[1].content[1]"),
+                         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "content": [None]}]}]},
+                          "messages[0].content[0].content[0]")):
+        body = {"model": MODEL, "max_tokens": 2, "messages": [user], **extra}
+        st, via = await _call(s, "POST", url + "/v1/messages", body)
+        st_direct, direct = await _call(s, "POST", urls[0] + "/v1/messages", body)
+        assert st == st_direct == 400 and via["error"]["param"] == direct["error"]["param"] == param, (via, direct)
+        assert via["error"]["message"] == direct["error"]["message"]
+
+
 async def test_chat_batch_routed_once_one_choice_per_conversation(env: Env) -> None:
     s, url, gw, _ = env
     convs = [[{"role": "user", "content": f"question {k}"}] for k in range(3)]

@@ -34,6 +34,7 @@ from llmsched.gateway.openai_req import (
     SCORE_PAIRS,
     SYSTEMONE,
     BadRequest,
+    blocks_text,
     decision_parts,
     invocation_route,
     is_token_ids,
@@ -525,16 +526,19 @@ class ExtraRoutes:
         if not isinstance(body, Mapping):
             raise ApiError("The request body must be a JSON object.")
         msgs = []
-        system = body.get("system")
-        if system is not None:
-            msgs.append({"role": "system", "content": _blocks_text(system, "system")})
-        ms = body.get("messages")
-        if not isinstance(ms, list) or not ms:
-            raise ApiError("messages must be a non-empty list of messages.", param="messages")
-        for k, m in enumerate(ms):
-            if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
-                raise ApiError(f"messages[{k}].role must be 'user' or 'assistant'.", param=f"messages[{k}].role")
-            msgs.append({"role": m["role"], "content": _blocks_text(m.get("content"), f"messages[{k}].content")})
+        try:
+            system = body.get("system")
+            if system is not None:
+                msgs.append({"role": "system", "content": blocks_text(system, "system")})
+            ms = body.get("messages")
+            if not isinstance(ms, list) or not ms:
+                raise ApiError("messages must be a non-empty list of messages.", param="messages")
+            for k, m in enumerate(ms):
+                if not isinstance(m, Mapping) or m.get("role") not in ("user", "assistant"):
+                    raise ApiError(f"messages[{k}].role must be 'user' or 'assistant'.", param=f"messages[{k}].role")
+                msgs.append({"role": m["role"], "content": blocks_text(m.get("content"), f"messages[{k}].content")})
+        except BadRequest as e:  # the content's errors: the gateway's wording (blocks_text)
+            raise ApiError(e.message, param=e.param) from None
         return msgs
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -591,23 +595,6 @@ def cache_writes(prompt_len: int, cached: int, block_size: int) -> int:
     """The prompt tokens a request writes to the prefix cache: its full blocks beyond those it hit (vLLM's
     num_cache_creation_tokens)."""
     return max(0, prompt_len // block_size * block_size - cached)
-
-
-def _blocks_text(content: Any, where: str) -> str:
-    """Text of an Anthropic content value: a string or a list of blocks (text, tool_result with its content)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for b in content:
-            if not isinstance(b, Mapping):
-                raise ApiError(f"{where} blocks must be objects.", param=where)
-            if isinstance(b.get("text"), str):
-                out.append(b["text"])
-            elif b.get("type") == "tool_result":
-                out.append(_blocks_text(b.get("content", ""), where))
-        return "".join(out)
-    raise ApiError(f"{where} must be a string or a list of content blocks.", param=where)
 
 
 class _ResponseState(events.Events):

@@ -257,8 +257,9 @@ def _responses_text(body: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _blocks_text(content: Any, param: str) -> str:
-    """An Anthropic content value: a string or a list of blocks (text; a tool_result's content)."""
+def blocks_text(content: Any, param: str) -> str:
+    """An Anthropic content value: a string or a list of blocks (text; a tool_result's content). The emulator's
+    Messages routes read content with it too, so that a bad value is the same 400 from either."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -269,7 +270,7 @@ def _blocks_text(content: Any, param: str) -> str:
             if isinstance(b.get("text"), str):
                 out.append(b["text"])
             elif b.get("type") == "tool_result":
-                out.append(_blocks_text(b.get("content", ""), f"{param}[{k}].content"))
+                out.append(blocks_text(b.get("content", ""), f"{param}[{k}].content"))
         return "".join(out)
     raise BadRequest(f"'{param}' must be a string or a list of content blocks", param)
 
@@ -278,11 +279,11 @@ def _anthropic_text(body: dict[str, Any]) -> str:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise BadRequest("'messages' must be a non-empty list", "messages")
-    parts = [] if body.get("system") is None else [_blocks_text(body["system"], "system")]
+    parts = [] if body.get("system") is None else [blocks_text(body["system"], "system")]
     for k, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise BadRequest(f"messages[{k}] must be an object with role 'user' or 'assistant'", f"messages[{k}]")
-        parts.append(m["role"] + "\n" + _blocks_text(m.get("content"), f"messages[{k}].content"))
+        parts.append(m["role"] + "\n" + blocks_text(m.get("content"), f"messages[{k}].content"))
     return "\n".join(parts)
 
 
