@@ -307,6 +307,10 @@ def test_fast_block_hashes_match_exactly_on_shared_prefixes(common: list[int], a
         k = first_diff // bs
         assert hx[k] != hy[k] and hx[k:] != hy[k:]
     assert hx == block_hashes(x.copy(), bs)  # deterministic
+    from llmsched.gateway.prefix import Scratch
+
+    scratch = Scratch()  # the gateway's reused buffer, dirty from a longer prompt first: the same hashes
+    assert block_hashes(y, bs, scratch) == hy and block_hashes(x, bs, scratch) == hx
 
 
 @settings(max_examples=60, deadline=None)

@@ -16,7 +16,7 @@ import numpy as np
 
 from llmsched.core.tokenizer import DEFAULT_TOKENIZER
 from llmsched.core.types import Request
-from llmsched.gateway.prefix import block_hashes
+from llmsched.gateway.prefix import Scratch, block_hashes
 
 _decode = msgspec.json.Decoder().decode  # ~3x json.loads on 51 KiB prompts; same objects, stricter (no NaN)
 
@@ -426,13 +426,15 @@ def token_ids(text: str) -> np.ndarray:
 
 
 def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session: str | None,
-                  hash_blocks: bool = True) -> Request:
+                  hash_blocks: bool = True, scratch: Scratch | None = None) -> Request:
     """The policies' view of a request. Block hashes only when `hash_blocks` (a prefix-aware router): the
-    prompt length alone is cheap (the stand-in tokenizer's 4 UTF-8 bytes a token)."""
+    prompt length alone is cheap (the stand-in tokenizer's 4 UTF-8 bytes a token). `scratch`: the calling
+    thread's hashing buffer (a 50 KiB prompt's halves as float64 are ~200 KiB: allocated afresh per request,
+    they cost page faults)."""
     if hash_blocks:
         ids = token_ids(parsed.text)
         n = len(ids) + parsed.extra_tokens
-        hashes = block_hashes(ids, block_size)
+        hashes = block_hashes(ids, block_size, scratch)
     else:
         text = parsed.text
         n = -(-(len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))) // 4)

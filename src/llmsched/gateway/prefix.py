@@ -80,21 +80,22 @@ class Scratch:
         return self._buf[:n]
 
 
-def block_hash_array(ids: np.ndarray, block_size: int) -> np.ndarray:
-    """Chained hashes of the full blocks of token ids `ids` (a trailing partial block is not cacheable), as uint64."""
+def block_hash_array(ids: np.ndarray, block_size: int, scratch: Scratch | None = None) -> np.ndarray:
+    """Chained hashes of the full blocks of token ids `ids` (a trailing partial block is not cacheable), as uint64.
+    `scratch`: the calling thread's reusable buffer (the gateway's data path passes one)."""
     n = len(ids) // block_size
     if n == 0:
         return np.empty(0, np.uint64)
     with np.errstate(over="ignore"):
         halves = np.ascontiguousarray(ids[: n * block_size], dtype="<u4").view("<u2")
-        c = _block_forms(halves, n, block_size)
+        c = _block_forms(halves, n, block_size, scratch)
         pows, ipows = _powers(n)
         return np.cumsum(c * ipows, dtype=np.uint64) * pows
 
 
-def block_hashes(ids: np.ndarray, block_size: int) -> tuple[int, ...]:
+def block_hashes(ids: np.ndarray, block_size: int, scratch: Scratch | None = None) -> tuple[int, ...]:
     """`block_hash_array` as the Python ints the routers' prefix index keys on."""
-    return tuple(block_hash_array(ids, block_size).tolist())
+    return tuple(block_hash_array(ids, block_size, scratch).tolist())
 
 
 def text_block_hashes(texts: list[str], block_size: int, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,7 @@ from llmsched.gateway.openai_req import (
     parse_body,
 )
 from llmsched.gateway.pools import Pools, parse_model_list, with_lora
+from llmsched.gateway.prefix import Scratch
 from llmsched.gateway.record import Recorder
 from llmsched.gateway.routes import ADMITTED, Routes, assemble_other, internal_stream_ok, past_preamble
 from llmsched.gateway.scrape import MetricsParseError, metrics_values, read_samples, snapshot_from_metrics
@@ -340,6 +341,7 @@ class Gateway:
         self._session_header = cfg.session_header.lower()
         # Only prefix-aware routers read the prompt's block hashes on the data path (`Pool.uses_index`); the recorder
         # hashes the prompts of other pools on its writer thread, a batch at a time.
+        self._scratch = Scratch()  # the event loop's hashing buffer (the recorder's writer thread has its own)
         self._retry_after = {"Retry-After": str(cfg.retry_after)}
         self.closing = False
         self._pools: dict[int, Pool] = {}
@@ -562,7 +564,7 @@ class Gateway:
         if not pool.d.any_usable(t_arr):
             return self._err(conn, 503, "no backend configured or all are draining", "service_unavailable")
         req = build_request(parsed, next(self._rid), t_arr, self.cfg.block_size, r.headers.get(self._session_header),
-                            pool.uses_index)
+                            pool.uses_index, self._scratch)
         d.assign(req, pool)
         if self.recorder is not None:
             out.recorded = (req, r.headers.get(self._class_header), None if pool.uses_index else parsed.text)
