@@ -356,8 +356,10 @@ Proxy = tuple[str, str, str, str, str | None]  # label, kind, router, request po
 
 
 def _proxies(rows: list[Proxy], baseline: str | None) -> list[Proxy]:
-    return rows + ([("ours --baseline-src, round-robin", "ours", "round-robin", "fcfs", baseline)] if baseline
-                   else [])
+    """`rows`, and with `baseline` a copy of each of our rows running the other tree's gateway."""
+    extra = [(label.replace("ours", "ours --baseline-src", 1), kind, router, policy, baseline)
+             for label, kind, router, policy, _ in rows if kind == "ours"] if baseline else []
+    return rows + extra
 
 
 def _span(xs: Sequence[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
