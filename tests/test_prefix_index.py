@@ -237,3 +237,43 @@ def test_same_blocks_stamps_and_evictions_as_the_per_block_reference(steps, cap,
     for c in chains:
         assert idx.match(c) == ref.match(c)
         assert idx.longest(c) == ref.longest(c)
+
+
+def test_a_conversation_that_grows_turn_by_turn_stays_one_node():
+    """Each turn extends the run its instance alone holds: lookups and touches walk the system prompt and one
+    node, not one node per turn (a path of 400 nodes cost 25x the per-block index's lookup)."""
+    idx = PrefixIndex(4, capacity_blocks=100_000)
+    system = tree_chain([7] * 20)
+    idx.touch(1, system, 0.0)
+    idx.touch(2, system, 0.0)
+    conv = tree_chain([7] * 20 + list(range(300)))
+    for turn in range(1, 301):
+        idx.touch(0, conv[: 20 + turn], float(turn))
+    assert [len(n.keys) for n, _ in idx._path(conv)] == [20, 300]
+    assert idx.match(conv) == [320, 20, 20, 0]
+    check_invariants(idx, [system, conv])
+
+
+def test_clearing_an_instance_costs_what_it_held_not_the_index():
+    idx = PrefixIndex(3, capacity_blocks=100_000)
+    for c in range(200):
+        idx.touch(1 + c % 2, tree_chain([c % 5, c, 1, 2]), float(c))
+    q = tree_chain([0, 0, 1, 2])
+    idx.touch(0, q, 300.0)
+    before = idx.match(q)
+    assert before == [4, 4, 1]
+    visited: list[int] = []
+    held = idx.held
+
+    def spy(i: int) -> dict[int, int]:  # clear_instance must not walk the tree (held() and _nodes() do)
+        visited.append(i)
+        return held(i)
+
+    idx.held = spy  # type: ignore[method-assign]
+    nodes = idx._nodes
+    idx._nodes = lambda: (visited.append(-1), nodes())[1]  # type: ignore[method-assign]
+    idx.clear_instance(0)
+    assert not visited
+    assert idx.blocks(0) == 0 and idx.match(q) == [0, *before[1:]]
+    del idx.held, idx._nodes
+    check_invariants(idx, [tree_chain([c % 5, c, 1, 2]) for c in range(200)])

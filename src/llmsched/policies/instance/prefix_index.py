@@ -227,6 +227,12 @@ class PrefixIndex:
         s = 0
         while s < total:
             node = children.get(hashes[s])
+            if node is None and parent is not None and not children and parent.full == bit and not parent.part:
+                # A chain that grows past a leaf only this instance holds (the next turn of a conversation):
+                # the run is extended, not given a child, so a conversation stays one node whatever its turns.
+                parent.keys += hashes[s:]
+                grown += total - s
+                break
             if node is None:  # the rest of the chain is new
                 node = _Node(hashes[s:], s, parent)
                 children[hashes[s]] = node
@@ -290,15 +296,10 @@ class PrefixIndex:
         """The instance restarted (or its cache was reset): it holds nothing."""
         if instance >= len(self.size_):
             return
-        held = [node for node in self._nodes() if node.held(instance)]
-        gone = sum(node.held(instance) for node in held)
-        for node in reversed(held):  # preorder reversed: children before their parent
-            self._release(instance, node)
-        self.size_[instance] = 0
-        self.leaves_[instance] = []
+        self._evict(instance)  # every block, leaf by leaf: O(what it held), not O(the index)
+        self.leaves_[instance].clear()
         self.heap_floor_[instance] = 0
         self.checkpoints_[instance].clear()
-        self.evicted_ += gone
         self.version_ += 1
 
     # ---- internals ---------------------------------------------------------------------------------------
