@@ -160,3 +160,60 @@ def test_index_sized_by_the_first_scrape_that_names_the_block_count() -> None:
     assert sum(idx.blocks(i) for i in range(2)) == 3 * 10  # every 4th of 40 blocks, none evicted
     _scrape(d, 0, 0, 0, 0.1)  # num_gpu_blocks 1000 -> 250 indexed blocks per instance
     assert idx.capacity_ == [250, 250]
+
+
+def _capped_gateway() -> tuple[Dispatcher, Any]:
+    """Two backends, one request in flight each: the second request of a prefix goes to the other backend."""
+    from llmsched.gateway.breaker import CircuitBreaker
+
+    router = ROUTERS.create("prefix", {"index_stride": 1})
+    d = Dispatcher(REQUEST_POLICIES.create("fcfs"), router, 1, 16, lambda: CircuitBreaker(2, 1.0))
+    for k in range(2):
+        d.add_backend(f"http://b{k}", 0.0)
+    return d, router
+
+
+def _prefix_request(rid: int, t: float) -> Request:
+    from llmsched.core.hashing import chain
+
+    return Request(rid=rid, arrival=t, prompt_len=40 * 16, output_len=5, block_hashes=chain(range(40)))
+
+
+def test_a_backend_that_frees_a_slot_keeps_its_prefix_index() -> None:
+    """At its in-flight cap a backend is not a candidate, but its engine did not restart: when it frees a slot
+    the router must not forget what it holds (it did: every completion of a saturated gateway wiped the index)."""
+    d, router = _capped_gateway()
+    a = _prefix_request(1, 0.0)
+    d.submit(a, 0.0)
+    [(_, ia)] = d.dispatch(0.0)
+    b = _prefix_request(2, 0.1)
+    d.submit(b, 0.1)
+    [(_, ib)] = d.dispatch(0.1)
+    assert (ia, ib) == (0, 1)  # backend 0 at its cap
+    d.finish(a, ia, 0.2, ok=True)
+    d.finish(b, ib, 0.25, ok=True)
+    d.submit(_prefix_request(3, 0.3), 0.3)
+    d.dispatch(0.3)
+    assert router.decisions["index-reset"] == 0
+    assert router.index_.evicted_ == 0
+    assert router.index_.match(_prefix_request(4, 0.4).block_hashes) == [40, 40]
+
+
+def test_a_backend_back_from_an_open_breaker_is_forgotten() -> None:
+    """Down (the breaker opened on failures) and back: the engine may have restarted with an empty cache."""
+    d, router = _capped_gateway()
+    for t in (0.0, 0.1):  # two failures on backend 0 open its breaker (threshold 2)
+        r = _prefix_request(int(t * 10) + 1, t)
+        d.submit(r, t)
+        [(_, i)] = d.dispatch(t)
+        assert i == 0
+        d.finish(r, i, t + 0.01, ok=False)
+    r = _prefix_request(5, 0.2)
+    d.submit(r, 0.2)
+    [(_, i)] = d.dispatch(0.2)
+    assert i == 1 and router.decisions["index-reset"] == 0  # 0 is down: not a candidate, not yet forgotten
+    d.finish(r, i, 0.3, ok=True)
+    r = _prefix_request(6, 2.0)  # past the breaker's 1 s cooldown: backend 0 is up again (half open)
+    d.submit(r, 2.0)
+    d.dispatch(2.0)
+    assert router.decisions["index-reset"] == 1

@@ -38,8 +38,11 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
     """Per-instance snapshot columns. Rows are written with `put` / `set_row`, read as arrays or snapshots.
 
     Columns (numpy views, one element per instance): time, running, waiting, kv_usage, free_blocks, total,
-    kv_upper, pending, queries, hits, healthy, version. `changes` logs the rows written, in order, so a
-    reader finds what changed since its last look without scanning every row (`changed_since`).
+    kv_upper, pending, queries, hits, healthy, up, version. `healthy`: a candidate for the next decision (a
+    gateway also clears it for a backend at its in-flight cap); `up`: the engine is reachable, so an up row that
+    was down may have restarted with an empty cache (a snapshot's `healthy` sets both). `changes` logs the rows
+    written, in order, so a reader finds what changed since its last look without scanning every row
+    (`changed_since`).
     """
 
     LOG_KEEP = 1 << 16  # the change log is halved when it grows past this
@@ -60,6 +63,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self._ints = np.zeros((len(_INTS), 0), np.int64)
         self._flts = np.zeros((len(_FLOATS), 0))
         self.healthy = np.zeros(0, bool)
+        self.up = np.zeros(0, bool)
         self.version = np.zeros(0, np.int64)
         self.adapters: list[AdapterState | None] = []  # LoRA adapters per row (None: not reported)
         self.num_unhealthy = 0
@@ -88,6 +92,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         self._ints[_INTS.index("free_lower"), self.n :] = UNKNOWN_FREE
         self._flts = np.concatenate([self._flts, np.zeros((len(_FLOATS), extra))], axis=1)
         self.healthy = np.concatenate([self.healthy, np.ones(extra, bool)])
+        self.up = np.concatenate([self.up, np.ones(extra, bool)])
         self.version = np.concatenate([self.version, np.zeros(extra, np.int64)])
         self._rows.extend([None] * extra)
         self.adapters.extend([None] * extra)
@@ -146,6 +151,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         hits: int = 0,
         healthy: bool = True,
         kv_upper: float | None = None,
+        up: bool | None = None,
     ) -> None:
         if i >= self.n:
             self.resize(i + 1)
@@ -157,6 +163,7 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
         if bool(self.healthy[i]) != healthy:
             self.num_unhealthy += -1 if healthy else 1
             self.healthy[i] = healthy
+        self.up[i] = healthy if up is None else up
         self._written(i)
 
     def set_adapters(self, i: int, state: AdapterState | None) -> None:
@@ -165,21 +172,28 @@ class SnapshotTable(Sequence[InstanceSnapshot]):
             self.adapters[i] = state
             self._rows[i] = None
 
-    def put(self, snap: InstanceSnapshot) -> None:
-        """Write row `snap.instance` from a snapshot (a scrape, a health flip)."""
+    def put(self, snap: InstanceSnapshot, up: bool | None = None) -> None:
+        """Write row `snap.instance` from a snapshot (a scrape, a health flip); `up` defaults to its `healthy`."""
         p = snap.pending_prefill_tokens
         self.set_row(
             snap.instance, snap.time, snap.num_running, snap.num_waiting, snap.kv_usage, snap.num_free_blocks,
             snap.num_total_blocks, NOT_EXPORTED if p is None else p, snap.prefix_queries, snap.prefix_hits,
-            snap.healthy,
+            snap.healthy, up=up,
         )
         self.adapters[snap.instance] = snap.adapters
         self._rows[snap.instance] = (self._stamp, -1.0, snap.time, snap)
 
     def set_healthy(self, i: int, healthy: bool) -> None:
+        """Row `i` is (not) a candidate for the next decision; says nothing of whether its engine is up."""
         if bool(self.healthy[i]) != healthy:
             self.num_unhealthy += -1 if healthy else 1
             self.healthy[i] = healthy
+            self._written(i)
+
+    def set_up(self, i: int, up: bool) -> None:
+        """Row `i`'s engine is (un)reachable: a gateway's breaker opened or closed."""
+        if bool(self.up[i]) != up:
+            self.up[i] = up
             self._written(i)
 
     # ---- lazy KV -----------------------------------------------------------------------------------------

@@ -191,6 +191,13 @@ class Dispatcher:
             for k, v in enumerate(ok):
                 if v != seen[k]:
                     table.set_healthy(k, v)
+            # Down is the breaker open (failures), not merely ineligible (at its cap, draining, excluded on a
+            # retry): a router forgets a backend's cache when it comes back up, never when it frees a slot.
+            up = table.up
+            for b in self.backends:
+                u = b.breaker.state is not BreakerState.OPEN
+                if u != up[b.index]:
+                    table.set_up(b.index, u)
         i = self.router.route(req, table, now)
         if not (0 <= i < len(ok)) or not ok[i]:
             # The router fell back to an ineligible instance (its contract allows it when none is healthy
@@ -250,7 +257,8 @@ class Dispatcher:
     def refresh(self, i: int, wrote: bool, now: float, notify: bool = True) -> None:
         """Backend `i`'s scrape reaches the table (`wrote`: a new snapshot) and, with `notify`, the router."""
         if wrote:
-            self.table.put(replace(self.backends[i].snapshot, healthy=bool(self.table.healthy[i])))
+            self.table.put(replace(self.backends[i].snapshot, healthy=bool(self.table.healthy[i])),
+                           up=bool(self.table.up[i]))
         if notify:
             self.router.on_snapshots(self.table, now)
 

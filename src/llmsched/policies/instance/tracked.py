@@ -63,7 +63,7 @@ class TrackedRouter(Router):
         self.run_est_ = np.zeros(0, np.int64)
         self.w_est_ = np.zeros(0, np.int64)
         self.seen_ = np.zeros(0, np.int64)  # table version of each row when last synced (-1: never)
-        self.was_healthy_ = np.zeros(0, bool)
+        self.was_up_ = np.zeros(0, bool)
         self.table_: SnapshotTable | None = None  # the table the state was synced with
         self._own: SnapshotTable | None = None  # built from snapshot lists (tests, shells without a table)
         self._own_src: list[InstanceSnapshot | None] = []
@@ -87,7 +87,7 @@ class TrackedRouter(Router):
         self.run_est_ = np.concatenate([self.run_est_, z])
         self.w_est_ = np.concatenate([self.w_est_, z])
         self.seen_ = np.concatenate([self.seen_, z - 1])
-        self.was_healthy_ = np.concatenate([self.was_healthy_, np.ones(extra, bool)])
+        self.was_up_ = np.concatenate([self.was_up_, np.ones(extra, bool)])
         self.num_instances_ = n
         if self.index_ is not None:
             self.index_.resize(n)
@@ -166,9 +166,9 @@ class TrackedRouter(Router):
         self.q_est_[chg] = run + tab.waiting[chg]
         pend = tab.pending[chg]
         self.w_est_[chg] = np.where(pend >= 0, pend, own)
-        healthy = tab.healthy[chg]
-        back = chg[healthy & ~self.was_healthy_[chg]]
-        self.was_healthy_[chg] = healthy
+        up = tab.up[chg]  # not `healthy`: a gateway clears that for a backend at its in-flight cap
+        back = chg[up & ~self.was_up_[chg]]
+        self.was_up_[chg] = up
         if len(back) and self.index_ is not None:
             for i in back.tolist():  # back from down: assume a restarted engine, cache empty
                 self.index_.clear_instance(i)
@@ -185,12 +185,12 @@ class TrackedRouter(Router):
         self.q_est_[i] = run + tab.waiting.item(i)
         pend = tab.pending.item(i)
         self.w_est_[i] = pend if pend >= 0 else own
-        healthy = tab.healthy.item(i)
-        if healthy != self.was_healthy_.item(i):
-            if healthy and self.index_ is not None:
+        up = tab.up.item(i)
+        if up != self.was_up_.item(i):
+            if up and self.index_ is not None:
                 self.index_.clear_instance(i)
                 self.decisions["index-reset"] += 1
-            self.was_healthy_[i] = healthy
+            self.was_up_[i] = up
 
     def on_snapshots(self, snapshots: Sequence[InstanceSnapshot], now: float) -> None:
         self.sync(snapshots, now)
