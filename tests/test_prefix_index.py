@@ -45,7 +45,7 @@ def check_tree(idx: PrefixIndex) -> None:
     stack: list[tuple[_Node | None, _Node]] = [(None, n) for n in idx.roots_.values()]
     while stack:
         parent, node = stack.pop()
-        assert node.alive and node.parent is parent and node.keys
+        assert node.parent is parent and node.keys
         assert node.start == (parent.start + len(parent.keys) if parent else 0)
         holders = [i for i in range(idx.num_instances) if node.held(i)]
         assert holders, "a node nobody holds is kept"

@@ -32,7 +32,7 @@ import numpy as np
 class _Node:
     """A run of chained hashes starting at depth `start`, and who holds how much of it."""
 
-    __slots__ = ("keys", "start", "parent", "children", "full", "part", "top", "kids", "alive")
+    __slots__ = ("keys", "start", "parent", "children", "full", "part", "top", "kids")
 
     def __init__(self, keys: tuple[int, ...], start: int, parent: _Node | None) -> None:
         self.keys = keys
@@ -43,7 +43,6 @@ class _Node:
         self.part: dict[int, int] = {}  # instance -> leading blocks held (0 < k < len(keys))
         self.top: dict[int, int] = {}  # instance -> stamp of keys[0] there
         self.kids: dict[int, int] = {}  # instance -> children it holds (absent: none, a leaf for it)
-        self.alive = True
 
     def held(self, instance: int) -> int:
         if self.full >> instance & 1:
@@ -335,7 +334,6 @@ class PrefixIndex:
                     head.part[i] = k
                 self._push(i, head)
         if not node.full and not node.part and not node.children:  # nobody held past the cut
-            node.alive = False
             del head.children[node.keys[0]]
         return head
 
@@ -351,7 +349,8 @@ class PrefixIndex:
     def _valid(instance: int, entry: tuple[int, int, _Node]) -> bool:
         stamp, _, node = entry
         k = node.held(instance)
-        return node.alive and k > 0 and instance not in node.kids and node.top[instance] - k + 1 == stamp
+        # A node freed from the tree was held by nobody and can never be held again: k == 0 covers it.
+        return k > 0 and instance not in node.kids and node.top[instance] - k + 1 == stamp
 
     def _maybe_evict(self, instance: int, force: bool = False) -> None:
         size = self.size_[instance]
@@ -412,7 +411,6 @@ class PrefixIndex:
                 del parent.kids[instance]
                 self._push(instance, parent)  # now a leaf of this instance
         while node is not None and not node.full and not node.part and not node.children:
-            node.alive = False
             parent = node.parent
             del (parent.children if parent is not None else self.roots_)[node.keys[0]]
             node = parent
