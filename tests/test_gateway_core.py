@@ -250,6 +250,33 @@ def test_snapshot_of_sparse_or_bad_metrics() -> None:
         parse_vllm_metrics("vllm:num_requests_running{ 3\n")
 
 
+@pytest.mark.parametrize("variant", ["as is", "crlf", "kept sample first", "near-miss names"])
+def test_fast_scrape_reads_what_the_prometheus_parser_reads(variant: str) -> None:
+    """The scrape's scan finds each kept series' lines wherever they sit (first line, CRLF endings) and only
+    them (a longer name that starts with a kept one is another series)."""
+    from llmsched.gateway import scrape
+
+    text = VLLM_TEXT
+    if variant == "crlf":
+        text = text.replace("\n", "\r\n")
+    elif variant == "kept sample first":
+        text = 'vllm:num_requests_waiting{engine="1",model_name="m"} 7\n' + text
+    elif variant == "near-miss names":
+        text += ('vllm:num_requests_running_total{model_name="m"} 99\n'
+                 'vllm:num_requests_waiting_by_reason{reason="x"} 98\n')
+    fast = scrape._wanted_samples(text)
+    full = [x for x in scrape._all_samples(text) if x[0] in scrape._KEPT]
+    assert fast, "the fast scan found nothing: it would not be the one tested"
+    assert sorted(fast, key=repr) == sorted(full, key=repr)
+
+
+def test_malformed_kept_series_line_raises_wherever_it_is() -> None:
+    for text in ("vllm:num_requests_running{ 3\n", 'x 1\nvllm:kv_cache_usage_perc{a="b"} notanumber\n',
+                 VLLM_TEXT + 'vllm:prefix_cache_hits_total{engine="0" 3\n'):
+        with pytest.raises(MetricsParseError):
+            parse_vllm_metrics(text)
+
+
 # -- config --------------------------------------------------------------------------------------------
 def test_config_file_errors_name_file_and_field(tmp_path) -> None:
     p = tmp_path / "gw.yaml"

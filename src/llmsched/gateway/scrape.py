@@ -43,24 +43,28 @@ _UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 Sample = tuple[str, dict[str, str], float]
 
 
+# The lines of the kept series, found in one scan of the page: the literal prefix "\nvllm:" lets the regex
+# engine skip to each `vllm:` line, and only the kept names go on to the strict sample pattern.
+_KEPT_NAMES = "|".join(re.escape(k[len("vllm:"):]) for k in sorted(_KEPT, key=len, reverse=True))
+_KEPT_LINE = re.compile(r"\nvllm:(?:" + _KEPT_NAMES + r")[{ \t][^\r\n]*")
+
+
 def _wanted_samples(text: str) -> list[Sample]:
-    """The few sample lines the gateway needs, read directly: vLLM's page has ~150 lines (histograms) and
-    prometheus_client's full parser took ~2.4 ms for it, per backend and scrape. Label values are unescaped as
-    that parser does (an adapter's name is one). A malformed `vllm:` line raises ValueError."""
+    """The few sample lines the gateway needs, read directly: vLLM's page has hundreds of lines (histograms);
+    prometheus_client's full parser took ~2.4 ms for the emulator's, and a Python walk over every line ~0.35 ms,
+    per backend and scrape; this scan ~0.07 ms. Label values are unescaped as that parser does (an adapter's name
+    is one). A malformed line of a kept series raises ValueError; other lines are not read."""
     out: list[Sample] = []
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
+    for found in _KEPT_LINE.finditer(text if text.startswith("\n") else "\n" + text):
+        line = found.group()[1:]
         m = _SAMPLE.fullmatch(line)
         if m is None:
             raise ValueError(f"malformed sample line {line[:80]!r}")
-        name = m.group(1)
-        if name in _KEPT:
-            raw = m.group(2) or ""
-            labels = dict(_LABEL.findall(raw))
-            if "\\" in raw:
-                labels = {k: _ESCAPE.sub(lambda e: _UNESCAPED[e.group()], v) for k, v in labels.items()}
-            out.append((name, labels, float(m.group(3))))
+        raw = m.group(2) or ""
+        labels = dict(_LABEL.findall(raw))
+        if "\\" in raw:
+            labels = {k: _ESCAPE.sub(lambda e: _UNESCAPED[e.group()], v) for k, v in labels.items()}
+        out.append((m.group(1), labels, float(m.group(3))))
     return out
 
 
