@@ -7,6 +7,7 @@ a spec plus a separate engine record) keeps the simulator's hot path free of loo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -29,7 +30,8 @@ class Request:
         prompt_len: prompt tokens.
         output_len: tokens to generate (the trace's output length, or `max_tokens` in the gateway).
         block_hashes: chained hashes of the prompt's full KV blocks at the engine's block size; equal
-            leading hashes mean an equal prefix. None means the prompt shares nothing with any other.
+            leading hashes mean an equal prefix. None means the prompt shares nothing with any other. A tuple,
+            except in the gateway (`gateway.prefix.BlockHashes`: a uint64 array read as ints where sliced).
         cls: workload class label ("short", "long", "chat", ...), used for per-class metrics.
         session: session or user id, for sticky routing.
         priority: vLLM semantics, lower is served first.
@@ -54,7 +56,7 @@ class Request:
     arrival: float
     prompt_len: int
     output_len: int
-    block_hashes: tuple[int, ...] | None = None
+    block_hashes: Sequence[int] | None = None
     cls: str | None = None
     session: str | None = None
     priority: int = 0

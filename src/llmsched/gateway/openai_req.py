@@ -16,7 +16,7 @@ import numpy as np
 
 from llmsched.core.tokenizer import DEFAULT_TOKENIZER
 from llmsched.core.types import Request
-from llmsched.gateway.prefix import Scratch, block_hashes
+from llmsched.gateway.prefix import BlockHashes, Scratch, block_hash_array
 
 _decode = msgspec.json.Decoder().decode  # ~3x json.loads on 51 KiB prompts; same objects, stricter (no NaN)
 
@@ -415,7 +415,7 @@ def _pooling_text(body: dict[str, Any], endpoint: str) -> tuple[str, int]:
 def token_ids(text: str) -> np.ndarray:
     """The stand-in tokenizer's tokens (4 UTF-8 bytes each, same count and boundaries) without its id mixing.
 
-    The gateway only needs counts and prefix identity; `prefix.block_hashes` mixes the content anyway, so the
+    The gateway only needs counts and prefix identity; `prefix.block_hash_array` mixes the content anyway, so the
     tokenizer's per-token hash would be paid twice.
     """
     data = text.encode("utf-8", errors="surrogatepass")
@@ -434,7 +434,7 @@ def build_request(parsed: Parsed, rid: int, now: float, block_size: int, session
     if hash_blocks:
         ids = token_ids(parsed.text)
         n = len(ids) + parsed.extra_tokens
-        hashes = block_hashes(ids, block_size, scratch)
+        hashes: BlockHashes | tuple[()] = BlockHashes(block_hash_array(ids, block_size, scratch))
     else:
         text = parsed.text
         n = -(-(len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))) // 4)

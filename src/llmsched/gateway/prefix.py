@@ -10,6 +10,9 @@ A collision only costs a misrouted request, never a wrong answer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
 import numpy as np
 
 _P = np.uint64(0x100000001B3)  # FNV-64 prime (odd, so invertible mod 2^64)
@@ -96,6 +99,47 @@ def block_hash_array(ids: np.ndarray, block_size: int, scratch: Scratch | None =
 def block_hashes(ids: np.ndarray, block_size: int, scratch: Scratch | None = None) -> tuple[int, ...]:
     """`block_hash_array` as the Python ints the routers' prefix index keys on."""
     return tuple(block_hash_array(ids, block_size, scratch).tolist())
+
+
+class BlockHashes(Sequence[int]):
+    """A prompt's block hashes as the gateway's data path carries them (`Request.block_hashes`): the uint64
+    array, made into Python ints only where read. The routers' index keys every `index_stride`-th hash
+    (`TrackedRouter.index_keys` slices), so a 53 KiB prompt converts ~220 ints instead of ~890 (converting all
+    cost about as much as hashing them); the recorder's writer reads the array whole (`__array__`), off the
+    data path. Slices are tuples, as they were when the hashes were a tuple."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @overload
+    def __getitem__(self, k: int) -> int: ...
+    @overload
+    def __getitem__(self, k: slice) -> tuple[int, ...]: ...
+    def __getitem__(self, k: int | slice) -> int | tuple[int, ...]:
+        if isinstance(k, slice):
+            return tuple(self.array[k].tolist())
+        return int(self.array[k])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.array.tolist())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self.array if dtype is None else self.array.astype(dtype, copy=bool(copy))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BlockHashes):
+            return bool(np.array_equal(self.array, other.array))
+        return isinstance(other, Sequence) and not isinstance(other, str) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a tuple, so not hashable like one
+
+    def __repr__(self) -> str:
+        return f"BlockHashes({len(self.array)} blocks)"
 
 
 def text_block_hashes(texts: list[str], block_size: int, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:

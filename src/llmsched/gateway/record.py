@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
-from llmsched.gateway.prefix import Scratch, text_block_hashes
+from llmsched.gateway.prefix import BlockHashes, Scratch, text_block_hashes
 
 
 class Finished(Protocol):
@@ -159,7 +159,11 @@ class Recorder:
         lens = [0 if isinstance(h, str) else len(h) for h in hs]
         texts = [k for k, h in enumerate(hs) if isinstance(h, str)]
         hashed = [k for k, n in enumerate(lens) if n]
-        flat = np.fromiter(itertools.chain.from_iterable(hs[k] for k in hashed), dtype=np.uint64, count=sum(lens))
+        if hashed and all(isinstance(hs[k], BlockHashes) for k in hashed):  # the gateway's: arrays already
+            flat = np.concatenate([hs[k].array for k in hashed])
+        else:
+            flat = np.fromiter(itertools.chain.from_iterable(hs[k] for k in hashed), dtype=np.uint64,
+                               count=sum(lens))
         if texts:
             made, ns = text_block_hashes([hs[k] for k in texts], self.block_size, self._scratch)
             for k, n in zip(texts, ns.tolist(), strict=True):
