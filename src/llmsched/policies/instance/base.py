@@ -73,7 +73,8 @@ class Router(Configurable):
 
     def on_finish(self, req: Request, instance: int, now: float) -> None:
         self.in_flight_[instance] = max(0, self.in_flight_[instance] - 1)
-        if req.first_token < 0:  # ended before its first token: its prefill charge is still on the books
+        if req.rid in self._charged:  # ended before this dispatch's first token: its prefill is still charged
+            # (not `req.first_token < 0`: a gateway retry after a first token elsewhere is charged again)
             self.on_first_token(req, instance, now)
 
     def on_snapshots(self, snapshots: Sequence[InstanceSnapshot], now: float) -> None:  # noqa: B027

@@ -245,7 +245,8 @@ class TrackedRouter(Router):
             self.in_flight_[instance] -= 1
             self.q_est_[instance] -= 1
             self.run_est_[instance] -= 1
-        if req.first_token < 0:  # ended before its first token: its prefill charge is still on the books
+        if req.rid in self._charged:  # ended before this dispatch's first token: its prefill is still charged
+            # (not `req.first_token < 0`: a gateway retry after a first token elsewhere is charged again)
             self.on_first_token(req, instance, now)
         self._predicted.pop(req.rid, None)
 

@@ -1,0 +1,199 @@
+"""Defects found by the second gateway review (2026-11-30), each as the failing test that proved it: a retried
+request's prefill charge left on a backend, `logprobs: 0` and `return_token_ids` lost in re-assembly, HEAD
+answered with a body, a half-closing client answered with nothing, chunked streams sent to HTTP/1.0 clients.
+Plus controls that passed before (plain retry accounting, n=2 re-assembly, HTTP/1.1 framing)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from llmsched.gateway.config import GatewayConfig
+from llmsched.gateway.server import Gateway
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Custom:
+    """A one-off backend: completions/chat answered by `complete`; /metrics empty; /health 200."""
+
+    def __init__(self, complete: Handler) -> None:
+        self.app = web.Application()
+        self.bodies: list[dict[str, Any]] = []
+
+        self.times: list[float] = []
+
+        async def _complete(request: web.Request) -> web.StreamResponse:
+            self.times.append(time.monotonic())
+            self.bodies.append(json.loads(await request.read()))
+            return await complete(request)
+
+        async def _health(request: web.Request) -> web.Response:
+            return web.Response(status=200)
+
+        async def _models(request: web.Request) -> web.Response:
+            return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+        self.app.router.add_post("/v1/completions", _complete)
+        self.app.router.add_post("/v1/chat/completions", _complete)
+        self.app.router.add_get("/health", _health)
+        self.app.router.add_get("/v1/models", _models)
+        self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1)
+        self.url = ""
+
+    def first_hit_before(self, other: Custom) -> bool:
+        """Did the last request reach this backend before `other` (no later hit on `other` before it)?"""
+        return bool(self.times) and bool(other.times) and other.times[-1] > self.times[-1]
+
+    async def start(self) -> str:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        h, p = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        self.url = f"http://{h}:{p}"
+        return self.url
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def gateway(urls: list[str], **kw: object) -> Gateway:
+    gw = Gateway(GatewayConfig(backends=urls, **{"scrape_interval": 0.05, **kw}))  # type: ignore[arg-type]
+    await gw.start()
+    return gw
+
+
+async def sse(request: web.Request, events: list[Any], abort_after: int | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for k, e in enumerate(events):
+        if abort_after is not None and k == abort_after:
+            await asyncio.sleep(0.02)
+            request.transport.abort()  # type: ignore[union-attr]
+            return resp
+        await resp.write(b"data: " + (e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def raw_exchange(host: str, port: int, data: bytes, half_close: bool = False, timeout: float = 3.0) -> bytes:
+    r, w = await asyncio.open_connection(host, port)
+    w.write(data)
+    await w.drain()
+    if half_close:
+        w.write_eof()
+    out = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await r.read(65536)
+                if not chunk:
+                    break
+                out += chunk
+    except TimeoutError:
+        pass
+    w.close()
+    return out
+
+
+def host_port(url: str) -> tuple[str, int]:
+    h, p = url.removeprefix("http://").split(":")
+    return h, int(p)
+
+
+@pytest.fixture(autouse=True)
+def _gc() -> Any:
+    yield
+    gc.collect()
+
+
+# -- accounting ------------------------------------------------------------------------------------------
+EV = {"id": "c1", "object": "text_completion", "created": 1, "model": "m",
+      "choices": [{"index": 0, "text": " a", "finish_reason": None}]}
+
+
+async def _first_chunk_then_die(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return await sse(request, [EV, EV, EV], abort_after=1)  # one token, then the engine dies
+
+
+async def _http_500(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return web.json_response({"object": "error", "message": "engine dead", "code": 500}, status=500)
+
+
+def _outstanding(gw) -> tuple[list[int], dict]:  # type: ignore[no-untyped-def]
+    pend: list[int] = []
+    charged: dict = {}
+    for _, _, r in gw.dispatcher.routers():
+        pend += [int(x) for x in r.pending_prefill_]
+        charged.update(r._charged)
+    return pend, charged
+
+
+@pytest.mark.parametrize("router", ["round-robin", "lmetric"])
+async def test_prefill_charge_released_when_retry_target_fails_after_first_token_elsewhere(router: str) -> None:
+    """A non-streamed request (collected internally) gets its first chunk on A (first_token: A's prefill
+    charge released, req.first_token set), then A dies: retried on B (charged again at dispatch), which fails
+    before any token. `Router.on_finish` only releases the charge `if req.first_token < 0`, which is already
+    set from A: B's outstanding prefill keeps the prompt's tokens for ever (and `_charged` leaks the rid)."""
+    a, b = Custom(_first_chunk_then_die), Custom(_http_500)
+    await a.start()
+    await b.start()
+    gw = await gateway([a.url, b.url], scrape_interval=10.0, retries=1, router={"name": router})
+    try:
+        for _ in range(6):  # until a request goes to A first (lmetric breaks ties at random)
+            na = len(a.bodies)
+            async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/completions",
+                                                            json={"prompt": "x" * 400, "max_tokens": 4}) as r:
+                await r.read()
+            if len(a.bodies) > na and a.first_hit_before(b):
+                break
+            gw.dispatcher.backends[0].breaker.success(gw.now())  # keep both breakers closed for the next try
+            gw.dispatcher.backends[1].breaker.success(gw.now())
+        assert a.bodies and b.bodies
+        assert r.status == 502
+        await asyncio.sleep(0.05)
+        assert gw.dispatcher.in_flight == 0 and gw.dispatcher.queued == 0
+        pend, charged = _outstanding(gw)
+        assert not any(pend) and not charged, (pend, charged)
+    finally:
+        await gw.stop(drain=False)
+        await a.stop()
+        await b.stop()
+
+
+async def test_prefill_charge_released_after_plain_retry() -> None:
+    """Control: a failure before the first token on A, success on B: every charge released."""
+    a = Custom(_http_500)
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return await sse(request, [EV, {**EV, "choices": [], "usage": {"completion_tokens": 1}}])
+
+    b = Custom(ok)
+    await a.start()
+    await b.start()
+    gw = await gateway([a.url, b.url], scrape_interval=10.0, router={"name": "round-robin"})
+    try:
+        async with aiohttp.ClientSession() as s:
+            for stream in (False, True):
+                async with s.post(gw.url + "/v1/completions",
+                                  json={"prompt": "x" * 400, "max_tokens": 4, "stream": stream}) as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+        pend, charged = _outstanding(gw)
+        assert not any(pend) and not charged and gw.dispatcher.in_flight == 0
+    finally:
+        await gw.stop(drain=False)
+        await a.stop()
+        await b.stop()
