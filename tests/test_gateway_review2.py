@@ -197,3 +197,108 @@ async def test_prefill_charge_released_after_plain_retry() -> None:
         await gw.stop(drain=False)
         await a.stop()
         await b.stop()
+
+
+# -- re-assembly ----------------------------------------------------------------------------------------
+LP = {"tokens": [" a"], "token_logprobs": [-0.5], "top_logprobs": [{}], "text_offset": [0]}
+
+
+async def _completions_with_logprobs(request: web.Request) -> web.StreamResponse:
+    """vLLM's completions: `logprobs: k` (k >= 0) returns the sampled tokens' logprobs, streamed or not."""
+    body = json.loads(await request.read())
+    lp = LP if body.get("logprobs") is not None else None
+    if not body.get("stream"):
+        return web.json_response({"id": "c1", "object": "text_completion", "created": 1, "model": "m",
+                                  "choices": [{"index": 0, "text": " a", "logprobs": lp, "finish_reason": "length"}],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    ev = {"id": "c1", "object": "text_completion", "created": 1, "model": "m",
+          "choices": [{"index": 0, "text": " a", "logprobs": lp, "finish_reason": "length"}]}
+    return await sse(request, [ev])
+
+
+async def test_completions_logprobs_zero_is_not_dropped() -> None:
+    """`logprobs: 0` (the sampled token's logprob, no alternatives) is a valid completions request; the
+    gateway's `internal_stream_ok` tests `body[k] not in (None, False)` and 0 == False in Python, so the request
+    is streamed internally and the re-assembled answer has `logprobs: null`."""
+    be = Custom(_completions_with_logprobs)
+    await be.start()
+    gw = await gateway([be.url])
+    try:
+        async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/completions",
+                                                        json={"model": "m", "prompt": "x", "max_tokens": 1,
+                                                              "logprobs": 0}) as r:
+            out = await r.json()
+        assert r.status == 200
+        assert out["choices"][0]["logprobs"] == LP, (be.bodies[-1], out["choices"][0])
+    finally:
+        await gw.stop(drain=False)
+        await be.stop()
+
+
+async def _chat_token_ids(request: web.Request) -> web.StreamResponse:
+    """vLLM >= 0.10.2 with `return_token_ids: true`: the stream's first chunk carries `prompt_token_ids`, each
+    choice delta its `token_ids`; the unstreamed answer has `prompt_token_ids` and each choice's `token_ids`."""
+    body = json.loads(await request.read())
+    assert body.get("return_token_ids") is True
+    if not body.get("stream"):
+        return web.json_response({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                                  "prompt_token_ids": [1, 2, 3],
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "ab"},
+                                               "token_ids": [10, 11], "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    evs = [{**base, "prompt_token_ids": [1, 2, 3],
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+           {**base, "choices": [{"index": 0, "delta": {"content": "a"}, "token_ids": [10], "finish_reason": None}]},
+           {**base, "choices": [{"index": 0, "delta": {"content": "b"}, "token_ids": [11], "finish_reason": "stop"}]},
+           {**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}]
+    return await sse(request, evs)
+
+
+async def test_return_token_ids_survive_reassembly() -> None:
+    """RL rollouts (verl, slime, ...) send `return_token_ids: true` unstreamed; the re-assembled answer had
+    `token_ids` and `prompt_token_ids` null although the upstream stream carried them."""
+    be = Custom(_chat_token_ids)
+    await be.start()
+    gw = await gateway([be.url])
+    try:
+        async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "x"}], "return_token_ids": True}) as r:
+            out = await r.json()
+        assert r.status == 200
+        assert not be.bodies[-1].get("stream")  # passed as is: the stream's shape of these fields varies by version
+        assert out["choices"][0]["token_ids"] == [10, 11], out
+        assert out["prompt_token_ids"] == [1, 2, 3], out
+    finally:
+        await gw.stop(drain=False)
+        await be.stop()
+
+
+async def _n2_chat(request: web.Request) -> web.StreamResponse:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    evs = []
+    for k in (0, 1):
+        evs.append({**base, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""}}]})
+    evs += [{**base, "choices": [{"index": 1, "delta": {"content": "B"}, "finish_reason": None}]},
+            {**base, "choices": [{"index": 0, "delta": {"content": "A"}, "finish_reason": None}]},
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": None}]},
+            {**base, "choices": [{"index": 1, "delta": {}, "finish_reason": "length", "stop_reason": None}]},
+            {**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}]
+    return await sse(request, evs)
+
+
+async def test_n2_chat_reassembly_keeps_choices_finish_and_usage() -> None:
+    be = Custom(_n2_chat)
+    await be.start()
+    gw = await gateway([be.url])
+    try:
+        async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}) as r:
+            out = await r.json()
+        assert [c["message"]["content"] for c in out["choices"]] == ["A", "B"]
+        assert [c["finish_reason"] for c in out["choices"]] == ["stop", "length"]
+        assert out["usage"]["completion_tokens"] == 2
+        assert be.bodies[-1]["stream_options"] == {"include_usage": True}
+    finally:
+        await gw.stop(drain=False)
+        await be.stop()

@@ -70,8 +70,11 @@ _JSON = b"application/json"
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 # Body fields whose answer a re-assembled stream cannot reproduce: such non-streamed requests go upstream as is.
+# vLLM's extras too: `return_token_ids` (RL rollouts: per-choice `token_ids`, top-level `prompt_token_ids`) and
+# `kv_transfer_params` (disaggregated prefill: echoed in the answer) have no place in the re-assembled answer.
 _NO_INTERNAL_STREAM = frozenset(("logprobs", "top_logprobs", "echo", "tools", "functions", "tool_choice", "best_of",
-                                 "prompt_logprobs", "use_beam_search", "background", "include", "thinking"))
+                                 "prompt_logprobs", "use_beam_search", "background", "include", "thinking",
+                                 "return_token_ids", "kv_transfer_params"))
 _REASSEMBLED = frozenset((COMPLETIONS, CHAT, RESPONSES, MESSAGES))
 _PREAMBLE = (b'"response.created"', b'"response.in_progress"')
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -81,8 +84,14 @@ def internal_stream_ok(endpoint: str, body: dict[str, Any]) -> bool:
     """May a non-streamed request on `endpoint` go upstream as a stream and be re-assembled (see server.py)?"""
     if endpoint not in _REASSEMBLED:
         return False
-    absent = (None, False, 0, []) if endpoint == RESPONSES else (None, False)  # Responses' defaults: 0 and []
-    return not any(body[k] not in absent for k in _NO_INTERNAL_STREAM.intersection(body))  # a set lookup per key
+    responses = endpoint == RESPONSES
+    return all(_absent(body[k], responses) for k in _NO_INTERNAL_STREAM.intersection(body))  # a set lookup per key
+
+
+def _absent(v: Any, responses: bool) -> bool:
+    """A field left at "off": None or False (by identity: `logprobs: 0` asks for the sampled token's logprob, and
+    0 == False in Python); for Responses also its defaults 0 and []."""
+    return v is None or v is False or (responses and (v == [] or (type(v) is int and v == 0)))
 
 
 def past_preamble(buf: bytes | bytearray) -> bool:
