@@ -18,6 +18,7 @@ from aiohttp import web
 
 from llmsched.gateway.config import GatewayConfig
 from llmsched.gateway.server import Gateway
+from llmsched.gateway.testing import FakeBackend
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -302,3 +303,88 @@ async def test_n2_chat_reassembly_keeps_choices_finish_and_usage() -> None:
     finally:
         await gw.stop(drain=False)
         await be.stop()
+
+
+# -- HTTP/1.x front -------------------------------------------------------------------------------------
+BODY = json.dumps({"prompt": "hello", "max_tokens": 4}).encode()
+
+
+def _post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+async def test_head_answer_has_no_body_and_keep_alive_framing_survives() -> None:
+    """RFC 9110 9.3.2: a response to HEAD carries no content. The gateway writes the body of its 405 (or any
+    answer) after a HEAD, so the next answer on the kept-alive connection is read starting with stray JSON."""
+    fake = FakeBackend()
+    await fake.start()
+    gw = await gateway([fake.url])
+    try:
+        h, p = host_port(gw.url)
+        data = await raw_exchange(h, p, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                                        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 200"), data[:100]  # HEAD is GET without the body
+        head_end = data.index(b"\r\n\r\n") + 4
+        rest = data[head_end:]
+        assert rest.startswith(b"HTTP/1.1 "), f"bytes after the HEAD answer's head: {rest[:80]!r}"
+    finally:
+        await gw.stop(drain=False)
+        await fake.stop()
+
+
+async def test_chunked_request_body_and_expect_100_continue() -> None:
+    fake = FakeBackend()
+    await fake.start()
+    gw = await gateway([fake.url])
+    try:
+        h, p = host_port(gw.url)
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
+        req = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n" + chunked)
+        data = await raw_exchange(h, p, req)
+        assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), data[:200]
+    finally:
+        await gw.stop(drain=False)
+        await fake.stop()
+
+
+async def test_pipelined_stream_then_plain_and_large_header() -> None:
+    fake = FakeBackend(token_delay=0.005)
+    await fake.start()
+    gw = await gateway([fake.url])
+    try:
+        h, p = host_port(gw.url)
+        sbody = json.dumps({"prompt": "hi", "max_tokens": 3, "stream": True}).encode()
+        big = b"X-Big: " + b"a" * 60000 + b"\r\n"
+        req = _post("/v1/completions", sbody, big) + _post("/v1/completions", BODY, b"Connection: close\r\n")
+        data = await raw_exchange(h, p, req)
+        assert data.count(b"HTTP/1.1 200") == 2, data[:500]
+        assert b"data: [DONE]" in data and b"0\r\n\r\nHTTP/1.1 200" in data
+    finally:
+        await gw.stop(drain=False)
+        await fake.stop()
+
+
+async def test_http10_client_stream_is_not_chunked() -> None:
+    """RFC 9112 6.1: a server MUST NOT send chunked transfer coding to an HTTP/1.0 client; the gateway does
+    for a streamed answer (the client sees the chunk sizes inside its SSE data)."""
+    fake = FakeBackend()
+    await fake.start()
+    gw = await gateway([fake.url])
+    try:
+        h, p = host_port(gw.url)
+        sbody = json.dumps({"prompt": "hi", "max_tokens": 3, "stream": True}).encode()
+        req = (b"POST /v1/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(sbody) + sbody)
+        t0 = time.monotonic()
+        data = await raw_exchange(h, p, req)
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert b"transfer-encoding: chunked" not in head.lower(), head
+        # The events as the backend sent them, unframed, and the end of the stream is the end of the connection.
+        assert body.startswith(b"data: ") and body.endswith(b"data: [DONE]\n\n"), body[:200]
+        assert time.monotonic() - t0 < 2.0  # closed by the gateway, not by raw_exchange's 3 s timeout
+        assert gw.dispatcher.in_flight == 0
+    finally:
+        await gw.stop(drain=False)
+        await fake.stop()

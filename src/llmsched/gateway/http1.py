@@ -55,9 +55,10 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 
 # ------------------------------------------------------------------------------------------------ server ---
 class HttpRequest:
-    """One parsed request: method, path, query string, lower-cased headers, body."""
+    """One parsed request: method, path, query string, lower-cased headers, body; `http10`: an HTTP/1.0 client."""
 
-    __slots__ = ("method", "path", "query_string", "headers", "body", "keep_alive", "_url", "_parts", "_size")
+    __slots__ = ("method", "path", "query_string", "headers", "body", "keep_alive", "http10", "_url", "_parts",
+                 "_size")
 
     def __init__(self) -> None:
         self.method = ""
@@ -66,6 +67,7 @@ class HttpRequest:
         self.headers: dict[str, str] = {}
         self.body = b""
         self.keep_alive = True
+        self.http10 = False
         self._url = b""
         self._parts: list[bytes] = []
         self._size = 0
@@ -96,6 +98,10 @@ class ServerConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self.since = 0.0  # loop time when the connection went idle or a request began (slow-client sweep)
         self.on_writable: Callable[[], None] | None = None  # a relay that paused its upstream waits on this
+        # The request being answered: HEAD (the answer's head only, RFC 9110 9.3.2) or from an HTTP/1.0 client
+        # (no chunked coding, RFC 9112 6.1: a stream is sent raw and ended by closing the connection).
+        self.head_only = False
+        self.http10 = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -159,6 +165,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             r.path = u.decode("latin-1")
         r.keep_alive = self.parser.should_keep_alive()
+        r.http10 = self.parser.get_http_version() == "1.0"
         n = r.headers.get("content-length")
         if n is not None and n.isdigit() and int(n) > self.server.max_body:
             self._too_large(r)
@@ -195,6 +202,8 @@ class ServerConnection(asyncio.Protocol):
             r = self.ready.popleft()
             if len(self.ready) == _MAX_PIPELINED - 1 and self.transport is not None:
                 self.transport.resume_reading()
+            self.head_only = r.method == "HEAD"
+            self.http10 = r.http10
             self.task = self.server.loop.create_task(self._run(r))
         else:
             self.task = None
@@ -244,7 +253,9 @@ class ServerConnection(asyncio.Protocol):
         conn = b"Connection: close\r\n" if close else b""
         head = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (status_line(status), ctype, len(body),
                                                                           extra, conn)
-        if len(body) <= _JOIN_BELOW:  # one buffer, one send: cheaper than a gather-write of small pieces
+        if self.head_only:
+            t.write(head)
+        elif len(body) <= _JOIN_BELOW:  # one buffer, one send: cheaper than a gather-write of small pieces
             t.write(head + body)
         else:
             t.writelines((head, body))
@@ -253,16 +264,23 @@ class ServerConnection(asyncio.Protocol):
 
     def start_chunked(self, status: int, ctype: bytes) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.writelines((status_line(status), b"Content-Type: ", ctype,
-                                       b"\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"))
+            self.transport.writelines((status_line(status), b"Content-Type: ", ctype, b"\r\nCache-Control: no-cache\r\n",
+                                       b"Connection: close\r\n\r\n" if self.http10
+                                       else b"Transfer-Encoding: chunked\r\n\r\n"))
 
     def write_chunk(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            if self.http10:
+                self.transport.write(data)
+            else:
+                self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
 
     def end_chunked(self) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
+            if self.http10:
+                self.close()  # the end of an HTTP/1.0 stream is the end of the connection
+            else:
+                self.transport.write(b"0\r\n\r\n")
 
     @property
     def writable(self) -> bool:

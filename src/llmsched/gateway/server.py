@@ -467,7 +467,7 @@ class Gateway:
         if methods is None:
             self._err(conn, 404, self.routes.not_found(path), "not_found_error")
             return
-        handler = methods.get(r.method)
+        handler = methods.get(r.method) or (methods.get("GET") if r.method == "HEAD" else None)  # head only
         if handler is None:
             self._err(conn, 405, f"method {r.method} not allowed on {path} (allowed: {', '.join(methods)})")
             return
