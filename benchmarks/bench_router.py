@@ -96,6 +96,23 @@ def index_memory(total_blocks: int, instances: int, share: int) -> float:
     return (after - before - 32 * len(idx)) / pairs
 
 
+def index_memory_tails(requests: int, instances: int) -> float:
+    """Bytes per request when each request is one of 64 shared prefixes (2-31 blocks) plus one block of its own
+    (chat turns with a short unique tail): one leaf per request, the index's costliest shape per block."""
+    rng = np.random.default_rng(0)
+    prefixes = [tuple(int(h) for h in rng.integers(1, 2**62, int(k))) for k in rng.integers(2, 32, 64)]
+    chains = [prefixes[int(p)] + (int(t),) for p, t in zip(rng.integers(0, 64, requests),
+                                                            rng.integers(1, 2**62, requests), strict=True)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    idx = PrefixIndex(instances, capacity_blocks=1 << 40)
+    for k, ch in enumerate(chains):
+        idx.touch(k % instances, ch, float(k))
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / requests
+
+
 def main() -> None:
     global BLOCKS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -128,6 +145,8 @@ def main() -> None:
         b = index_memory(1_000_000, 16, share)
         print(f"  1M (instance, block) pairs, each block on {share} instance(s): {b:.0f} B/pair = "
               f"{b * 1e6 / 2**20:.0f} MiB per million blocks")
+    b = index_memory_tails(100_000, 16)
+    print(f"  100k requests of a shared prefix + 1 block of their own, 16 instances: {b:.0f} B/request")
 
 
 if __name__ == "__main__":

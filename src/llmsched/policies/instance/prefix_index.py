@@ -25,8 +25,15 @@ import heapq
 from collections import deque
 from collections.abc import Iterator, Sequence
 from itertools import count
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
+
+
+# Shared by every node until it needs a map of its own: most nodes are leaves held whole (a request's unique
+# tail), and three empty dicts each were ~200 of a leaf's ~900 bytes. Read-only, so a missed allocation raises.
+_EMPTY: Any = MappingProxyType({})
 
 
 class _Node:
@@ -38,11 +45,11 @@ class _Node:
         self.keys = keys
         self.start = start
         self.parent = parent
-        self.children: dict[int, _Node] = {}  # first hash of the child's run -> child
+        self.children: dict[int, _Node] = _EMPTY  # first hash of the child's run -> child
         self.full = 0  # bitmask of instances holding the whole run
-        self.part: dict[int, int] = {}  # instance -> leading blocks held (0 < k < len(keys))
+        self.part: dict[int, int] = _EMPTY  # instance -> leading blocks held (0 < k < len(keys))
         self.top: dict[int, int] = {}  # instance -> stamp of keys[0] there
-        self.kids: dict[int, int] = {}  # instance -> children it holds (absent: none, a leaf for it)
+        self.kids: dict[int, int] = _EMPTY  # instance -> children it holds (absent: none, a leaf for it)
 
     def held(self, instance: int) -> int:
         if self.full >> instance & 1:
@@ -234,6 +241,8 @@ class PrefixIndex:
                 break
             if node is None:  # the rest of the chain is new
                 node = _Node(hashes[s:], s, parent)
+                if children is _EMPTY:
+                    children = parent.children = {}  # type: ignore[union-attr]  # (roots_ is never _EMPTY)
                 children[hashes[s]] = node
             else:
                 m = _matched(node, hashes, total)
@@ -246,6 +255,8 @@ class PrefixIndex:
                     del node.part[instance]
                 else:
                     if parent is not None:
+                        if parent.kids is _EMPTY:
+                            parent.kids = {}
                         parent.kids[instance] = parent.kids.get(instance, 0) + 1
                 node.full |= bit
             node.top[instance] = top - s
@@ -310,7 +321,8 @@ class PrefixIndex:
         node.keys = node.keys[m:]
         node.start += m
         node.parent = head
-        head.children[node.keys[0]] = node
+        head.children = {node.keys[0]: node}
+        head.kids = {}
         head.full = node.full
         head.top = dict(node.top)
         full = node.full
@@ -331,6 +343,8 @@ class PrefixIndex:
                 if k == m:
                     head.full |= 1 << i
                 else:
+                    if head.part is _EMPTY:
+                        head.part = {}
                     head.part[i] = k
                 self._push(i, head)
         if not node.full and not node.part and not node.children:  # nobody held past the cut
@@ -391,16 +405,20 @@ class PrefixIndex:
 
     def _set_held(self, instance: int, node: _Node, k: int) -> None:
         if k == len(node.keys):
-            node.part.pop(instance, None)
+            if instance in node.part:
+                del node.part[instance]
             node.full |= 1 << instance
         else:
             node.full &= ~(1 << instance)
+            if node.part is _EMPTY:
+                node.part = {}
             node.part[instance] = k
 
     def _release(self, instance: int, node: _Node) -> None:
         """`instance` holds none of `node` (nor, by then, of its children); free what nobody holds."""
         node.full &= ~(1 << instance)
-        node.part.pop(instance, None)
+        if instance in node.part:
+            del node.part[instance]
         del node.top[instance]
         parent = node.parent
         if parent is not None:
