@@ -143,13 +143,16 @@ class Recorder:
             self._rotate_name()
             f = self.path.open("a", encoding="utf-8")
         f.write(json.dumps(self._header()) + "\n")
+        f.flush()  # on disk at once: a new segment is a readable recording before its first row arrives
         return f
 
     def _rotate_name(self) -> None:
-        n = 1
-        while Path(f"{self.path}.{n}").exists():
-            n += 1
-        os.replace(self.path, f"{self.path}.{n}")
+        """PATH becomes PATH.n, n past the highest existing number (not the lowest free one: with an older
+        segment pruned, that would put the newest rows before the older ones)."""
+        name = self.path.name
+        nums = [int(p.name[len(name) + 1:]) for p in self.path.parent.glob(f"{name}.*")
+                if p.name[len(name) + 1:].isdigit()]
+        os.replace(self.path, f"{self.path}.{max(nums, default=0) + 1}")
 
     def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
         # All rows' hashes made (for rows that brought their prompt text) and salted in one numpy pass each:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Shared by every node until it needs a map of its own: most nodes are leaves held whole (a request's unique
 # tail), and three empty dicts each were ~200 of a leaf's ~900 bytes. Read-only, so a missed allocation raises.
 _EMPTY: Any = MappingProxyType({})

@@ -24,7 +24,7 @@ from llmsched.workload.traces.files import (
     BUILTIN_PREFIX,
     BUILTIN_TRACES,
     builtin_names,
-    open_text,
+    first_line,
     plain_stem,
     plain_suffix,
     resolve_path,
@@ -73,8 +73,7 @@ def _load_file(path: Path, fmt: str, block_size: int, root: int, model: str | No
 def detect_format(path: Path) -> str:
     """A gateway recording by its header line; else by extension (`.jsonl` -> mooncake, also under .gz/.xz),
     else by the CSV header."""
-    with open_text(path) as f:
-        first = f.readline().strip()
+    first = first_line(path).strip()
     if is_record_header(first):
         return "record"
     if plain_suffix(path) in (".jsonl", ".json"):

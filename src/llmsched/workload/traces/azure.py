@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from llmsched.workload.columns import Columns
-from llmsched.workload.errors import WorkloadError
+from llmsched.workload.errors import MAX_TOKENS, WorkloadError
 from llmsched.workload.traces.files import read_text
 
 HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -33,9 +33,9 @@ def load_azure(path: Path) -> Columns:
         body.pop()
     try:
         ts, ctx, gen = _parse_fast(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         ts, ctx, gen = _parse_slow(path, body)  # raises with the line number
-    if len(ctx) and (ctx.min() < 1 or gen.min() < 1):
+    if len(ctx) and (ctx.min() < 1 or gen.min() < 1 or ctx.max() > MAX_TOKENS or gen.max() > MAX_TOKENS):
         _parse_slow(path, body)
     t0 = ts[0] if len(ts) else np.datetime64(0, "ns")
     arrival = (ts - t0).astype(np.float64) / 1e9
@@ -75,6 +75,8 @@ def _parse_slow(path: Path, body: list[str]) -> tuple[np.ndarray, np.ndarray, np
                 raise WorkloadError.at(path, i, f"{name} is not an integer: {raw!r}") from None
             if v < 1:
                 raise WorkloadError.at(path, i, f"{name} must be >= 1, got {v}")
+            if v > MAX_TOKENS:
+                raise WorkloadError.at(path, i, f"{name} is too large: {v} (at most {MAX_TOKENS})")
             out.append(v)
         ts.append(t)
     return (

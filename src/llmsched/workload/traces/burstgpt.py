@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llmsched.workload.columns import Columns
-from llmsched.workload.errors import WorkloadError
+from llmsched.workload.errors import MAX_TOKENS, WorkloadError
 from llmsched.workload.traces.files import open_text
 
 REQUIRED = ("Timestamp", "Request tokens", "Response tokens")
@@ -103,4 +103,6 @@ def _count(path: Path, i: int, name: str, raw: str) -> int:
         v = int(f)
     if v < 0:
         raise WorkloadError.at(path, i, f"{name} must be >= 0, got {v}")
+    if v > MAX_TOKENS:
+        raise WorkloadError.at(path, i, f"{name} is too large: {raw.strip()} (at most {MAX_TOKENS})")
     return v

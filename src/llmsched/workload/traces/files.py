@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,16 +112,32 @@ def plain_stem(path: Path) -> str:
 
 
 def open_text(path: Path, newline: str | None = None) -> IO[str]:
-    """A text stream of the file, decompressed if its name ends in .gz or .xz."""
-    opener = COMPRESSED.get(path.suffix.lower())
-    if opener is None:
-        return path.open(encoding="utf-8", newline=newline)
-    try:
-        return io.TextIOWrapper(io.BytesIO(opener(path).read()), encoding="utf-8", newline=newline)
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise WorkloadError(f"{path}: cannot decompress: {e}") from None
+    """A text stream of the file (`read_text`); `newline` as `open`'s (None: universal newlines)."""
+    return io.StringIO(read_text(path), newline=newline)
 
 
 def read_text(path: Path) -> str:
-    with open_text(path) as f:
-        return f.read()
+    """The file's text, decompressed if its name ends in .gz or .xz, decoded here in one piece so that a byte
+    that is not UTF-8 names the file and line; a leading byte-order mark (Excel, PowerShell) is dropped."""
+    opener = COMPRESSED.get(path.suffix.lower())
+    try:
+        data = path.read_bytes() if opener is None else opener(path).read()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise WorkloadError(f"{path}: cannot {'read' if opener is None else 'decompress'}: {e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise WorkloadError.at(path, line, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def first_line(path: Path) -> str:
+    """The file's first line (decompressed, BOM dropped; undecodable bytes replaced): enough to tell a format
+    without reading the whole file."""
+    opener = COMPRESSED.get(path.suffix.lower())
+    try:
+        with path.open("rb") if opener is None else opener(path) as f:
+            raw = f.readline()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise WorkloadError(f"{path}: cannot {'read' if opener is None else 'decompress'}: {e}") from None
+    return raw.decode("utf-8-sig", errors="replace")

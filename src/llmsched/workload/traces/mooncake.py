@@ -17,7 +17,7 @@ import numpy as np
 
 from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
-from llmsched.workload.errors import WorkloadError
+from llmsched.workload.errors import MAX_TOKENS, WorkloadError
 from llmsched.workload.prefix import BlockIdExpander, BlockRef
 from llmsched.workload.traces.files import open_text
 from llmsched.workload.traces.jsonl import json_lines
@@ -78,6 +78,8 @@ def _check_row(path: Path, i: int, row: object) -> tuple[float, int, int, list[i
         v = row[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise WorkloadError.at(path, i, f"{k} must be an integer >= 1, got {v!r}")
+        if v > MAX_TOKENS:
+            raise WorkloadError.at(path, i, f"{k} is too large: {v} (at most {MAX_TOKENS})")
         lengths.append(v)
     ids = row.get("hash_ids", [])
     if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):

@@ -12,7 +12,10 @@ hash names the whole prefix through its block); any other block size is an error
 from __future__ import annotations
 
 import base64
+import binascii
+import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import numpy as np
 from llmsched.core.hashing import ROOT
 from llmsched.workload.columns import Columns
 from llmsched.workload.errors import WorkloadError
-from llmsched.workload.traces.files import open_text
+from llmsched.workload.traces.files import first_line, read_text
 from llmsched.workload.traces.jsonl import json_lines
 
 MAGIC = "llmsched_record"
@@ -56,6 +59,7 @@ class Recording:
     cls: list[str | None]
     priority: np.ndarray
     model: list[str | None]  # the model pool's id each row went to (None: unknown, or an older recording)
+    truncated: int = 0  # segments whose last line was cut short (a gateway killed mid-write): that line dropped
 
     @property
     def block_size(self) -> int:
@@ -70,13 +74,17 @@ class Recording:
 
 
 def segments(path: Path) -> list[Path]:
-    """PATH's older segments PATH.1, PATH.2, ... that exist, then PATH."""
-    out = []
-    n = 1
-    while Path(f"{path}.{n}").is_file():
-        out.append(Path(f"{path}.{n}"))
-        n += 1
-    return [*out, path]
+    """PATH's older segments PATH.1, PATH.2, ... that exist, in the order of their numbers (a gap, e.g. a pruned
+    oldest segment, skips nothing after it), then PATH."""
+    older = []
+    for p in path.parent.glob(f"{path.name}.*"):
+        n = p.name[len(path.name) + 1:]
+        if n.isdigit() and p.is_file():
+            older.append((int(n), p))
+    return [p for _, p in sorted(older)] + [path]
+
+
+_LIMIT = 2**62  # integers beyond this are not counts, statuses or indices: a corrupt row
 
 
 def _num(path: Path, i: int, row: dict[str, Any], key: str, kind: type, none_ok: bool) -> Any:
@@ -85,19 +93,53 @@ def _num(path: Path, i: int, row: dict[str, Any], key: str, kind: type, none_ok:
         return None
     if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
         raise WorkloadError.at(path, i, f"{key} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if not (math.isfinite(v) and -_LIMIT < v < _LIMIT):
+        raise WorkloadError.at(path, i, f"{key} must be a finite number of sensible size, got {v!r}")
     return v
 
 
 def _header(path: Path) -> dict[str, Any]:
-    with open_text(path) as f:
-        first = f.readline()
     try:
-        head = json.loads(first)
+        head = json.loads(first_line(path))
     except json.JSONDecodeError:
         head = None
     if not isinstance(head, dict) or MAGIC not in head:
         raise WorkloadError.at(path, 1, f"not a gateway recording (no {MAGIC!r} header line)")
+    bs = head.get("block_size", 16)
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise WorkloadError.at(path, 1, f"block_size must be an integer >= 1, got {bs!r}")
+    scale = head.get("time_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
+        raise WorkloadError.at(path, 1, f"time_scale must be a number > 0, got {scale!r}")
     return head
+
+
+def _complete_lines(seg: Path) -> tuple[str, bool]:
+    """The segment's text without a last line cut short (no newline after it, and not valid JSON: what a gateway
+    killed mid-write leaves), and whether one was dropped. Cut anywhere else, a line is an error."""
+    text = read_text(seg)
+    if text.endswith("\n") or "\n" not in text:
+        return text, False
+    keep, last = text.rsplit("\n", 1)
+    try:
+        json.loads(last)
+    except json.JSONDecodeError:
+        return keep + "\n", True
+    return text, False
+
+
+def _check_hashes(seg: Path, i: int, h: object) -> str | None:
+    if h is None or h == "":
+        return None
+    if not isinstance(h, str):
+        raise WorkloadError.at(seg, i, "block_hashes must be a base64 string")
+    try:
+        raw = base64.b64decode(h, validate=True)
+    except (binascii.Error, ValueError):
+        raise WorkloadError.at(seg, i, "block_hashes is not valid base64") from None
+    if len(raw) % 8:
+        raise WorkloadError.at(seg, i, f"block_hashes is {len(raw)} bytes, not a multiple of 8 (uint64 hashes)")
+    return h
 
 
 def read_recording(path: Path) -> Recording:
@@ -107,8 +149,10 @@ def read_recording(path: Path) -> Recording:
     cols: dict[str, list[Any]] = {k: [] for k in ("arrival", "prompt", "output", "max_tokens", "backend", "ttft",
                                                    "e2e", "status", "hashes", "session", "cls", "priority",
                                                    "model")}
+    truncated = 0
     for seg in segments(path):
-        with open_text(seg) as f:
+        text, cut = _complete_lines(seg)
+        with io.StringIO(text, newline=None) as f:
             f.readline()
             head = _header(seg)
             if head.get(MAGIC) != 1:
@@ -117,6 +161,7 @@ def read_recording(path: Path) -> Recording:
                 continue  # a segment of an older recording rotated beside this one
             if header is None:
                 header = head
+            truncated += cut
             scale = float(head.get("time_scale", 1.0))
             for i, row in json_lines(f, seg, start=2):
                 if not isinstance(row, dict):
@@ -138,10 +183,7 @@ def read_recording(path: Path) -> Recording:
                 cols["ttft"].append(np.nan if ttft is None else ttft * scale)
                 cols["e2e"].append(np.nan if e2e is None else e2e * scale)
                 cols["status"].append(int(_num(seg, i, row, "status", int, False)))
-                h = row.get("block_hashes")
-                if h is not None and not isinstance(h, str):
-                    raise WorkloadError.at(seg, i, "block_hashes must be a base64 string")
-                cols["hashes"].append(h or None)
+                cols["hashes"].append(_check_hashes(seg, i, row.get("block_hashes")))
                 cols["session"].append(row.get("session"))
                 cols["cls"].append(row.get("class"))
                 pr = row.get("priority", 0)
@@ -156,7 +198,7 @@ def read_recording(path: Path) -> Recording:
         header, np.array(cols["arrival"], f64), np.array(cols["prompt"], i64), np.array(cols["output"], i64),
         np.array(cols["max_tokens"], i64), np.array(cols["backend"], i64), np.array(cols["ttft"], f64),
         np.array(cols["e2e"], f64), np.array(cols["status"], i64), cols["hashes"], cols["session"], cols["cls"],
-        np.array(cols["priority"], i64), cols["model"],
+        np.array(cols["priority"], i64), cols["model"], truncated,
     )
 
 
@@ -183,7 +225,7 @@ def rows_of_model(rec: Recording, model: str | None, choose: str = "--served-mod
     return Recording(header, rec.arrival[keep], rec.prompt[keep], rec.output[keep], rec.max_tokens[keep],
                      backend, rec.ttft[keep], rec.e2e[keep], rec.status[keep],
                      [rec.hashes[i] for i in idx], [rec.session[i] for i in idx], [rec.cls[i] for i in idx],
-                     rec.priority[keep], [model] * len(idx))
+                     rec.priority[keep], [model] * len(idx), rec.truncated)
 
 
 def encode_hashes(h: np.ndarray) -> str:
@@ -235,4 +277,6 @@ def load_record(path: Path, block_size: int, root: int = ROOT, model: str | None
     if rec.priority[ok].any():
         cols.priority = rec.priority[ok]
     cols.notes["dropped_failed"] = int(len(rec) - len(ok))
+    if rec.truncated:
+        cols.notes["truncated_lines"] = rec.truncated
     return cols
