@@ -216,7 +216,7 @@ def validate(data: Any, source: str) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario is a mapping with name, workloads and policies")
     try:
-        sc = Scenario(**data)
+        sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise ScenarioError(f"{source}: {format_validation(e, Scenario)}") from None
     sc._source = source

@@ -69,7 +69,7 @@ def load_sweep(path: Path) -> tuple[SweepSpec, list[Scenario]]:
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a sweep file is a mapping with at least `scenarios:`")
     try:
-        spec = SweepSpec(**data)
+        spec = SweepSpec.model_validate(data)
     except ValidationError as e:
         raise ScenarioError(f"{path}: {format_validation(e, SweepSpec)}") from None
     scenarios = []

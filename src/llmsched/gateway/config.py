@@ -160,7 +160,7 @@ def build_config(
 ) -> GatewayConfig:
     data = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     try:
-        cfg = GatewayConfig(**data)
+        cfg = GatewayConfig.model_validate(data)
     except ValidationError as e:
         lines = [
             f"{source}: {'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()

@@ -64,7 +64,7 @@ def parse_calibration(data: Any, source: str = "<calibration>") -> Calibration:
     if not isinstance(data, dict):
         raise CalibrationError(f"{source}: a calibration is a mapping of knobs ({', '.join(KNOBS)})")
     try:
-        return Calibration(**data)
+        return Calibration.model_validate(data)
     except ValidationError as e:
         raise CalibrationError(_format(e, source)) from None
 
