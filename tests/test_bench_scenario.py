@@ -64,6 +64,16 @@ def test_validation_errors_name_file_and_field(tmp_path: Path, patch: dict, need
     assert str(p) in str(e.value) and needle in str(e.value)
 
 
+@pytest.mark.parametrize("load", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", ["loads", "quick.loads"])
+def test_loads_must_be_finite(tmp_path: Path, load: float, where: str) -> None:
+    """`loads: [.nan]` / `[.inf]` are refused at load time (NaN passed the old `x <= 0` test), in quick too."""
+    patch = {"loads": [0.5, load]} if where == "loads" else {"quick": {**GOOD["quick"], "loads": [load]}}
+    p = write(tmp_path, {**GOOD, **patch})
+    with pytest.raises(ScenarioError, match=rf"{p.name}: {where}: every load must be finite and > 0"):
+        load_scenario(p)
+
+
 def test_invalid_yaml_names_line(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\nworkloads: [\n  - oops: : :\n")

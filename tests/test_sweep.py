@@ -48,8 +48,11 @@ def test_grid_is_the_product(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("extra", "needle"), [({"seeds": [1, 1]}, "seeds must be distinct"),
                                                ({"seedz": 3}, "seedz"), ({"loads": [0]}, "loads"),
+                                               ({"loads": [float("nan")]}, "loads: every load must be finite"),
+                                               ({"loads": [float("inf")]}, "loads: every load must be finite"),
                                                ({"policies": ["zz"]}, "none of ['zz']")])
 def test_sweep_file_errors(tmp_path: Path, extra: dict, needle: str) -> None:
+    """Each mistake is named with the sweep file and the field; NaN/inf loads included (NaN passed `x <= 0`)."""
     with pytest.raises(ScenarioError, match="sweep.yaml") as e:
         load_sweep(sweep_file(tmp_path, **extra))
     assert needle in str(e.value)

@@ -8,6 +8,7 @@ field before any simulation starts, not after minutes of runs.
 from __future__ import annotations
 
 import importlib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,9 +36,10 @@ DEFAULT_COLUMNS = ["ttft_mean", "ttft_p99", "tpot_mean", "e2e_p99", "output_thro
 
 
 def check_loads(v: list[float] | None) -> list[float] | None:
-    """Offered loads are fractions of the simulated capacity: each must be > 0 (scenarios and sweeps)."""
-    if v is not None and any(x <= 0 for x in v):
-        raise ValueError("every load must be > 0 (a fraction of the simulated capacity)")
+    """Offered loads are fractions of the simulated capacity: each must be finite and > 0 (scenarios, their
+    quick overrides and sweeps). `x <= 0` alone lets NaN through (every comparison with it is false)."""
+    if v is not None and not all(math.isfinite(x) and x > 0 for x in v):
+        raise ValueError("every load must be finite and > 0 (a fraction of the simulated capacity)")
     return v
 
 def _check_columns(v: list[str]) -> list[str]:
@@ -84,9 +86,14 @@ class Quick(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_requests: int | None = Field(None, ge=1)
-    loads: list[float] | None = None
+    loads: list[float] | None = Field(None, min_length=1)
     workloads: list[str] | None = Field(None, description="labels of the workloads to keep")
     policies: list[str] | None = Field(None, description="labels of the policy sets to keep")
+
+    @field_validator("loads")
+    @classmethod
+    def _positive_loads(cls, v: list[float] | None) -> list[float] | None:
+        return check_loads(v)
 
 
 class Headline(BaseModel):
