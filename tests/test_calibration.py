@@ -91,6 +91,22 @@ def test_calibration_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
         load_calibration(tmp_path / "c.json")
 
 
+@pytest.mark.parametrize("knob", ["step_overhead_s", "compute_scale", "bandwidth_scale"])
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_calibration_knobs_must_be_finite(tmp_path: Path, knob: str, value: str) -> None:
+    """`.inf` passed ge=0 / gt=0 (every step time infinite); it is now an error naming the file and the knob."""
+    (tmp_path / "cal.yaml").write_text(f"{knob}: {value}\n")
+    with pytest.raises(CalibrationError, match=rf"cal.yaml: {knob}: Input should be a finite number"):
+        load_calibration(tmp_path / "cal.yaml")
+
+
+def test_calibration_file_not_utf8_names_the_file(tmp_path: Path) -> None:
+    """A byte that is not UTF-8 is a CalibrationError naming the file, not a bare UnicodeDecodeError."""
+    (tmp_path / "cal.yaml").write_bytes(b"compute_scale: 0.5  # \xff\n")
+    with pytest.raises(CalibrationError, match=r"cal.yaml: not UTF-8 text \(invalid start byte at byte 22\)"):
+        load_calibration(tmp_path / "cal.yaml")
+
+
 def test_simulation_uses_the_calibration() -> None:
     cfg = SimConfig(workload={"kind": "synthetic", "name": "chat", "rate": 5, "num_requests": 60})
     plain = simulate(cfg)
@@ -109,6 +125,15 @@ def test_cli_accepts_calibration_on_simulate_and_rejects_a_bad_file(tmp_path: Pa
     assert json.loads(r.output)["simulated"]["calibration"] == {"bandwidth_scale": 0.5}
     r = runner.invoke(app, [*args, "--calibration", str(bad)])
     assert r.exit_code == 2 and "bad.yaml:speed:unknown key" in " ".join(r.output.split()).replace(": ", ":")
+
+
+def test_simulate_rejects_an_infinite_knob(tmp_path: Path) -> None:
+    """`simulate --calibration` with `step_overhead_s: .inf` exits 2 naming the knob; it printed `"mean": Infinity`
+    (not JSON) and exited 0."""
+    (tmp_path / "cal.yaml").write_text("step_overhead_s: .inf\n")
+    r = runner.invoke(app, ["simulate", "--num-requests", "5", "--calibration", str(tmp_path / "cal.yaml"), "--json"])
+    assert r.exit_code == 2 and "Infinity" not in r.output, r.output[-300:]
+    assert "cal.yaml: step_overhead_s: must be a finite number" in " ".join(r.output.split())
 
 
 def test_emulate_rejects_a_bad_calibration_file_by_key(tmp_path: Path) -> None:

@@ -20,9 +20,10 @@ class CalibrationError(ValueError):
 
 
 class Calibration(BaseModel):
-    """Cost-model knobs; a field left out keeps the model's default."""
+    """Cost-model knobs; a field left out keeps the model's default. Every knob is finite: YAML's `.inf` passes
+    `ge=0`/`gt=0` and would make every step time infinite (and `simulate --json` print `Infinity`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     step_overhead_s: float | None = Field(None, ge=0, description="fixed CPU/launch time per iteration, seconds")
     compute_scale: float | None = Field(None, gt=0, description="multiplier on the fitted FLOP efficiencies")
@@ -76,6 +77,8 @@ def load_calibration(path: str | Path) -> Calibration:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise CalibrationError(f"{p}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
