@@ -328,6 +328,43 @@ async def test_bad_chat_is_400(client: TestClient, body: dict[str, Any]) -> None
     assert (await r.json())["error"]["type"] == "BadRequestError"
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"max_tokens": 5, "min_tokens": 10}, "min_tokens"),  # vLLM SamplingParams: min_tokens <= max_tokens
+        ({"max_completion_tokens": 5, "min_tokens": 10}, "min_tokens"),
+        ({"max_tokens": 3, "stop": 5}, "stop"),  # vLLM's request model: str | list[str]
+        ({"max_tokens": 3, "stop": ["a", 1]}, "stop"),
+        ({"max_tokens": 3, "ignore_eos": "maybe"}, "ignore_eos"),
+        ({"max_tokens": 3, "stop_token_ids": "x"}, "stop_token_ids"),  # list[int]
+        ({"max_tokens": 3, "stop_token_ids": [1, "2"]}, "stop_token_ids"),
+        ({"max_tokens": 3, "top_k": "5"}, "top_k"),
+    ],
+)
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+async def test_ignored_fields_of_the_wrong_type_are_400(
+    client: TestClient, route: str, extra: dict[str, Any], param: str
+) -> None:
+    """Fields the emulator ignores are still checked as vLLM checks them (it answered these 200)."""
+    if route == "/v1/completions" and "max_completion_tokens" in extra:
+        extra = {"max_tokens" if k == "max_completion_tokens" else k: v for k, v in extra.items()}
+    body = {"prompt": "hello"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    r = await client.post(route, json={"model": MODEL, **body, **extra})
+    assert r.status == 400, (r.status, (await r.text())[:200])
+    err = (await r.json())["error"]
+    assert err["type"] == "BadRequestError" and err["code"] == 400 and err["param"] == param
+
+
+async def test_valid_ignored_fields_are_accepted(client: TestClient) -> None:
+    """The same fields with vLLM-valid values are still served (min_tokens == max_tokens, stop lists, ...)."""
+    extra = {"max_tokens": 3, "min_tokens": 3, "stop": ["a", "b"], "stop_token_ids": [1, 2], "ignore_eos": True,
+             "top_k": -1}
+    for route, body in (("/v1/completions", {"prompt": "hello", "stop": "x"}),
+                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+        r = await client.post(route, json={"model": MODEL, **extra, **body})
+        assert r.status == 200, (route, (await r.text())[:200])
+
+
 async def test_context_length_message(client: TestClient) -> None:
     r = await client.post("/v1/completions", json={"prompt": "x" * 4 * 4000, "max_tokens": 200})
     msg = (await r.json())["error"]["message"]

@@ -6,7 +6,8 @@ trip on (types and ranges of the sampling fields, context length) and reject, wi
 the features the emulator does not model (n > 1, logprobs, echo, batched prompts, suffix).
 Accepted and ignored, because they change only the text and not the work: temperature, top_p, top_k, seed
 (used only to key the synthetic text), stop, stop_token_ids, presence/frequency/repetition penalties,
-ignore_eos, min_tokens, tools, response_format. Generation always runs to `max_tokens` ("length").
+ignore_eos, min_tokens, tools, response_format. Generation always runs to `max_tokens` ("length"). Ignored
+fields are still type-checked (and min_tokens <= max_tokens), so a body vLLM answers 400 is a 400 here too.
 """
 
 from __future__ import annotations
@@ -112,6 +113,18 @@ def _bool(body: Mapping[str, Any], key: str) -> bool:
     return v
 
 
+def _stop(body: Mapping[str, Any]) -> None:
+    """`stop` is a string or a list of strings; `stop_token_ids` a list of integers (vLLM's request model)."""
+    v = body.get("stop")
+    if v is not None and not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+        raise ApiError(f"stop must be a string or a list of strings, got {type(v).__name__}.", param="stop")
+    v = body.get("stop_token_ids")
+    if v is not None and not (
+        isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ):
+        raise ApiError(f"stop_token_ids must be a list of integers, got {type(v).__name__}.", param="stop_token_ids")
+
+
 def _common(
     body: Mapping[str, Any], chat: bool
 ) -> tuple[int | None, bool, bool, str | None, int | None, int]:
@@ -124,7 +137,10 @@ def _common(
     _num(body, "presence_penalty", -2.0, 2.0)
     _num(body, "frequency_penalty", -2.0, 2.0)
     _num(body, "repetition_penalty", 0.0, None, lo_open=True)
-    _int(body, "min_tokens", 0)
+    _int(body, "top_k")
+    min_tokens = _int(body, "min_tokens", 0)
+    _bool(body, "ignore_eos")
+    _stop(body)
     max_tokens = _int(body, "max_tokens")
     if chat and body.get("max_completion_tokens") is not None:
         max_tokens = _int(body, "max_completion_tokens")
@@ -133,6 +149,9 @@ def _common(
         key = "max_tokens"
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(f"{key} must be at least 1, got {max_tokens}.", param=key)
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise ApiError(f"min_tokens must be less than or equal to {key}={max_tokens}, got {min_tokens}.",
+                       param="min_tokens")  # fmt: skip
     stream = _bool(body, "stream")
     opts = body.get("stream_options")
     include_usage = False
