@@ -95,6 +95,9 @@ BAD_INPUTS = [
     (["sweep", "nope.yaml", "--jobs", "0"], "'--jobs': must be greater than or equal to 1"),
     (["sweep", "nope.yaml"], "nope.yaml: cannot read"),
     (["emulate", "--model", "llama3x", "--port", "0"], "unknown model preset 'llama3x'"),
+    # (the bad preset after it keeps a regression from starting a server that waits for a signal)
+    (["emulate", "--max-model-len", "0", "--model", "llama3x"], "'--max-model-len': must be greater than or equal to 1"),
+    (["emulate", "--max-model-len", "-5", "--model", "llama3x"], "'--max-model-len': must be greater than or equal to 1"),
     (["serve", "--router", "lmetirc", "--emulated", "1"], "unknown router policy 'lmetirc' (did you mean 'lmetric'?)"),
 ]
 

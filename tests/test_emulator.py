@@ -365,6 +365,14 @@ async def test_valid_ignored_fields_are_accepted(client: TestClient) -> None:
         assert r.status == 200, (route, (await r.text())[:200])
 
 
+@pytest.mark.parametrize("max_model_len", [0, -5])
+def test_nonpositive_max_model_len_is_a_value_error(max_model_len: int) -> None:
+    """0 fell through `or` to the default and -5 made a server that refused every request; both now raise,
+    as default_max_tokens < 1 does."""
+    with pytest.raises(ValueError, match=f"max_model_len must be >= 1, got {max_model_len}"):
+        EmulatorServer(cost=LinearCost(), served_model_name=MODEL, max_model_len=max_model_len)
+
+
 async def test_context_length_message(client: TestClient) -> None:
     r = await client.post("/v1/completions", json={"prompt": "x" * 4 * 4000, "max_tokens": 200})
     msg = (await r.json())["error"]["message"]

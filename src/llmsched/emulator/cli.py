@@ -27,7 +27,7 @@ def emulate_cmd(
                           "named in responses and metrics."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic output text.")] = 0,
-    max_model_len: Annotated[int | None, typer.Option(help="Context window in tokens.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(min=1, help="Context window in tokens.")] = None,
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences in one iteration (vLLM's).")] = 256,
     max_num_batched_tokens: Annotated[
         int, typer.Option(help="Token budget of one iteration (vLLM's).")

@@ -115,6 +115,8 @@ class EmulatorServer:
         self.engine = Engine(cost, policy, self.config, instance=0)
         snap = self.engine.snapshot(0.0)
         capacity = snap.num_total_blocks * self.config.block_size
+        if max_model_len is not None and max_model_len < 1:  # 0 would fall through `or` to the default
+            raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
         mml = max_model_len or getattr(cost, "max_model_len", None) or FALLBACK_MAX_MODEL_LEN
         self.max_model_len = int(min(mml, capacity))
         if default_max_tokens < 1:
