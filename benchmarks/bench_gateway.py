@@ -2,7 +2,7 @@
 latency, and a Mooncake replay where routing matters.
 
     python benchmarks/bench_gateway.py [--section throughput|latency|replay|all] [--quick] [--reps N]
-        [--baseline-src DIR] [--json out.json]
+        [--baseline-src DIR] [--only TEXT ...] [--json out.json]
 
 `--baseline-src` is another tree's src/ folder, e.g. the aiohttp gateway:
 `git archive 87a92b7 src | tar -x -C /tmp/old` then `--baseline-src /tmp/old/src`.
@@ -355,11 +355,14 @@ def prompt_of(row: dict[str, object]) -> str:
 Proxy = tuple[str, str, str, str, str | None]  # label, kind, router, request policy, source folder
 
 
+ONLY: list[str] = []  # --only: keep the proxies whose label holds one of these
+
+
 def _proxies(rows: list[Proxy], baseline: str | None) -> list[Proxy]:
-    """`rows`, and with `baseline` a copy of each of our rows running the other tree's gateway."""
+    """`rows`, and with `baseline` a copy of each of our rows running the other tree's gateway; `--only` filters."""
     extra = [(label.replace("ours", "ours --baseline-src", 1), kind, router, policy, baseline)
              for label, kind, router, policy, _ in rows if kind == "ours"] if baseline else []
-    return rows + extra
+    return [p for p in rows + extra if not ONLY or any(o in p[0] for o in ONLY)]
 
 
 def _span(xs: Sequence[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
@@ -633,8 +636,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=300, help="Mooncake rows replayed (replay)")
     ap.add_argument("--baseline-src", help="another checkout's src/ folder: its gateway gets a row too")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
+    ap.add_argument("--only", nargs="+", default=[], metavar="TEXT",
+                    help="throughput/latency: only the proxies whose label holds TEXT (e.g. 'lmetric + sjf' with "
+                         "--baseline-src: one policy, old tree against new, without the others' interleaving)")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    ONLY[:] = a.only
     if a.role:
         import uvloop
 
