@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from llmsched.core.types import Request
 from llmsched.gateway.prefix import BlockHashes, Scratch, text_block_hashes
+from llmsched.workload.traces.record import numbered_segments
 
 
 class Finished(Protocol):
@@ -149,10 +150,8 @@ class Recorder:
     def _rotate_name(self) -> None:
         """PATH becomes PATH.n, n past the highest existing number (not the lowest free one: with an older
         segment pruned, that would put the newest rows before the older ones)."""
-        name = self.path.name
-        nums = [int(p.name[len(name) + 1:]) for p in self.path.parent.glob(f"{name}.*")
-                if p.name[len(name) + 1:].isdigit()]
-        os.replace(self.path, f"{self.path}.{max(nums, default=0) + 1}")
+        last = numbered_segments(self.path)
+        os.replace(self.path, f"{self.path}.{last[-1][0] + 1 if last else 1}")
 
     def _lines(self, rows: list[tuple[Any, ...]]) -> list[str]:
         # All rows' hashes made (for rows that brought their prompt text) and salted in one numpy pass each:

@@ -119,11 +119,7 @@ def open_text(path: Path, newline: str | None = None) -> IO[str]:
 def read_text(path: Path) -> str:
     """The file's text, decompressed if its name ends in .gz or .xz, decoded here in one piece so that a byte
     that is not UTF-8 names the file and line; a leading byte-order mark (Excel, PowerShell) is dropped."""
-    opener = COMPRESSED.get(path.suffix.lower())
-    try:
-        data = path.read_bytes() if opener is None else opener(path).read()
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise WorkloadError(f"{path}: cannot {'read' if opener is None else 'decompress'}: {e}") from None
+    data = _raw(path)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -134,10 +130,14 @@ def read_text(path: Path) -> str:
 def first_line(path: Path) -> str:
     """The file's first line (decompressed, BOM dropped; undecodable bytes replaced): enough to tell a format
     without reading the whole file."""
+    return _raw(path, first_line=True).decode("utf-8-sig", errors="replace")
+
+
+def _raw(path: Path, first_line: bool = False) -> bytes:
+    """The file's bytes (or its first line), decompressed; an unreadable or corrupt file names itself."""
     opener = COMPRESSED.get(path.suffix.lower())
     try:
         with path.open("rb") if opener is None else opener(path) as f:
-            raw = f.readline()
+            return f.readline() if first_line else f.read()
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise WorkloadError(f"{path}: cannot {'read' if opener is None else 'decompress'}: {e}") from None
-    return raw.decode("utf-8-sig", errors="replace")

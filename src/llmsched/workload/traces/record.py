@@ -73,15 +73,20 @@ class Recording:
         return len(self.arrival)
 
 
-def segments(path: Path) -> list[Path]:
-    """PATH's older segments PATH.1, PATH.2, ... that exist, in the order of their numbers (a gap, e.g. a pruned
-    oldest segment, skips nothing after it), then PATH."""
-    older = []
+def numbered_segments(path: Path) -> list[tuple[int, Path]]:
+    """PATH's rotated segments PATH.n that exist, as (n, path) in the order of their numbers: what the writer
+    numbers past (`gateway.record`) and the reader loads (a gap, e.g. a pruned oldest one, skips nothing)."""
+    out = []
     for p in path.parent.glob(f"{path.name}.*"):
         n = p.name[len(path.name) + 1:]
         if n.isdigit() and p.is_file():
-            older.append((int(n), p))
-    return [p for _, p in sorted(older)] + [path]
+            out.append((int(n), p))
+    return sorted(out)
+
+
+def segments(path: Path) -> list[Path]:
+    """PATH's older segments PATH.1, PATH.2, ... that exist, in the order of their numbers, then PATH."""
+    return [p for _, p in numbered_segments(path)] + [path]
 
 
 _LIMIT = 2**62  # integers beyond this are not counts, statuses or indices: a corrupt row
@@ -98,9 +103,10 @@ def _num(path: Path, i: int, row: dict[str, Any], key: str, kind: type, none_ok:
     return v
 
 
-def _header(path: Path) -> dict[str, Any]:
+def _header(path: Path, first: str | None = None) -> dict[str, Any]:
+    """The header line of `path` (`first`: that line, when the caller read it already), checked."""
     try:
-        head = json.loads(first_line(path))
+        head = json.loads(first_line(path) if first is None else first)
     except json.JSONDecodeError:
         head = None
     if not isinstance(head, dict) or MAGIC not in head:
@@ -153,8 +159,7 @@ def read_recording(path: Path) -> Recording:
     for seg in segments(path):
         text, cut = _complete_lines(seg)
         with io.StringIO(text, newline=None) as f:
-            f.readline()
-            head = _header(seg)
+            head = _header(seg, f.readline())
             if head.get(MAGIC) != 1:
                 raise WorkloadError.at(seg, 1, f"unsupported recording format version {head.get(MAGIC)!r}")
             if head.get("recording") != rid:
