@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,14 +31,20 @@ _BODY = {"prompt": "hello", "max_tokens": 4}
 
 
 class _Custom:
-    """A one-off backend: completions and /metrics answered by the given handlers (health always 200)."""
+    """A one-off backend: completions (and chat) and /metrics answered by the given handlers (health always 200);
+    `models`: the ids its /v1/models lists (None: no such route). It keeps each request's arrival time and body."""
 
-    def __init__(self, complete: Handler | None = None, metrics: str | None = None) -> None:
+    def __init__(self, complete: Handler | None = None, metrics: str | None = None,
+                 models: list[str] | None = None) -> None:
         self.app = web.Application()
         self.hits = 0
+        self.times: list[float] = []
+        self.raw_bodies: list[bytes] = []
 
         async def _complete(request: web.Request) -> web.StreamResponse:
             self.hits += 1
+            self.times.append(time.monotonic())
+            self.raw_bodies.append(await request.read())  # aiohttp keeps it: the handler may read it again
             assert complete is not None
             return await complete(request)
 
@@ -47,11 +54,25 @@ class _Custom:
         async def _health(request: web.Request) -> web.Response:
             return web.Response(status=200)
 
+        async def _models(request: web.Request) -> web.Response:
+            return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in models or ()]})
+
         self.app.router.add_post("/v1/completions", _complete)
+        self.app.router.add_post("/v1/chat/completions", _complete)
         self.app.router.add_get("/metrics", _metrics)
         self.app.router.add_get("/health", _health)
+        if models is not None:
+            self.app.router.add_get("/v1/models", _models)
         self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1)
         self.url = ""
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(b) for b in self.raw_bodies]
+
+    def first_hit_before(self, other: _Custom) -> bool:
+        """Did the last request reach this backend before `other` (no later hit on `other` before it)?"""
+        return bool(self.times) and bool(other.times) and other.times[-1] > self.times[-1]
 
     async def start(self) -> str:
         await self.runner.setup()

@@ -1,75 +1,21 @@
 """Defects found by the second gateway review (2026-11-30), each as the failing test that proved it: a retried
 request's prefill charge left on a backend, `logprobs: 0` and `return_token_ids` lost in re-assembly, HEAD
-answered with a body, a half-closing client answered with nothing, chunked streams sent to HTTP/1.0 clients.
-Plus controls that passed before (plain retry accounting, n=2 re-assembly, HTTP/1.1 framing)."""
+answered with a body, chunked streams sent to HTTP/1.0 clients. Plus controls that passed before (plain retry
+accounting, n=2 re-assembly, HTTP/1.1 framing)."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from llmsched.gateway.config import GatewayConfig
-from llmsched.gateway.server import Gateway
 from llmsched.gateway.testing import FakeBackend
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Custom:
-    """A one-off backend: completions/chat answered by `complete`; /metrics empty; /health 200."""
-
-    def __init__(self, complete: Handler) -> None:
-        self.app = web.Application()
-        self.bodies: list[dict[str, Any]] = []
-
-        self.times: list[float] = []
-
-        async def _complete(request: web.Request) -> web.StreamResponse:
-            self.times.append(time.monotonic())
-            self.bodies.append(json.loads(await request.read()))
-            return await complete(request)
-
-        async def _health(request: web.Request) -> web.Response:
-            return web.Response(status=200)
-
-        async def _models(request: web.Request) -> web.Response:
-            return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
-
-        self.app.router.add_post("/v1/completions", _complete)
-        self.app.router.add_post("/v1/chat/completions", _complete)
-        self.app.router.add_get("/health", _health)
-        self.app.router.add_get("/v1/models", _models)
-        self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1)
-        self.url = ""
-
-    def first_hit_before(self, other: Custom) -> bool:
-        """Did the last request reach this backend before `other` (no later hit on `other` before it)?"""
-        return bool(self.times) and bool(other.times) and other.times[-1] > self.times[-1]
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        h, p = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
-        self.url = f"http://{h}:{p}"
-        return self.url
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
-async def gateway(urls: list[str], **kw: object) -> Gateway:
-    gw = Gateway(GatewayConfig(backends=urls, **{"scrape_interval": 0.05, **kw}))  # type: ignore[arg-type]
-    await gw.start()
-    return gw
+from tests.test_gateway_review import _collect_garbage, _Custom, _gateway  # noqa: F401  (an autouse fixture)
 
 
 async def sse(request: web.Request, events: list[Any], abort_after: int | None = None) -> web.StreamResponse:
@@ -111,12 +57,6 @@ def host_port(url: str) -> tuple[str, int]:
     return h, int(p)
 
 
-@pytest.fixture(autouse=True)
-def _gc() -> Any:
-    yield
-    gc.collect()
-
-
 # -- accounting ------------------------------------------------------------------------------------------
 EV = {"id": "c1", "object": "text_completion", "created": 1, "model": "m",
       "choices": [{"index": 0, "text": " a", "finish_reason": None}]}
@@ -147,10 +87,10 @@ async def test_prefill_charge_released_when_retry_target_fails_after_first_token
     charge released, req.first_token set), then A dies: retried on B (charged again at dispatch), which fails
     before any token. `Router.on_finish` only releases the charge `if req.first_token < 0`, which is already
     set from A: B's outstanding prefill keeps the prompt's tokens for ever (and `_charged` leaks the rid)."""
-    a, b = Custom(_first_chunk_then_die), Custom(_http_500)
+    a, b = _Custom(_first_chunk_then_die, models=["m"]), _Custom(_http_500, models=["m"])
     await a.start()
     await b.start()
-    gw = await gateway([a.url, b.url], scrape_interval=10.0, retries=1, router={"name": router})
+    gw = await _gateway([a.url, b.url], scrape_interval=10.0, retries=1, router={"name": router})
     try:
         for _ in range(6):  # until a request goes to A first (lmetric breaks ties at random)
             na = len(a.bodies)
@@ -175,16 +115,16 @@ async def test_prefill_charge_released_when_retry_target_fails_after_first_token
 
 async def test_prefill_charge_released_after_plain_retry() -> None:
     """Control: a failure before the first token on A, success on B: every charge released."""
-    a = Custom(_http_500)
+    a = _Custom(_http_500, models=["m"])
 
     async def ok(request: web.Request) -> web.StreamResponse:
         await request.read()
         return await sse(request, [EV, {**EV, "choices": [], "usage": {"completion_tokens": 1}}])
 
-    b = Custom(ok)
+    b = _Custom(ok, models=["m"])
     await a.start()
     await b.start()
-    gw = await gateway([a.url, b.url], scrape_interval=10.0, router={"name": "round-robin"})
+    gw = await _gateway([a.url, b.url], scrape_interval=10.0, router={"name": "round-robin"})
     try:
         async with aiohttp.ClientSession() as s:
             for stream in (False, True):
@@ -221,9 +161,9 @@ async def test_completions_logprobs_zero_is_not_dropped() -> None:
     """`logprobs: 0` (the sampled token's logprob, no alternatives) is a valid completions request; the
     gateway's `internal_stream_ok` tests `body[k] not in (None, False)` and 0 == False in Python, so the request
     is streamed internally and the re-assembled answer has `logprobs: null`."""
-    be = Custom(_completions_with_logprobs)
+    be = _Custom(_completions_with_logprobs, models=["m"])
     await be.start()
-    gw = await gateway([be.url])
+    gw = await _gateway([be.url])
     try:
         async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/completions",
                                                         json={"model": "m", "prompt": "x", "max_tokens": 1,
@@ -259,9 +199,9 @@ async def _chat_token_ids(request: web.Request) -> web.StreamResponse:
 async def test_return_token_ids_survive_reassembly() -> None:
     """RL rollouts (verl, slime, ...) send `return_token_ids: true` unstreamed; the re-assembled answer had
     `token_ids` and `prompt_token_ids` null although the upstream stream carried them."""
-    be = Custom(_chat_token_ids)
+    be = _Custom(_chat_token_ids, models=["m"])
     await be.start()
-    gw = await gateway([be.url])
+    gw = await _gateway([be.url])
     try:
         async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/chat/completions", json={
                 "model": "m", "messages": [{"role": "user", "content": "x"}], "return_token_ids": True}) as r:
@@ -289,9 +229,9 @@ async def _n2_chat(request: web.Request) -> web.StreamResponse:
 
 
 async def test_n2_chat_reassembly_keeps_choices_finish_and_usage() -> None:
-    be = Custom(_n2_chat)
+    be = _Custom(_n2_chat, models=["m"])
     await be.start()
-    gw = await gateway([be.url])
+    gw = await _gateway([be.url])
     try:
         async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/chat/completions", json={
                 "model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}) as r:
@@ -319,7 +259,7 @@ async def test_head_answer_has_no_body_and_keep_alive_framing_survives() -> None
     answer) after a HEAD, so the next answer on the kept-alive connection is read starting with stray JSON."""
     fake = FakeBackend()
     await fake.start()
-    gw = await gateway([fake.url])
+    gw = await _gateway([fake.url])
     try:
         h, p = host_port(gw.url)
         data = await raw_exchange(h, p, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -336,7 +276,7 @@ async def test_head_answer_has_no_body_and_keep_alive_framing_survives() -> None
 async def test_chunked_request_body_and_expect_100_continue() -> None:
     fake = FakeBackend()
     await fake.start()
-    gw = await gateway([fake.url])
+    gw = await _gateway([fake.url])
     try:
         h, p = host_port(gw.url)
         chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
@@ -352,7 +292,7 @@ async def test_chunked_request_body_and_expect_100_continue() -> None:
 async def test_pipelined_stream_then_plain_and_large_header() -> None:
     fake = FakeBackend(token_delay=0.005)
     await fake.start()
-    gw = await gateway([fake.url])
+    gw = await _gateway([fake.url])
     try:
         h, p = host_port(gw.url)
         sbody = json.dumps({"prompt": "hi", "max_tokens": 3, "stream": True}).encode()
@@ -371,7 +311,7 @@ async def test_http10_client_stream_is_not_chunked() -> None:
     for a streamed answer (the client sees the chunk sizes inside its SSE data)."""
     fake = FakeBackend()
     await fake.start()
-    gw = await gateway([fake.url])
+    gw = await _gateway([fake.url])
     try:
         h, p = host_port(gw.url)
         sbody = json.dumps({"prompt": "hi", "max_tokens": 3, "stream": True}).encode()
